@@ -1,0 +1,1 @@
+"""What acts: planners, the MPC agent and stable-baselines3 agents trained in the dream."""

@@ -1,0 +1,171 @@
+"""Real Atari environments: ALE with standard preprocessing, single and vectorised.
+
+Pipeline of one env (any `ALE/*-v5` id):
+    gymnasium.make(id, frameskip=1, sticky actions)     # ALE itself skips no frame here
+    -> AtariPreprocessing(frame_skip=4, no-op starts, 64x64 grayscale, max-pool)
+    -> FireReset                                        # press FIRE after reset where the game needs it
+    -> AtariInfo                                        # info: ram, lives, life_loss, raw_reward; options
+    -> FrameStackObservation(4, zero padding)           # uint8 (4, 64, 64), like ale_py.AtariVectorEnv
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+from envs.vector import ShardedVectorEnv
+from mbrl.errors import UserError
+
+gym.register_envs(ale_py)
+
+RAM_SIZE = 128
+
+
+@dataclass(frozen=True)
+class AtariConfig:
+    """How a real Atari game is made and preprocessed.
+
+    Attributes:
+        id: gymnasium id of an ALE game, e.g. "ALE/Breakout-v5" or "ALE/Pong-v5".
+        frame_size: observations are frame_size x frame_size grayscale.
+        frame_stack: frames per observation.
+        frame_skip: emulator frames per agent step (max-pooled over the last two).
+        sticky_action_prob: probability that ALE repeats the previous action (v5: 0.25).
+        noop_max: at most this many no-op steps after reset (random count).
+        fire_reset: press FIRE after reset in games whose action set has it.
+        max_episode_frames: emulator frames before truncation (standard: 108k = 30 min).
+        episodic_life: end the episode at every life loss (for training only; the game
+            itself resets only at game over).
+        clip_rewards: return sign(reward); the raw reward stays in info["raw_reward"].
+    """
+
+    id: str = "ALE/Breakout-v5"
+    frame_size: int = 64
+    frame_stack: int = 4
+    frame_skip: int = 4
+    sticky_action_prob: float = 0.25
+    noop_max: int = 30
+    fire_reset: bool = True
+    max_episode_frames: int = 108_000
+    episodic_life: bool = False
+    clip_rewards: bool = False
+
+
+class FireReset(gym.Wrapper):
+    """After every reset, press FIRE (games like Breakout wait for it to launch the ball)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        self._fire = meanings.index("FIRE") if "FIRE" in meanings else None
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        if self._fire is not None:
+            obs, _, terminated, truncated, info = self.env.step(self._fire)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class AtariInfo(gym.Wrapper):
+    """Adds `ram`, `life_loss` and `raw_reward` to info; optional episodic life and reward clipping.
+
+    With `episodic_life`, a life loss ends the episode and the next `reset` continues the same
+    game with one no-op step instead of a new game, unless the game is over.
+    """
+
+    def __init__(self, env: gym.Env, episodic_life: bool = False, clip_rewards: bool = False) -> None:
+        super().__init__(env)
+        self.episodic_life = episodic_life
+        self.clip_rewards = clip_rewards
+        self._ale = env.unwrapped.ale
+        self._lives = 0
+        self._game_over = True
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        if self._game_over or not self.episodic_life:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self._lives = self._ale.lives()
+        self._game_over = False
+        return obs, self._info(info, 0.0, False)
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self._ale.lives()
+        life_loss = lives < self._lives
+        self._lives = lives
+        self._game_over = terminated or truncated
+        info = self._info(info, float(reward), life_loss)
+        if self.episodic_life and life_loss:
+            terminated = True
+        return obs, (float(np.sign(reward)) if self.clip_rewards else reward), terminated, truncated, info
+
+    def _info(self, info: dict[str, Any], raw_reward: float, life_loss: bool) -> dict[str, Any]:
+        return {**info, "ram": self._ale.getRAM(), "life_loss": life_loss, "raw_reward": raw_reward}
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a one-line UserError unless `env_id` names an ALE game."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as exc:
+        raise UserError(f"unknown env id '{env_id}': {exc}") from None
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    if not entry.startswith("ale_py"):
+        raise UserError(f"env '{env_id}' is not an Atari (ALE) game; mbrl needs an image env such as ALE/Breakout-v5")
+
+
+def make_env(config: AtariConfig, render_mode: str | None = None) -> gym.Env:
+    """One preprocessed Atari env: uint8 (frame_stack, frame_size, frame_size) observations.
+
+    Raises:
+        UserError: `config.id` is not a known ALE game.
+    """
+    check_env_id(config.id)
+    env = gym.make(
+        config.id,
+        frameskip=1,  # AtariPreprocessing skips frames; v5's own skip would make it 16
+        repeat_action_probability=config.sticky_action_prob,
+        full_action_space=False,
+        max_num_frames_per_episode=config.max_episode_frames,
+        render_mode=render_mode,
+    )
+    env = AtariPreprocessing(
+        env, noop_max=config.noop_max, frame_skip=config.frame_skip, screen_size=config.frame_size
+    )
+    if config.fire_reset:
+        env = FireReset(env)
+    env = AtariInfo(env, episodic_life=config.episodic_life, clip_rewards=config.clip_rewards)
+    return FrameStackObservation(env, config.frame_stack, padding_type="zero")
+
+
+def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None = None) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `make_env(config)` with next-step autoreset.
+
+    Args:
+        num_workers: processes that step the envs (each a shard of them). None: one per CPU
+            core, at most `num_envs`; 0: step all of them in this process.
+    """
+    check_env_id(config.id)
+    env_fns = [functools.partial(make_env, config)] * num_envs
+    if num_workers is None:
+        num_workers = min(num_envs, _cpu_count())
+    if num_workers == 0:
+        return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    return ShardedVectorEnv(env_fns, num_workers=num_workers)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

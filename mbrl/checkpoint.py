@@ -1,0 +1,160 @@
+"""Checkpoints: safetensors for tensors, JSON for metadata, sha256 verified on load.
+
+A checkpoint named NAME in a directory is two files:
+- `NAME-<sha256[:16]>.safetensors`: the tensors (never pickled code);
+- `NAME.json`: format version, step, package versions, the caller's metadata, the
+  name and sha256 of the tensor file, and a sha256 of the JSON body itself.
+
+The JSON is written last, atomically (temp file in the same directory, fsync,
+`os.replace`), and is the commit point: a kill at any moment of a save leaves either
+the previous checkpoint or the new one, both intact. Tensor files no JSON points to
+are removed by the next successful save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from mbrl.atomic import write_atomic
+from mbrl.errors import UserError
+
+FORMAT_VERSION = 1
+_PACKAGES = ("mbrl", "torch", "numpy", "gymnasium", "ale-py", "stable-baselines3", "safetensors")
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, truncated, corrupted or does not match what loads it."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        tensors: name -> tensor (on CPU).
+        metadata: the caller's metadata dict as saved.
+        step: the training step the checkpoint was taken at.
+        path: the JSON file it was read from.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    step: int
+    path: Path
+
+
+def save_checkpoint(
+    directory: Path, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], step: int
+) -> Path:
+    """Atomically write checkpoint `name` into `directory`; returns the JSON path.
+
+    Args:
+        directory: where the checkpoint lives (created if needed).
+        name: checkpoint name, e.g. "world_model".
+        tensors: name -> tensor; moved to CPU and made contiguous.
+        metadata: JSON-serialisable dict (configs, counters) saved beside the tensors.
+        step: the training step, stored in the metadata.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    digest = hashlib.sha256(blob).hexdigest()
+    tensor_file = f"{name}-{digest[:16]}.safetensors"
+    write_atomic(directory / tensor_file, blob)
+    body = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _package_versions(),
+        "tensor_file": tensor_file,
+        "tensor_sha256": digest,
+        "metadata": metadata,
+    }
+    text = json.dumps(body, sort_keys=True)
+    document = {"body": body, "body_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    json_path = directory / f"{name}.json"
+    write_atomic(json_path, json.dumps(document, indent=1, sort_keys=True).encode())
+    for stale in directory.glob(f"{name}-*.safetensors"):
+        if stale.name != tensor_file:
+            stale.unlink(missing_ok=True)
+    return json_path
+
+
+def load_checkpoint(directory: Path, name: str) -> Checkpoint:
+    """Read and verify checkpoint `name` from `directory`.
+
+    Raises:
+        CheckpointError: one line naming the file and the problem (missing, truncated,
+            corrupted, or written by an incompatible format version).
+    """
+    json_path = Path(directory) / f"{name}.json"
+    if not json_path.exists():
+        raise CheckpointError(f"checkpoint not found: {json_path}")
+    try:
+        document = json.loads(json_path.read_bytes())
+        body = document["body"]
+        expected = document["body_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {json_path} is corrupted: not a valid checkpoint JSON") from None
+    if hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {json_path} is corrupted: sha256 mismatch")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {json_path} has format version {body.get('format_version')}, "
+            f"this mbrl reads version {FORMAT_VERSION}"
+        )
+    tensor_path = json_path.parent / body["tensor_file"]
+    try:
+        blob = tensor_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint tensor file not found: {tensor_path}") from None
+    if hashlib.sha256(blob).hexdigest() != body["tensor_sha256"]:
+        raise CheckpointError(f"checkpoint {tensor_path} is corrupted or truncated: sha256 mismatch")
+    try:
+        tensors = load_safetensors(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {tensor_path} is not a valid safetensors file: {exc}") from None
+    return Checkpoint(tensors=tensors, metadata=body["metadata"], step=body["step"], path=json_path)
+
+
+def load_state_dict(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str = "") -> None:
+    """Load `checkpoint.tensors[prefix + key]` into `module`, checking names and shapes.
+
+    Raises:
+        CheckpointError: naming the first missing, unexpected or differently shaped tensor.
+    """
+    own = module.state_dict()
+    saved = {k[len(prefix) :]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(own) - set(saved))
+    extra = sorted(set(saved) - set(own))
+    if missing or extra:
+        what = f"missing tensor '{prefix}{missing[0]}'" if missing else f"unexpected tensor '{prefix}{extra[0]}'"
+        raise CheckpointError(f"checkpoint {checkpoint.path} does not match the model: {what}")
+    for key, value in saved.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} does not match the model: '{prefix}{key}' has shape "
+                f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
+            )
+    module.load_state_dict(saved)
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,141 @@
+"""Real-env collection: step a vector env with a policy and append everything to a replay buffer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
+
+Policy = Callable[[np.ndarray], np.ndarray]
+"""Maps a batch of observations uint8 (K, S, H, W) to actions (K,)."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Real-env collection settings.
+
+    Attributes:
+        num_envs: environments stepped together.
+        num_workers: processes stepping them; -1: one per CPU core (at most num_envs),
+            0: all in the main process.
+    """
+
+    num_envs: int = 8
+    num_workers: int = -1
+
+
+class RandomPolicy:
+    """Uniformly random discrete actions from a seeded generator."""
+
+    def __init__(self, action_space: gym.spaces.Discrete, seed: int | list[int]) -> None:
+        self.n = int(action_space.n)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, self.n, size=len(obs))
+
+
+@dataclass
+class CollectStats:
+    """What one `Collector.run` gathered."""
+
+    steps: int = 0
+    episode_returns: list[float] = field(default_factory=list)  # raw game scores of finished episodes
+    episode_lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Collector:
+    """Steps `env` and appends every observation to `buffer`, one stream per sub-env.
+
+    The env stays open between `run` calls, so a Dyna loop can collect a little at a time
+    with whatever policy is current. Rewards stored are the raw game rewards.
+
+    Args:
+        env: a vector env with next-step autoreset whose infos carry `raw_reward`,
+            `life_loss` and `ram` (as `envs.make_vector_env` gives).
+        buffer: where rows go.
+        seed: seeds the env resets.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, buffer: ReplayBuffer, seed: int) -> None:
+        self.env = env
+        self.buffer = buffer
+        self.streams = buffer.new_streams(env.num_envs)
+        n = env.num_envs
+        self.obs, info = env.reset(seed=seed)
+        buffer.append(self.streams, self.obs[:, -1], np.zeros(n), np.zeros(n), np.full(n, FIRST, np.uint8), info["ram"])
+        self._resetting = np.zeros(n, dtype=bool)  # sub-envs whose next step is an autoreset
+        self._returns = np.zeros(n)
+        self._lengths = np.zeros(n, dtype=np.int64)
+
+    def run(
+        self,
+        steps: int,
+        policy: Policy,
+        flush_every: int = 250,
+        on_flush: Callable[[], None] | None = None,
+        progress: bool | None = None,
+    ) -> CollectStats:
+        """Collect until at least `steps` transitions are stored (overshoot < num_envs).
+
+        Args:
+            steps: transitions to add (autoreset steps, whose action is ignored, do not count).
+            policy: chooses actions from observations.
+            flush_every: vector steps between buffer flushes and `on_flush` calls.
+            on_flush: called after each flush (e.g. to write progress.json).
+            progress: show a tqdm bar (None: only when stderr is a terminal).
+        """
+        stats = CollectStats()
+        start = time.perf_counter()
+        bar = tqdm(total=steps, unit="step", desc="collect", disable=None if progress is None else not progress)
+        vector_steps = 0
+        while stats.steps < steps:
+            actions = policy(self.obs)
+            self.obs, _, terminated, truncated, info = self.env.step(actions)
+            first = self._resetting
+            raw = np.asarray(info["raw_reward"], dtype=np.float64)
+            flags = (
+                np.where(terminated, TERMINATED, 0) | np.where(truncated, TRUNCATED, 0) | np.where(info["life_loss"], LIFE_LOSS, 0)
+            )
+            flags = np.where(first, FIRST, flags).astype(np.uint8)
+            self.buffer.append(self.streams, self.obs[:, -1], actions, raw, flags, info["ram"])
+
+            moved = ~first
+            self._returns[moved] += raw[moved]
+            self._lengths[moved] += 1
+            ended = moved & (terminated | truncated)
+            stats.episode_returns += self._returns[ended].tolist()
+            stats.episode_lengths += self._lengths[ended].tolist()
+            self._returns[ended] = 0.0
+            self._lengths[ended] = 0
+            self._resetting = terminated | truncated
+
+            new = int(moved.sum())
+            stats.steps += new
+            bar.update(new)
+            if stats.episode_returns:
+                bar.set_postfix(episodes=len(stats.episode_returns), score=f"{np.mean(stats.episode_returns[-10:]):.1f}")
+            vector_steps += 1
+            if vector_steps % flush_every == 0:
+                self._flush(on_flush)
+        self._flush(on_flush)
+        bar.close()
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _flush(self, on_flush: Callable[[], None] | None) -> None:
+        self.buffer.flush()
+        if on_flush is not None:
+            on_flush()
+
+    def close(self) -> None:
+        """Close the env and flush the buffer."""
+        self.env.close()
+        self.buffer.flush()

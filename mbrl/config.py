@@ -1,0 +1,161 @@
+"""Frozen dataclass configs: build them from dicts, YAML presets and `key.sub=value` overrides.
+
+This module holds the mechanism only. Each component defines its own frozen dataclass next
+to the code it configures (`envs.atari.AtariConfig`, `mbrl.replay.ReplayConfig`, ...); the
+conductor composes them into the run's config. Unknown keys and wrongly typed values are
+errors that name the key and list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mbrl.errors import UserError
+
+T = TypeVar("T")
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build the frozen dataclass `cls` from a nested dict, checking every key and type.
+
+    Args:
+        cls: a dataclass type whose fields are scalars, tuples or nested dataclasses.
+        data: values to set; missing fields keep their defaults.
+        where: dotted prefix of `cls` inside the run config, used in error messages.
+
+    Raises:
+        UserError: on an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}{unknown[0]}"
+        valid = ", ".join(f"{where}{name}" for name in fields)
+        raise UserError(f"unknown config key '{key}'; valid keys: {valid}")
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{where}{name}' is a section; set its keys as {where}{name}.KEY")
+            values[name] = from_dict(kind, value, f"{where}{name}.")  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(value, kind, f"{where}{name}")
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain nested dicts and lists (YAML- and JSON-safe)."""
+    out = dataclasses.asdict(config)
+    return _lists(out)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with `key.sub=value` overrides applied.
+
+    Values are parsed as YAML scalars (`0.5`, `true`, `[1, 2]`, `breakout`); the
+    result still has to pass `from_dict`, which rejects unknown keys and bad types.
+    """
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a one-line UserError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    """Resolve a preset name (`breakout`, from configs/) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+        raise UserError(f"unknown preset '{name}'; available: {', '.join(available) or 'none found'}")
+    return path
+
+
+def dump_yaml(config: Any) -> str:
+    """The resolved config as YAML text, keys in field order."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check `value` against the annotation `kind`; ints widen to floats, lists to tuples."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                pass
+        raise UserError(f"config key '{key}' expects {_name(kind)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' expects a list, got {value!r}")
+        item = typing.get_args(kind)[0]
+        return tuple(_coerce(v, item, key) for v in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise UserError(f"config key '{key}' expects {_name(kind)}, got {value!r}")
+    return value
+
+
+def _name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

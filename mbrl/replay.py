@@ -1,0 +1,407 @@
+"""Replay buffer: every frame stored once as uint8, contiguous sequence sampling, kill-safe on disk.
+
+Layout. Each environment of a collector writes one *stream*: the observations it sees, in
+order, across episodes. Every observation is one row holding only its newest frame (a
+4-frame stack is rebuilt from the rows before it, so no frame is stored twice), the console
+RAM, and the transition that led to it: the action taken at the previous observation, the
+raw reward and the flags TERMINATED / TRUNCATED / LIFE_LOSS. A reset observation has the
+flag FIRST and no incoming transition. Rows of many streams interleave in one array; each
+row knows the previous row of its stream, its position in its episode and its episode id.
+
+On disk, `replay/rows.bin` holds the same fixed-size records, appended in order, and
+`replay/meta.json` the frame geometry. A kill can cut only the last record short; loading
+drops that partial record, so everything flushed before the kill loads back intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from mbrl.atomic import write_atomic
+from mbrl.errors import UserError
+
+FORMAT_VERSION = 1
+FIRST, TERMINATED, TRUNCATED, LIFE_LOSS = 1, 2, 4, 8
+_GROUP = np.int64(1) << 40  # separates streams in the vectorised episode bookkeeping of `_link`
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay buffer settings.
+
+    Attributes:
+        flush_every: vector-env steps between flushes (fsync) of new rows to disk; a kill
+            loses at most this many steps.
+    """
+
+    flush_every: int = 250
+
+
+class SequenceBatch(NamedTuple):
+    """`B` windows of `L` consecutive transitions, each inside one episode.
+
+    Attributes:
+        frames: uint8 (B, L+1, S, H, W) frame stacks of observations o_0 .. o_L.
+        ram: uint8 (B, L+1, R) console RAM at o_0 .. o_L.
+        actions: int64 (B, L) action a_t taken at o_t.
+        rewards: float32 (B, L) raw reward of transition t (unclipped, for scoring).
+        clipped_rewards: float32 (B, L) sign of the raw reward (for training).
+        terminated: bool (B, L) the game ended with transition t.
+        truncated: bool (B, L) the episode was cut (time limit) with transition t.
+        life_loss: bool (B, L) a life was lost in transition t.
+        episodes: int64 (B,) episode id of each window.
+    """
+
+    frames: np.ndarray
+    ram: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    clipped_rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    life_loss: np.ndarray
+    episodes: np.ndarray
+
+
+def record_dtype(frame_shape: tuple[int, int], ram_size: int) -> np.dtype:
+    """The packed record of one row, in memory and on disk."""
+    return np.dtype(
+        [
+            ("frame", np.uint8, frame_shape),
+            ("ram", np.uint8, (ram_size,)),
+            ("action", "<i4"),
+            ("reward", "<f4"),
+            ("flags", np.uint8),
+            ("stream", "<i4"),
+        ]
+    )
+
+
+class ReplayBuffer:
+    """Rows of interleaved streams, sampled as within-episode sequences.
+
+    Args:
+        frame_shape: (H, W) of one grayscale frame.
+        frame_stack: S, frames per observation.
+        ram_size: bytes of console RAM stored per row (0 for none).
+        directory: where rows are persisted (`None`: memory only).
+    """
+
+    def __init__(
+        self, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128, directory: Path | None = None
+    ) -> None:
+        self.frame_shape = tuple(int(x) for x in frame_shape)
+        self.frame_stack = int(frame_stack)
+        self.ram_size = int(ram_size)
+        self.directory = Path(directory) if directory is not None else None
+        self.dtype = record_dtype(self.frame_shape, self.ram_size)
+        self._size = 0
+        self._rows = np.empty(0, self.dtype)
+        self._prev = np.empty(0, np.int64)  # previous row of the same stream, -1 at a stream's start
+        self._pos = np.empty(0, np.int64)  # rows since the episode's FIRST row
+        self._episode = np.empty(0, np.int64)
+        self._stream_last = np.empty(0, np.int64)  # per stream: its newest row
+        self._stream_pos = np.empty(0, np.int64)
+        self._stream_episode = np.empty(0, np.int64)
+        self._num_episodes_started = 0
+        self._file = None
+        self._unflushed = 0
+
+    # ---- creation and persistence -------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: Path, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128
+    ) -> ReplayBuffer:
+        """Load the buffer in `directory` for appending, or create it there if it does not exist.
+
+        Raises:
+            UserError: the existing buffer stores frames of another geometry.
+        """
+        directory = Path(directory)
+        if (directory / "meta.json").exists():
+            buffer = cls.load(directory, writable=True)
+            want = (tuple(frame_shape), int(frame_stack), int(ram_size))
+            have = (buffer.frame_shape, buffer.frame_stack, buffer.ram_size)
+            if want != have:
+                raise UserError(
+                    f"replay buffer {directory} holds frames {have[0]} x{have[1]} with {have[2]} RAM bytes; "
+                    f"this env gives {want[0]} x{want[1]} with {want[2]}"
+                )
+            return buffer
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "frame_shape": list(frame_shape),
+            "frame_stack": int(frame_stack),
+            "ram_size": int(ram_size),
+        }
+        write_atomic(directory / "meta.json", json.dumps(meta, indent=1).encode())
+        buffer = cls(frame_shape, frame_stack, ram_size, directory)
+        buffer._file = open(directory / "rows.bin", "ab")  # noqa: SIM115 (closed by close())
+        return buffer
+
+    @classmethod
+    def load(cls, directory: Path, writable: bool = False) -> ReplayBuffer:
+        """Load a saved buffer; a partial last record (a kill mid-write) is dropped.
+
+        Raises:
+            UserError: the directory holds no readable buffer.
+        """
+        directory = Path(directory)
+        meta_path, rows_path = directory / "meta.json", directory / "rows.bin"
+        try:
+            meta = json.loads(meta_path.read_text())
+            shape, stack, ram = tuple(meta["frame_shape"]), meta["frame_stack"], meta["ram_size"]
+        except FileNotFoundError:
+            raise UserError(f"no replay buffer in {directory} (missing {meta_path.name})") from None
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"replay buffer metadata {meta_path} is corrupted") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"replay buffer {directory} has format version {meta.get('format_version')}")
+        buffer = cls(shape, stack, ram, directory)
+        size = rows_path.stat().st_size if rows_path.exists() else 0
+        whole = size // buffer.dtype.itemsize
+        rows = np.fromfile(rows_path, dtype=buffer.dtype, count=whole) if whole else np.empty(0, buffer.dtype)
+        buffer._grow(len(rows))
+        buffer._rows[: len(rows)] = rows
+        buffer._size = len(rows)
+        try:
+            buffer._link(0, len(rows))
+        except ValueError as exc:
+            raise UserError(f"replay buffer {rows_path} is corrupted: {exc}") from None
+        if writable:
+            if size != whole * buffer.dtype.itemsize:
+                os.truncate(rows_path, whole * buffer.dtype.itemsize)  # realign appends after a torn write
+            buffer._file = open(rows_path, "ab")  # noqa: SIM115
+        return buffer
+
+    def flush(self) -> None:
+        """Make every appended row durable on disk."""
+        if self._file is not None and self._unflushed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._unflushed = 0
+
+    def close(self) -> None:
+        """Flush and close the file; the buffer stays readable in memory."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def new_streams(self, count: int) -> np.ndarray:
+        """Ids for `count` new streams (one per environment of a collector)."""
+        start = len(self._stream_last)
+        self._grow_streams(start + count)
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def append(
+        self,
+        streams: np.ndarray,
+        frames: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        flags: np.ndarray,
+        ram: np.ndarray | None = None,
+    ) -> None:
+        """Append one row to each of the given streams.
+
+        Args:
+            streams: int (K,) distinct stream ids from `new_streams`.
+            frames: uint8 (K, H, W) newest frame of each observation.
+            actions: int (K,) action that led to each observation (ignored on FIRST rows).
+            rewards: float (K,) raw reward of that transition.
+            flags: uint8 (K,) FIRST / TERMINATED / TRUNCATED / LIFE_LOSS bits.
+            ram: uint8 (K, R) console RAM, or None when the buffer stores none.
+        """
+        n = len(streams)
+        if len(np.unique(streams)) != n:
+            raise ValueError("append takes at most one row per stream")
+        if frames.shape != (n, *self.frame_shape) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 {(n, *self.frame_shape)}, got {frames.dtype} {frames.shape}")
+        start = self._size
+        self._grow(start + n)
+        block = self._rows[start : start + n]
+        block["frame"] = frames
+        block["ram"] = 0 if ram is None else ram
+        block["action"] = np.where(flags & FIRST, 0, actions)
+        block["reward"] = np.where(flags & FIRST, 0.0, rewards)
+        block["flags"] = flags
+        block["stream"] = streams
+        self._size += n
+        self._link(start, start + n)
+        if self._file is not None:
+            self._file.write(block.tobytes())
+            self._unflushed += n
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of stored rows (observations)."""
+        return self._size
+
+    @property
+    def num_steps(self) -> int:
+        """Stored transitions: rows that are not the first of an episode."""
+        return int(np.count_nonzero(self._rows["flags"][: self._size] & FIRST == 0))
+
+    @property
+    def num_episodes(self) -> int:
+        """Finished episodes (terminated or truncated)."""
+        return int(np.count_nonzero(self._rows["flags"][: self._size] & (TERMINATED | TRUNCATED)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored data and bookkeeping (excluding unused capacity)."""
+        per_row = self.dtype.itemsize + self._prev.itemsize + self._pos.itemsize + self._episode.itemsize
+        return self._size * per_row
+
+    @property
+    def num_streams(self) -> int:
+        """Streams ever started (one per sub-env per collector)."""
+        return len(self._stream_last)
+
+    def episode_ids(self) -> np.ndarray:
+        """Ids of the episodes that have at least one stored row, ascending."""
+        return np.unique(self._episode[: self._size])
+
+    def sample(
+        self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None
+    ) -> SequenceBatch:
+        """Sample `batch_size` windows of `seq_len` transitions, each inside one episode.
+
+        Args:
+            batch_size: B.
+            seq_len: L, transitions per window (0 gives single observations).
+            rng: the source of randomness.
+            episodes: if given, only windows from these episode ids (e.g. a held-out split).
+
+        Raises:
+            ValueError: no episode holds `seq_len` transitions.
+        """
+        valid = self._pos[: self._size] >= seq_len
+        if episodes is not None:
+            valid &= np.isin(self._episode[: self._size], episodes)
+        ends = np.flatnonzero(valid)
+        if len(ends) == 0:
+            raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
+        return self.windows(ends[rng.integers(0, len(ends), size=batch_size)], seq_len)
+
+    def windows(self, ends: np.ndarray, seq_len: int) -> SequenceBatch:
+        """The windows of `seq_len` transitions that end at the given rows.
+
+        Args:
+            ends: int (B,) row indices with at least `seq_len` rows of their episode before them.
+        """
+        ends = np.asarray(ends, dtype=np.int64)
+        if np.any(self._pos[ends] < seq_len):
+            raise ValueError("a window would cross the start of its episode")
+        span = seq_len + self.frame_stack  # rows the window and its first frame stack reach back over
+        chain = np.empty((len(ends), span), dtype=np.int64)  # (B, L+S) row ids, oldest first
+        chain[:, -1] = ends
+        for j in range(span - 2, -1, -1):
+            later = chain[:, j + 1]
+            chain[:, j] = np.where(later >= 0, self._prev[np.maximum(later, 0)], -1)
+        inside = (chain >= 0) & (self._episode[np.maximum(chain, 0)] == self._episode[ends][:, None])
+        rows = self._rows[np.maximum(chain, 0)]  # (B, L+S) records
+        frames = np.where(inside[..., None, None], rows["frame"], 0)  # zero before the episode start
+        stacks = np.lib.stride_tricks.sliding_window_view(frames, self.frame_stack, axis=1)
+        stacks = np.ascontiguousarray(np.moveaxis(stacks, -1, 2))  # (B, L+1, S, H, W)
+        obs_rows = rows[:, self.frame_stack - 1 :]  # (B, L+1) rows of o_0 .. o_L
+        into = obs_rows[:, 1:]  # (B, L) rows reached by transitions 0 .. L-1
+        flags = into["flags"]
+        rewards = into["reward"].astype(np.float32)
+        return SequenceBatch(
+            frames=stacks,
+            ram=np.ascontiguousarray(obs_rows["ram"]),
+            actions=into["action"].astype(np.int64),
+            rewards=rewards,
+            clipped_rewards=np.sign(rewards),
+            terminated=(flags & TERMINATED) != 0,
+            truncated=(flags & TRUNCATED) != 0,
+            life_loss=(flags & LIFE_LOSS) != 0,
+            episodes=self._episode[ends].copy(),
+        )
+
+    # ---- bookkeeping --------------------------------------------------------------------
+
+    def _link(self, start: int, end: int) -> None:
+        """Set previous-row, episode-position and episode-id of rows [start, end), vectorised.
+
+        Rows are grouped by stream (stable sort keeps time order); inside a group, the row at
+        episode position 0 is either a FIRST row or, for the group's first row, implied by the
+        stream's state before this block. A running maximum over those anchors gives every row
+        its episode start, and a second one its episode id (ids only grow along a stream).
+        """
+        n = end - start
+        if n == 0:
+            return
+        block = self._rows[start:end]
+        streams = block["stream"].astype(np.int64)
+        if streams.min() < 0:
+            raise ValueError("negative stream id")
+        self._grow_streams(int(streams.max()) + 1)
+        order = np.argsort(streams, kind="stable")
+        s = streams[order]
+        first = (block["flags"][order] & FIRST) != 0
+        rows = start + order
+        idx = np.arange(n, dtype=np.int64)
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = s[1:] != s[:-1]
+        if np.any(starts & ~first & (self._stream_last[s] < 0)):
+            raise ValueError("a stream begins with a row that is not the first of an episode")
+        group = np.cumsum(starts) - 1
+        offset = group * _GROUP
+
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = rows[:-1]
+        prev[starts] = self._stream_last[s[starts]]
+
+        anchor = np.where(first, idx, np.where(starts, idx - self._stream_pos[s] - 1, -(_GROUP // 2)))
+        pos = idx - (np.maximum.accumulate(anchor + offset) - offset)
+
+        new_ids = self._num_episodes_started + np.cumsum(first[np.argsort(order)]) - 1  # ids in row order
+        ep_anchor = np.where(first, new_ids[order], np.where(starts, self._stream_episode[s], -1))
+        episode = np.maximum.accumulate(np.where(first | starts, ep_anchor + offset, offset - 1)) - offset
+
+        self._prev[rows], self._pos[rows], self._episode[rows] = prev, pos, episode
+        last = np.append(starts[1:], True)
+        self._stream_last[s[last]] = rows[last]
+        self._stream_pos[s[last]] = pos[last]
+        self._stream_episode[s[last]] = episode[last]
+        self._num_episodes_started += int(first.sum())
+
+    def _grow(self, needed: int) -> None:
+        """Make room for `needed` rows; capacity doubles, untouched pages cost no memory."""
+        if needed <= len(self._rows):
+            return
+        capacity = max(needed, 2 * len(self._rows), 1024)
+        for name in ("_rows", "_prev", "_pos", "_episode"):
+            old = getattr(self, name)
+            new = np.empty(capacity, dtype=old.dtype)
+            new[: self._size] = old[: self._size]
+            setattr(self, name, new)
+
+    def _grow_streams(self, count: int) -> None:
+        have = len(self._stream_last)
+        if count <= have:
+            return
+        fill = np.full(count - have, -1, dtype=np.int64)
+        self._stream_last = np.concatenate([self._stream_last, fill])
+        self._stream_pos = np.concatenate([self._stream_pos, fill])
+        self._stream_episode = np.concatenate([self._stream_episode, fill])

@@ -1,0 +1,1 @@
+"""World models: pure PyTorch, no gymnasium, no SB3, no CLI (see ARCHITECTURE.md)."""
