@@ -1,11 +1,14 @@
 """Real Atari environments: ALE with standard preprocessing, single and vectorised.
 
 Pipeline of one env (any `ALE/*-v5` id):
-    gymnasium.make(id, frameskip=1, sticky actions)     # ALE itself skips no frame here
-    -> AtariPreprocessing(frame_skip=4, no-op starts, 64x64 grayscale, max-pool)
-    -> FireReset                                        # press FIRE after reset where the game needs it
-    -> AtariInfo                                        # info: ram, lives, life_loss, raw_reward; options
-    -> FrameStackObservation(4, zero padding)           # uint8 (4, 64, 64), like ale_py.AtariVectorEnv
+    gymnasium.make(id, frameskip=1, obs_type="ram")   # ALE skips no frame itself; sticky actions 0.25
+    -> AtariFrames(frame_skip=4, max-pool, no-op starts, 64x64 grayscale)   # info["ram"]
+    -> FireReset                                      # press FIRE after reset where the game needs it
+    -> AtariInfo                                      # info: life_loss, raw_reward; episodic life, clipping
+    -> FrameStack(4)                                  # uint8 (4, 64, 64), zeros before the first frame
+
+The frames equal those of gymnasium's AtariPreprocessing (a test checks it) and the stack
+padding equals ale_py.AtariVectorEnv's; `make_vector_env` steps many such envs in parallel.
 """
 
 from __future__ import annotations
@@ -16,16 +19,23 @@ from dataclasses import dataclass
 from typing import Any, SupportsFloat
 
 import ale_py
+import cv2
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-from envs.vector import ShardedVectorEnv
+from envs.vector import InfoSpec, ShardedVectorEnv
 from mbrl.errors import UserError
 
 gym.register_envs(ale_py)
 
 RAM_SIZE = 128
+INFO_KEYS: InfoSpec = {
+    "ram": ((RAM_SIZE,), np.uint8),
+    "lives": ((), np.int32),
+    "life_loss": ((), np.bool_),
+    "raw_reward": ((), np.float64),
+}
+"""The per-step info every real env gives, and that vector envs carry through."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,81 @@ class AtariConfig:
     clip_rewards: bool = False
 
 
+class AtariFrames(gym.Wrapper):
+    """Frame skip with max-pooling, no-op starts and a square grayscale resize, read straight from ALE.
+
+    Same preprocessing as gymnasium's AtariPreprocessing, made for speed: the inner env is
+    created with `obs_type="ram"`, so its per-frame observation is the 128-byte console RAM
+    (returned in `info["ram"]`), and the screen is copied out of ALE only on the two frames
+    that are pooled. One difference: when the game ends mid-skip, the observation is the
+    final screen, not the previous step's pooled frames.
+
+    Args:
+        env: an ALE env made with `frameskip=1, obs_type="ram"`.
+        frame_skip: emulator frames per step, max-pooled over the last two.
+        size: output frames are uint8 (size, size).
+        noop_max: reset plays 1..noop_max no-op frames (0: none).
+    """
+
+    def __init__(self, env: gym.Env, frame_skip: int, size: int, noop_max: int) -> None:
+        super().__init__(env)
+        self.ale = env.unwrapped.ale
+        self.frame_skip, self.size, self.noop_max = frame_skip, size, noop_max
+        height, width = self.ale.getScreenDims()
+        self._screens = np.zeros((2, height, width), dtype=np.uint8)  # the last two frames of a step
+        self.observation_space = gym.spaces.Box(0, 255, (size, size), dtype=np.uint8)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        ram, info = self.env.reset(**kwargs)
+        noops = self.env.unwrapped.np_random.integers(1, self.noop_max + 1) if self.noop_max > 0 else 0
+        for _ in range(noops):
+            ram, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                ram, info = self.env.reset(**kwargs)
+        self.ale.getScreenGrayscale(self._screens[0])
+        self._screens[1] = 0
+        return self._frame(), {**info, "ram": ram}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        total = 0.0
+        for k in range(self.frame_skip):
+            ram, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if (terminated or truncated) and k < self.frame_skip - 1:  # ended mid-skip: show the final screen
+                self.ale.getScreenGrayscale(self._screens[0])
+                self._screens[1] = self._screens[0]
+                break
+            if k >= self.frame_skip - 2:
+                self.ale.getScreenGrayscale(self._screens[self.frame_skip - 1 - k])
+        return self._frame(), total, terminated, truncated, {**info, "ram": ram}
+
+    def _frame(self) -> np.ndarray:
+        np.maximum(self._screens[0], self._screens[1], out=self._screens[0])
+        return cv2.resize(self._screens[0], (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+
+class FrameStack(gym.Wrapper):
+    """The last `size` frames as uint8 (size, H, W), zeros before the episode's first frame."""
+
+    def __init__(self, env: gym.Env, size: int) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self._stack = np.zeros((size, *space.shape), dtype=space.dtype)
+        self.observation_space = gym.spaces.Box(0, 255, self._stack.shape, dtype=space.dtype)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        frame, info = self.env.reset(**kwargs)
+        self._stack[:] = 0
+        self._stack[-1] = frame
+        return self._stack.copy(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = frame
+        return self._stack.copy(), reward, terminated, truncated, info
+
+
 class FireReset(gym.Wrapper):
     """After every reset, press FIRE (games like Breakout wait for it to launch the ball)."""
 
@@ -76,7 +161,7 @@ class FireReset(gym.Wrapper):
 
 
 class AtariInfo(gym.Wrapper):
-    """Adds `ram`, `life_loss` and `raw_reward` to info; optional episodic life and reward clipping.
+    """Adds `lives`, `life_loss` and `raw_reward` to info; optional episodic life and reward clipping.
 
     With `episodic_life`, a life loss ends the episode and the next `reset` continues the same
     game with one no-op step instead of a new game, unless the game is over.
@@ -113,7 +198,7 @@ class AtariInfo(gym.Wrapper):
         return obs, (float(np.sign(reward)) if self.clip_rewards else reward), terminated, truncated, info
 
     def _info(self, info: dict[str, Any], raw_reward: float, life_loss: bool) -> dict[str, Any]:
-        return {**info, "ram": self._ale.getRAM(), "life_loss": life_loss, "raw_reward": raw_reward}
+        return {**info, "lives": self._lives, "life_loss": life_loss, "raw_reward": raw_reward}
 
 
 def check_env_id(env_id: str) -> None:
@@ -136,23 +221,22 @@ def make_env(config: AtariConfig, render_mode: str | None = None) -> gym.Env:
     check_env_id(config.id)
     env = gym.make(
         config.id,
-        frameskip=1,  # AtariPreprocessing skips frames; v5's own skip would make it 16
+        frameskip=1,  # AtariFrames skips frames; v5's own skip on top would make it 16
+        obs_type="ram",  # AtariFrames reads the screen itself, only on the frames it keeps
         repeat_action_probability=config.sticky_action_prob,
         full_action_space=False,
         max_num_frames_per_episode=config.max_episode_frames,
         render_mode=render_mode,
     )
-    env = AtariPreprocessing(
-        env, noop_max=config.noop_max, frame_skip=config.frame_skip, screen_size=config.frame_size
-    )
+    env = AtariFrames(env, frame_skip=config.frame_skip, size=config.frame_size, noop_max=config.noop_max)
     if config.fire_reset:
         env = FireReset(env)
     env = AtariInfo(env, episodic_life=config.episodic_life, clip_rewards=config.clip_rewards)
-    return FrameStackObservation(env, config.frame_stack, padding_type="zero")
+    return FrameStack(env, config.frame_stack)
 
 
 def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None = None) -> gym.vector.VectorEnv:
-    """`num_envs` copies of `make_env(config)` with next-step autoreset.
+    """`num_envs` copies of `make_env(config)` with next-step autoreset; infos carry INFO_KEYS.
 
     Args:
         num_workers: processes that step the envs (each a shard of them). None: one per CPU
@@ -162,9 +246,7 @@ def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None 
     env_fns = [functools.partial(make_env, config)] * num_envs
     if num_workers is None:
         num_workers = min(num_envs, _cpu_count())
-    if num_workers == 0:
-        return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-    return ShardedVectorEnv(env_fns, num_workers=num_workers)
+    return ShardedVectorEnv(env_fns, num_workers=num_workers, info_keys=INFO_KEYS)
 
 
 def _cpu_count() -> int:

@@ -1,9 +1,10 @@
-"""A vector env whose sub-envs are split into shards, one worker process per shard.
+"""A fast vector env: sub-envs split into shards, each shard stepped by one worker process.
 
-gymnasium's AsyncVectorEnv runs one process per env and pays a pipe round trip per env and
-step; with 8 Atari envs on 2 cores that costs half the throughput. Here each worker steps a
-whole shard with a SyncVectorEnv, writes observations straight into shared memory and sends
-back only the small arrays, so one round trip serves many envs.
+gymnasium's AsyncVectorEnv runs one process per env and pickles every result and info dict
+through a pipe; with 8 Atari envs on 2 cores that halves the throughput. Here a worker steps
+a whole shard in a plain loop and writes observations, rewards, flags and the declared info
+fields straight into shared memory; the pipe carries only the actions and an acknowledgement.
+With `num_workers=0` the same shard loop runs in the calling process.
 """
 
 from __future__ import annotations
@@ -15,73 +16,98 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
+
+InfoSpec = dict[str, tuple[tuple[int, ...], Any]]
+"""Per-env info fields carried through: name -> (shape of one env's value, dtype)."""
 
 
 class ShardedVectorEnv(gym.vector.VectorEnv):
-    """`len(env_fns)` envs stepped by `num_workers` processes, next-step autoreset.
+    """`len(env_fns)` envs with next-step autoreset, stepped by `num_workers` processes.
 
     Args:
         env_fns: picklable callables that each make one env (all with the same spaces).
-        num_workers: worker processes; the envs are split into that many contiguous shards.
+        num_workers: worker processes, each stepping a contiguous shard; 0 steps every env
+            in this process.
+        info_keys: the info fields returned from `reset` and `step` (with their `_name`
+            masks, as gymnasium's vector envs do); other info keys are dropped.
     """
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_workers: int) -> None:
-        probe = env_fns[0]()
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], num_workers: int, info_keys: InfoSpec) -> None:
+        self.num_envs = len(env_fns)
+        probe = env_fns[0]()  # only to read the spaces
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
         self.metadata = {**probe.metadata, "autoreset_mode": AutoresetMode.NEXT_STEP}
         probe.close()
-        self.num_envs = len(env_fns)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
-        shape = (self.num_envs, *self.single_observation_space.shape)
-        dtype = np.dtype(self.single_observation_space.dtype)
+        fields: InfoSpec = {
+            "obs": (self.single_observation_space.shape, self.single_observation_space.dtype),
+            "reward": ((), np.float64),
+            "terminated": ((), np.bool_),
+            "truncated": ((), np.bool_),
+            **{f"info.{k}": v for k, v in info_keys.items()},
+        }
         ctx = mp.get_context("spawn")  # no fork: the parent may hold torch / OpenMP threads
-        shared = ctx.RawArray("b", int(np.prod(shape)) * dtype.itemsize)
-        self._obs = np.frombuffer(shared, dtype=dtype).reshape(shape)
-        bounds = np.linspace(0, self.num_envs, min(num_workers, self.num_envs) + 1).astype(int)
-        self._shards = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        self._conns = []
-        self._procs = []
-        for lo, hi in self._shards:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, list(env_fns[lo:hi]), shared, shape, dtype.str, lo, hi), daemon=True
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        self._layout = {name: ((self.num_envs, *shape), np.dtype(dtype).str) for name, (shape, dtype) in fields.items()}
+        self._shared = {name: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+                        for name, (shape, dtype) in self._layout.items()}
+        self._arrays = _views(self._shared, self._layout, 0, self.num_envs)
+        self._masks = {f"_{k}": np.ones(self.num_envs, dtype=bool) for k in info_keys}
+
+        self._local: _Shard | None = None
+        self._pending: tuple[str, Any] = ("", None)  # num_workers=0: the command step_wait runs
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        if num_workers == 0:
+            self._shards = [(0, self.num_envs)]
+            self._local = _Shard(list(env_fns), self._arrays)
+        else:
+            bounds = np.linspace(0, self.num_envs, min(num_workers, self.num_envs) + 1).astype(int)
+            self._shards = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for lo, hi in self._shards:
+                parent, child = ctx.Pipe()
+                args = (child, list(env_fns[lo:hi]), self._shared, self._layout, lo, hi)
+                proc = ctx.Process(target=_worker, args=args, daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
         self.closed = False
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset all envs; an int seed gives env i the seed `seed + i`, as SyncVectorEnv does."""
+        """Reset every env; an int seed gives env i the seed `seed + i`, as SyncVectorEnv does."""
         seeds = _per_env_seeds(seed, self.num_envs)
-        for conn, (lo, hi) in zip(self._conns, self._shards):
-            conn.send(("reset", (seeds[lo:hi], _slice_options(options, lo, hi, self.num_envs))))
-        infos = [self._recv(conn) for conn in self._conns]
-        return self._obs.copy(), _merge_infos(infos, self._shards)
+        self._send("reset", [(seeds[lo:hi], options) for lo, hi in self._shards])
+        self._wait()
+        return self._arrays["obs"].copy(), self._info()
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every env; sub-envs that ended last step reset now and ignore their action."""
+        """Step every env; an env that ended on the previous step resets now and ignores its action."""
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Start a step; the caller may work while the workers step, then call `step_wait`."""
         actions = np.asarray(actions)
         if len(actions) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
-        for conn, (lo, hi) in zip(self._conns, self._shards):
-            conn.send(("step", actions[lo:hi]))
-        results = [self._recv(conn) for conn in self._conns]
-        rewards = np.concatenate([r[0] for r in results])
-        terminated = np.concatenate([r[1] for r in results])
-        truncated = np.concatenate([r[2] for r in results])
-        info = _merge_infos([r[3] for r in results], self._shards)
-        return self._obs.copy(), rewards, terminated, truncated, info
+        self._send("step", [actions[lo:hi] for lo, hi in self._shards])
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Finish the step started by `step_async`."""
+        self._wait()
+        a = self._arrays
+        return a["obs"].copy(), a["reward"].copy(), a["terminated"].copy(), a["truncated"].copy(), self._info()
 
     def close_extras(self, **kwargs: Any) -> None:
+        if self._local is not None:
+            self._local.close()
         for conn in self._conns:
             try:
                 conn.send(("close", None))
@@ -94,40 +120,110 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         for conn in self._conns:
             conn.close()
 
-    def _recv(self, conn: Any) -> Any:
-        ok, payload = conn.recv()
-        if not ok:
-            raise RuntimeError(f"a ShardedVectorEnv worker failed:\n{payload}")
-        return payload
+    def _send(self, command: str, args: list[Any]) -> None:
+        if self._local is not None:
+            self._pending = (command, args[0])
+            return
+        for conn, arg in zip(self._conns, args):
+            conn.send((command, arg))
+
+    def _wait(self) -> None:
+        if self._local is not None:
+            command, arg = self._pending
+            getattr(self._local, command)(arg)
+            return
+        for conn in self._conns:
+            ok, error = conn.recv()
+            if not ok:
+                raise RuntimeError(f"a ShardedVectorEnv worker failed:\n{error}")
+
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        for name, array in self._arrays.items():
+            if name.startswith("info."):
+                key = name[len("info.") :]
+                info[key] = array.copy()
+                info[f"_{key}"] = self._masks[f"_{key}"]
+        return info
 
 
-def _worker(conn: Any, env_fns: list, shared: Any, shape: tuple, dtype: str, lo: int, hi: int) -> None:
-    """Serve reset/step/close for one shard, writing observations into shared memory."""
-    out = np.frombuffer(shared, dtype=np.dtype(dtype)).reshape(shape)[lo:hi]
-    env = None
+class _Shard:
+    """Steps a list of envs with next-step autoreset, writing results into the given arrays."""
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env]], arrays: dict[str, np.ndarray]) -> None:
+        self.envs = [fn() for fn in env_fns]
+        self.arrays = arrays
+        self.info_keys = [name[len("info.") :] for name in arrays if name.startswith("info.")]
+        self.autoreset = np.zeros(len(self.envs), dtype=bool)
+
+    def reset(self, arg: tuple[list[int | None], dict[str, Any] | None]) -> None:
+        seeds, options = arg
+        for i, env in enumerate(self.envs):
+            self._write(i, *env.reset(seed=seeds[i], options=options), reward=0.0, terminated=False, truncated=False)
+        self.autoreset[:] = False
+
+    def step(self, actions: np.ndarray) -> None:
+        for i, env in enumerate(self.envs):
+            if self.autoreset[i]:
+                obs, info = env.reset()
+                reward, terminated, truncated = 0.0, False, False
+            else:
+                obs, reward, terminated, truncated, info = env.step(actions[i])
+            self._write(i, obs, info, reward=reward, terminated=terminated, truncated=truncated)
+            self.autoreset[i] = terminated or truncated
+
+    def _write(self, i: int, obs: Any, info: dict[str, Any], reward: float, terminated: bool, truncated: bool) -> None:
+        a = self.arrays
+        a["obs"][i] = obs
+        a["reward"][i] = reward
+        a["terminated"][i] = terminated
+        a["truncated"][i] = truncated
+        for key in self.info_keys:
+            a[f"info.{key}"][i] = info[key]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _views(shared: dict[str, Any], layout: dict[str, tuple], lo: int, hi: int) -> dict[str, np.ndarray]:
+    """Numpy views of rows [lo, hi) of each shared array."""
+    return {
+        name: np.frombuffer(shared[name], dtype=np.dtype(dtype), count=int(np.prod(shape))).reshape(shape)[lo:hi]
+        for name, (shape, dtype) in layout.items()
+    }
+
+
+def _worker(conn: Any, env_fns: list, shared: dict[str, Any], layout: dict[str, tuple], lo: int, hi: int) -> None:
+    """Serve reset / step / close for one shard."""
+    shard = None
     try:
-        env = SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+        _single_threaded()
+        shard = _Shard(env_fns, _views(shared, layout, lo, hi))
         while True:
             command, arg = conn.recv()
-            if command == "step":
-                obs, reward, terminated, truncated, info = env.step(arg)
-                out[...] = obs
-                conn.send((True, (reward, terminated, truncated, info)))
-            elif command == "reset":
-                seeds, options = arg
-                obs, info = env.reset(seed=seeds, options=options)
-                out[...] = obs
-                conn.send((True, info))
-            elif command == "close":
+            if command == "close":
                 break
+            getattr(shard, command)(arg)
+            conn.send((True, None))
     except KeyboardInterrupt:
         pass
-    except Exception:  # report to the parent, which raises it with this traceback
+    except Exception:  # the parent raises it, with this traceback
         conn.send((False, traceback.format_exc()))
     finally:
-        if env is not None:
-            env.close()
+        if shard is not None:
+            shard.close()
         conn.close()
+
+
+def _single_threaded() -> None:
+    """The workers already use every core between them; a library's own thread pool would oversubscribe."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
 
 
 def _per_env_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
@@ -139,28 +235,3 @@ def _per_env_seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int 
     if len(seeds) != n:
         raise ValueError(f"expected {n} seeds, got {len(seeds)}")
     return seeds
-
-
-def _slice_options(options: dict[str, Any] | None, lo: int, hi: int, n: int) -> dict[str, Any] | None:
-    """Per-shard options: arrays with one entry per env (e.g. reset_mask) are sliced."""
-    if options is None:
-        return None
-    return {k: v[lo:hi] if isinstance(v, np.ndarray) and len(v) == n else v for k, v in options.items()}
-
-
-def _merge_infos(infos: list[dict[str, Any]], shards: list[tuple[int, int]]) -> dict[str, Any]:
-    """Concatenate per-shard vector infos (arrays and their `_key` masks), recursing into dicts."""
-    n = shards[-1][1]
-    merged: dict[str, Any] = {}
-    for key in dict.fromkeys(k for info in infos for k in info):
-        present = [(info[key], lo, hi) for info, (lo, hi) in zip(infos, shards) if key in info]
-        sample = present[0][0]
-        if isinstance(sample, dict):
-            merged[key] = _merge_infos([info.get(key, {}) for info in infos], shards)
-            continue
-        sample = np.asarray(sample)
-        full = np.zeros((n, *sample.shape[1:]), dtype=sample.dtype)
-        for value, lo, hi in present:
-            full[lo:hi] = value
-        merged[key] = full
-    return merged

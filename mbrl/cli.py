@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--steps", type=_positive_int, required=True,
                          help="transitions to collect (all envs together; may overshoot by < num-envs)")
     collect.add_argument("--run", type=Path, required=True, help="run directory, e.g. runs/demo")
-    collect.add_argument("--num-envs", type=_positive_int, help="environments stepped together (config collect.num_envs)")
+    collect.add_argument("--num-envs", type=_positive_int,
+                         help="environments stepped together (config collect.num_envs)")
     collect.add_argument("--workers", type=int, help="processes stepping them: -1 one per core, 0 in this process "
                          "(config collect.num_workers)")
     collect.add_argument("--seed", type=int, help="random seed (config seed)")
@@ -103,7 +104,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     workers = None if config.collect.num_workers < 0 else config.collect.num_workers
     first_stream = buffer.num_streams  # a later collect into the same run plays new episodes
     env = make_vector_env(config.env, config.collect.num_envs, workers)
-    collector = Collector(env, buffer, seed=int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0]))
+    env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
+    collector = Collector(env, buffer, seed=env_seed)
     policy = RandomPolicy(env.single_action_space, seed=[config.seed, first_stream])
 
     def save_progress() -> None:

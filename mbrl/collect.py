@@ -58,8 +58,9 @@ class Collector:
     with whatever policy is current. Rewards stored are the raw game rewards.
 
     Args:
-        env: a vector env with next-step autoreset whose infos carry `raw_reward`,
-            `life_loss` and `ram` (as `envs.make_vector_env` gives).
+        env: a vector env with next-step autoreset and `step_async` / `step_wait` (the buffer
+            is written while the env steps), whose infos carry `raw_reward`, `life_loss`
+            and `ram`, as `envs.make_vector_env` gives.
         buffer: where rows go.
         seed: seeds the env resets.
     """
@@ -96,39 +97,52 @@ class Collector:
         start = time.perf_counter()
         bar = tqdm(total=steps, unit="step", desc="collect", disable=None if progress is None else not progress)
         vector_steps = 0
+        pending = None
         while stats.steps < steps:
             actions = policy(self.obs)
-            self.obs, _, terminated, truncated, info = self.env.step(actions)
-            first = self._resetting
-            raw = np.asarray(info["raw_reward"], dtype=np.float64)
-            flags = (
-                np.where(terminated, TERMINATED, 0) | np.where(truncated, TRUNCATED, 0) | np.where(info["life_loss"], LIFE_LOSS, 0)
-            )
-            flags = np.where(first, FIRST, flags).astype(np.uint8)
-            self.buffer.append(self.streams, self.obs[:, -1], actions, raw, flags, info["ram"])
-
-            moved = ~first
-            self._returns[moved] += raw[moved]
-            self._lengths[moved] += 1
-            ended = moved & (terminated | truncated)
-            stats.episode_returns += self._returns[ended].tolist()
-            stats.episode_lengths += self._lengths[ended].tolist()
-            self._returns[ended] = 0.0
-            self._lengths[ended] = 0
+            self.env.step_async(actions)
+            if pending is not None:  # store the previous step while the workers play this one
+                self._record(*pending, stats)
+            self.obs, _, terminated, truncated, info = self.env.step_wait()
+            pending = (actions, self.obs, terminated, truncated, info, self._resetting)
+            new = int((~self._resetting).sum())
             self._resetting = terminated | truncated
-
-            new = int(moved.sum())
             stats.steps += new
             bar.update(new)
-            if stats.episode_returns:
-                bar.set_postfix(episodes=len(stats.episode_returns), score=f"{np.mean(stats.episode_returns[-10:]):.1f}")
             vector_steps += 1
             if vector_steps % flush_every == 0:
                 self._flush(on_flush)
+                if stats.episode_returns:
+                    bar.set_postfix(episodes=len(stats.episode_returns), score=np.mean(stats.episode_returns[-10:]))
+        if pending is not None:
+            self._record(*pending, stats)
         self._flush(on_flush)
         bar.close()
         stats.seconds = time.perf_counter() - start
         return stats
+
+    def _record(
+        self, actions: np.ndarray, obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+        info: dict, first: np.ndarray, stats: CollectStats,
+    ) -> None:
+        """Append one vector step to the buffer and account finished episodes.
+
+        `first` marks sub-envs that were autoreset by this step: their observation starts an
+        episode and their action was ignored.
+        """
+        raw = np.asarray(info["raw_reward"], dtype=np.float64)
+        flags = np.where(terminated, TERMINATED, 0) | np.where(truncated, TRUNCATED, 0)
+        flags |= np.where(info["life_loss"], LIFE_LOSS, 0)
+        flags = np.where(first, FIRST, flags).astype(np.uint8)
+        self.buffer.append(self.streams, obs[:, -1], actions, raw, flags, info["ram"])
+        moved = ~first
+        self._returns[moved] += raw[moved]
+        self._lengths[moved] += 1
+        ended = moved & (terminated | truncated)
+        stats.episode_returns += self._returns[ended].tolist()
+        stats.episode_lengths += self._lengths[ended].tolist()
+        self._returns[ended] = 0.0
+        self._lengths[ended] = 0
 
     def _flush(self, on_flush: Callable[[], None] | None) -> None:
         self.buffer.flush()

@@ -1,0 +1,73 @@
+"""Render every JSON result in benchmarks/results/ into benchmarks/RESULTS.md.
+
+Each benchmark script writes its JSON and calls `write_results_md()`; running this file
+alone re-renders the table from the saved results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    """CPU model and usable cores of this machine, for the results table."""
+    model = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, no GPU"
+
+
+def _collect_throughput(r: dict[str, Any]) -> list[str]:
+    return [
+        "## Collection throughput (`benchmarks/collect_throughput.py`)",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. Command: `{r['command']}`.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| env, envs | {r['env']}, {r['num_envs']} |",
+        f"| raw `ale_py.AtariVectorEnv` steps/s, median of rounds | {r['raw_median']:.0f} |",
+        f"| `mbrl collect` pipeline steps/s, median of rounds | {r['mbrl_median']:.0f} |",
+        f"| mbrl / raw, median of per-round ratios (target >= 0.80) | {r['ratio_median']:.2f} |",
+        f"| per-round ratios | {', '.join(f'{x:.2f}' for x in r['ratio_per_round'])} |",
+        f"| replay bytes per frame pixel, resident after load ({r['rows']} rows) | "
+        f"{r['resident_bytes_per_frame_pixel']:.3f} |",
+        f"| replay bytes per frame pixel, on disk | {r['disk_bytes_per_frame_pixel']:.3f} |",
+        f"| replay bytes per frame pixel, all arrays incl. bookkeeping | {r['accounted_bytes_per_frame_pixel']:.3f} |",
+        "",
+    ]
+
+
+RENDERERS = {"collect_throughput": _collect_throughput}
+
+
+def write_results_md() -> Path:
+    """Rewrite RESULTS.md from the saved JSON results, one section per benchmark."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by the scripts in `benchmarks/` (re-render: `python benchmarks/report.py`). "
+        "Every figure comes from the command shown with it.",
+        "",
+    ]
+    for path in sorted((HERE / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        lines += RENDERERS[result["benchmark"]](result)
+    out = HERE / "RESULTS.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    print(write_results_md())
