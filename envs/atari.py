@@ -86,7 +86,7 @@ class AtariFrames(gym.Wrapper):
 
     def __init__(self, env: gym.Env, frame_skip: int, size: int, noop_max: int) -> None:
         super().__init__(env)
-        self.ale = env.unwrapped.ale
+        self.ale = _atari(env).ale
         self.frame_skip, self.size, self.noop_max = frame_skip, size, noop_max
         height, width = self.ale.getScreenDims()
         self._screens = np.zeros((2, height, width), dtype=np.uint8)  # the last two frames of a step
@@ -126,9 +126,9 @@ class FrameStack(gym.Wrapper):
 
     def __init__(self, env: gym.Env, size: int) -> None:
         super().__init__(env)
-        space = env.observation_space
-        self._stack = np.zeros((size, *space.shape), dtype=space.dtype)
-        self.observation_space = gym.spaces.Box(0, 255, self._stack.shape, dtype=space.dtype)
+        frame_shape = env.observation_space.shape or ()
+        self._stack = np.zeros((size, *frame_shape), dtype=np.uint8)
+        self.observation_space = gym.spaces.Box(0, 255, self._stack.shape, dtype=np.uint8)
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         frame, info = self.env.reset(**kwargs)
@@ -148,7 +148,7 @@ class FireReset(gym.Wrapper):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        meanings = env.unwrapped.get_action_meanings()
+        meanings = _atari(env).get_action_meanings()
         self._fire = meanings.index("FIRE") if "FIRE" in meanings else None
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
@@ -171,7 +171,7 @@ class AtariInfo(gym.Wrapper):
         super().__init__(env)
         self.episodic_life = episodic_life
         self.clip_rewards = clip_rewards
-        self._ale = env.unwrapped.ale
+        self._ale = _atari(env).ale
         self._lives = 0
         self._game_over = True
 
@@ -192,10 +192,11 @@ class AtariInfo(gym.Wrapper):
         life_loss = lives < self._lives
         self._lives = lives
         self._game_over = terminated or truncated
-        info = self._info(info, float(reward), life_loss)
+        raw = float(reward)
+        info = self._info(info, raw, life_loss)
         if self.episodic_life and life_loss:
             terminated = True
-        return obs, (float(np.sign(reward)) if self.clip_rewards else reward), terminated, truncated, info
+        return obs, (float(np.sign(raw)) if self.clip_rewards else raw), terminated, truncated, info
 
     def _info(self, info: dict[str, Any], raw_reward: float, life_loss: bool) -> dict[str, Any]:
         return {**info, "lives": self._lives, "life_loss": life_loss, "raw_reward": raw_reward}
@@ -235,7 +236,7 @@ def make_env(config: AtariConfig, render_mode: str | None = None) -> gym.Env:
     return FrameStack(env, config.frame_stack)
 
 
-def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None = None) -> gym.vector.VectorEnv:
+def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None = None) -> ShardedVectorEnv:
     """`num_envs` copies of `make_env(config)` with next-step autoreset; infos carry INFO_KEYS.
 
     Args:
@@ -247,6 +248,13 @@ def make_vector_env(config: AtariConfig, num_envs: int, num_workers: int | None 
     if num_workers is None:
         num_workers = min(num_envs, _cpu_count())
     return ShardedVectorEnv(env_fns, num_workers=num_workers, info_keys=INFO_KEYS)
+
+
+def _atari(env: gym.Env) -> ale_py.AtariEnv:
+    inner = env.unwrapped
+    if not isinstance(inner, ale_py.AtariEnv):
+        raise TypeError(f"expected an ALE env underneath, got {type(inner).__name__}")
+    return inner
 
 
 def _cpu_count() -> int:

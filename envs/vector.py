@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -45,7 +45,7 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
         fields: InfoSpec = {
-            "obs": (self.single_observation_space.shape, self.single_observation_space.dtype),
+            "obs": (self.single_observation_space.shape or (), self.single_observation_space.dtype),
             "reward": ((), np.float64),
             "terminated": ((), np.bool_),
             "truncated": ((), np.bool_),
@@ -166,10 +166,11 @@ class _Shard:
         for i, env in enumerate(self.envs):
             if self.autoreset[i]:
                 obs, info = env.reset()
-                reward, terminated, truncated = 0.0, False, False
+                reward: SupportsFloat = 0.0
+                terminated, truncated = False, False
             else:
                 obs, reward, terminated, truncated, info = env.step(actions[i])
-            self._write(i, obs, info, reward=reward, terminated=terminated, truncated=truncated)
+            self._write(i, obs, info, reward=float(reward), terminated=terminated, truncated=truncated)
             self.autoreset[i] = terminated or truncated
 
     def _write(self, i: int, obs: Any, info: dict[str, Any], reward: float, terminated: bool, truncated: bool) -> None:

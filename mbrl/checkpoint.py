@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -30,6 +31,7 @@ from mbrl.atomic import write_atomic
 from mbrl.errors import UserError
 
 FORMAT_VERSION = 1
+_BODY_KEYS = {"format_version", "step", "tensor_file", "tensor_sha256", "metadata"}
 _PACKAGES = ("mbrl", "torch", "numpy", "gymnasium", "ale-py", "stable-baselines3", "safetensors")
 
 
@@ -68,7 +70,8 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    blob = save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    # clone: tied weights share storage, which safetensors refuses to write
+    blob = save_safetensors({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
     digest = hashlib.sha256(blob).hexdigest()
     tensor_file = f"{name}-{digest[:16]}.safetensors"
     write_atomic(directory / tensor_file, blob)
@@ -85,8 +88,9 @@ def save_checkpoint(
     document = {"body": body, "body_sha256": hashlib.sha256(text.encode()).hexdigest()}
     json_path = directory / f"{name}.json"
     write_atomic(json_path, json.dumps(document, indent=1, sort_keys=True).encode())
-    for stale in directory.glob(f"{name}-*.safetensors"):
-        if stale.name != tensor_file:
+    own_file = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.safetensors")
+    for stale in directory.iterdir():
+        if own_file.fullmatch(stale.name) and stale.name != tensor_file:
             stale.unlink(missing_ok=True)
     return json_path
 
@@ -105,6 +109,8 @@ def load_checkpoint(directory: Path, name: str) -> Checkpoint:
         document = json.loads(json_path.read_bytes())
         body = document["body"]
         expected = document["body_sha256"]
+        if not isinstance(body, dict) or not _BODY_KEYS <= set(body):
+            raise ValueError
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {json_path} is corrupted: not a valid checkpoint JSON") from None
     if hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() != expected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +15,20 @@ from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of observations uint8 (K, S, H, W) to actions (K,)."""
+
+
+class AsyncVectorEnv(Protocol):
+    """A vector env with next-step autoreset that can step in the background (ours, or gymnasium's)."""
+
+    num_envs: int
+
+    def reset(self, *, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]: ...
+
+    def step_async(self, actions: np.ndarray) -> None: ...
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +48,9 @@ class CollectConfig:
 class RandomPolicy:
     """Uniformly random discrete actions from a seeded generator."""
 
-    def __init__(self, action_space: gym.spaces.Discrete, seed: int | list[int]) -> None:
+    def __init__(self, action_space: gym.Space, seed: int | list[int]) -> None:
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(f"RandomPolicy needs a Discrete action space, got {action_space}")
         self.n = int(action_space.n)
         self.rng = np.random.default_rng(seed)
 
@@ -65,7 +82,7 @@ class Collector:
         seed: seeds the env resets.
     """
 
-    def __init__(self, env: gym.vector.VectorEnv, buffer: ReplayBuffer, seed: int) -> None:
+    def __init__(self, env: AsyncVectorEnv, buffer: ReplayBuffer, seed: int) -> None:
         self.env = env
         self.buffer = buffer
         self.streams = buffer.new_streams(env.num_envs)

@@ -92,7 +92,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
     if data is None:
         return {}

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class ReplayBuffer:
     def __init__(
         self, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128, directory: Path | None = None
     ) -> None:
-        self.frame_shape = tuple(int(x) for x in frame_shape)
+        self.frame_shape: tuple[int, int] = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_stack = int(frame_stack)
         self.ram_size = int(ram_size)
         self.directory = Path(directory) if directory is not None else None
@@ -110,7 +110,7 @@ class ReplayBuffer:
         self._stream_pos = np.empty(0, np.int64)
         self._stream_episode = np.empty(0, np.int64)
         self._num_episodes_started = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._unflushed = 0
 
     # ---- creation and persistence -------------------------------------------------------
