@@ -4,7 +4,9 @@ gymnasium's AsyncVectorEnv runs one process per env and pickles every result and
 through a pipe; with 8 Atari envs on 2 cores that halves the throughput. Here a worker steps
 a whole shard in a plain loop and writes observations, rewards, flags and the declared info
 fields straight into shared memory; the pipe carries only the actions and an acknowledgement.
-With `num_workers=0` the same shard loop runs in the calling process.
+With `num_workers=0` the same shard loop runs in the calling process. Besides gymnasium's
+lockstep `step`, shards can be stepped one at a time (`send` / `recv`), so that the caller
+works on one shard's results while the other workers keep playing.
 """
 
 from __future__ import annotations
@@ -58,17 +60,15 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         self._arrays = _views(self._shared, self._layout, 0, self.num_envs)
         self._masks = {f"_{k}": np.ones(self.num_envs, dtype=bool) for k in info_keys}
 
-        self._local: _Shard | None = None
-        self._pending: tuple[str, Any] = ("", None)  # num_workers=0: the command step_wait runs
-        self._conns: list[Any] = []
+        self._conns: list[Any] = []  # one per shard: a pipe to its worker, or an _InProcess stand-in
         self._procs: list[Any] = []
         if num_workers == 0:
-            self._shards = [(0, self.num_envs)]
-            self._local = _Shard(list(env_fns), self._arrays)
+            self.shards = [(0, self.num_envs)]
+            self._conns.append(_InProcess(_Shard(list(env_fns), self._arrays)))
         else:
             bounds = np.linspace(0, self.num_envs, min(num_workers, self.num_envs) + 1).astype(int)
-            self._shards = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-            for lo, hi in self._shards:
+            self.shards = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for lo, hi in self.shards:
                 parent, child = ctx.Pipe()
                 args = (child, list(env_fns[lo:hi]), self._shared, self._layout, lo, hi)
                 proc = ctx.Process(target=_worker, args=args, daemon=True)
@@ -83,9 +83,11 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every env; an int seed gives env i the seed `seed + i`, as SyncVectorEnv does."""
         seeds = _per_env_seeds(seed, self.num_envs)
-        self._send("reset", [(seeds[lo:hi], options) for lo, hi in self._shards])
-        self._wait()
-        return self._arrays["obs"].copy(), self._info()
+        for conn, (lo, hi) in zip(self._conns, self.shards):
+            conn.send(("reset", (seeds[lo:hi], options)))
+        for shard in range(len(self.shards)):
+            self._wait(shard)
+        return self._arrays["obs"].copy(), self._info(slice(None))
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env; an env that ended on the previous step resets now and ignores its action."""
@@ -93,21 +95,37 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         return self.step_wait()
 
     def step_async(self, actions: Any) -> None:
-        """Start a step; the caller may work while the workers step, then call `step_wait`."""
+        """Start stepping every shard; the caller may work meanwhile, then call `step_wait`."""
         actions = np.asarray(actions)
         if len(actions) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
-        self._send("step", [actions[lo:hi] for lo, hi in self._shards])
+        for shard, (lo, hi) in enumerate(self.shards):
+            self.send(shard, actions[lo:hi])
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Finish the step started by `step_async`."""
-        self._wait()
-        a = self._arrays
-        return a["obs"].copy(), a["reward"].copy(), a["terminated"].copy(), a["truncated"].copy(), self._info()
+        for shard in range(len(self.shards)):
+            self._wait(shard)
+        return self._results(slice(None))
+
+    def send(self, shard: int, actions: np.ndarray) -> None:
+        """Start stepping one shard (envs `shards[shard]`) with its actions.
+
+        Stepping shards one by one (send, recv, send, ...) keeps every worker busy while the
+        caller handles another shard's results; `step` waits for the slowest shard each time.
+        """
+        lo, hi = self.shards[shard]
+        if len(actions) != hi - lo:
+            raise ValueError(f"shard {shard} has {hi - lo} envs, got {len(actions)} actions")
+        self._conns[shard].send(("step", np.asarray(actions)))
+
+    def recv(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Wait for the step of one shard started by `send`; its envs' results."""
+        self._wait(shard)
+        lo, hi = self.shards[shard]
+        return self._results(slice(lo, hi))
 
     def close_extras(self, **kwargs: Any) -> None:
-        if self._local is not None:
-            self._local.close()
         for conn in self._conns:
             try:
                 conn.send(("close", None))
@@ -120,30 +138,23 @@ class ShardedVectorEnv(gym.vector.VectorEnv):
         for conn in self._conns:
             conn.close()
 
-    def _send(self, command: str, args: list[Any]) -> None:
-        if self._local is not None:
-            self._pending = (command, args[0])
-            return
-        for conn, arg in zip(self._conns, args):
-            conn.send((command, arg))
+    def _wait(self, shard: int) -> None:
+        ok, error = self._conns[shard].recv()
+        if not ok:
+            raise RuntimeError(f"a ShardedVectorEnv worker failed:\n{error}")
 
-    def _wait(self) -> None:
-        if self._local is not None:
-            command, arg = self._pending
-            getattr(self._local, command)(arg)
-            return
-        for conn in self._conns:
-            ok, error = conn.recv()
-            if not ok:
-                raise RuntimeError(f"a ShardedVectorEnv worker failed:\n{error}")
+    def _results(self, envs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        a = self._arrays
+        return (a["obs"][envs].copy(), a["reward"][envs].copy(), a["terminated"][envs].copy(),
+                a["truncated"][envs].copy(), self._info(envs))
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self, envs: slice) -> dict[str, Any]:
         info: dict[str, Any] = {}
         for name, array in self._arrays.items():
             if name.startswith("info."):
                 key = name[len("info.") :]
-                info[key] = array.copy()
-                info[f"_{key}"] = self._masks[f"_{key}"]
+                info[key] = array[envs].copy()
+                info[f"_{key}"] = self._masks[f"_{key}"][envs]
         return info
 
 
@@ -185,6 +196,27 @@ class _Shard:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class _InProcess:
+    """Stands in for a worker's pipe when `num_workers=0`: `recv` runs the command `send` left."""
+
+    def __init__(self, shard: _Shard) -> None:
+        self.shard = shard
+        self.pending: tuple[str, Any] = ("", None)
+
+    def send(self, message: tuple[str, Any]) -> None:
+        if message[0] == "close":
+            self.shard.close()
+        self.pending = message
+
+    def recv(self) -> tuple[bool, None]:
+        command, arg = self.pending
+        getattr(self.shard, command)(arg)
+        return True, None
+
+    def close(self) -> None:
+        pass
 
 
 def _views(shared: dict[str, Any], layout: dict[str, tuple], lo: int, hi: int) -> dict[str, np.ndarray]:

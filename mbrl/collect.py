@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from envs.vector import ShardedVectorEnv
 from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of observations uint8 (K, S, H, W) to actions (K,)."""
-
-
-class AsyncVectorEnv(Protocol):
-    """A vector env with next-step autoreset that can step in the background (ours, or gymnasium's)."""
-
-    num_envs: int
-
-    def reset(self, *, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]: ...
-
-    def step_async(self, actions: np.ndarray) -> None: ...
-
-    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,25 +58,28 @@ class CollectStats:
 class Collector:
     """Steps `env` and appends every observation to `buffer`, one stream per sub-env.
 
-    The env stays open between `run` calls, so a Dyna loop can collect a little at a time
-    with whatever policy is current. Rewards stored are the raw game rewards.
+    Shards of the env are stepped in turn: while the workers of the other shards play, the
+    results of one shard are stored and its next actions chosen, so no worker waits for the
+    slowest one. The order is fixed, so a seeded run gives the same buffer every time. The env
+    stays open between `run` calls, so a Dyna loop can collect a little at a time with
+    whatever policy is current. Rewards stored are the raw game rewards.
 
     Args:
-        env: a vector env with next-step autoreset and `step_async` / `step_wait` (the buffer
-            is written while the env steps), whose infos carry `raw_reward`, `life_loss`
-            and `ram`, as `envs.make_vector_env` gives.
+        env: a sharded vector env whose infos carry `raw_reward`, `life_loss` and `ram`, as
+            `envs.make_vector_env` gives.
         buffer: where rows go.
         seed: seeds the env resets.
     """
 
-    def __init__(self, env: AsyncVectorEnv, buffer: ReplayBuffer, seed: int) -> None:
+    def __init__(self, env: ShardedVectorEnv, buffer: ReplayBuffer, seed: int) -> None:
         self.env = env
         self.buffer = buffer
         self.streams = buffer.new_streams(env.num_envs)
         n = env.num_envs
         self.obs, info = env.reset(seed=seed)
         buffer.append(self.streams, self.obs[:, -1], np.zeros(n), np.zeros(n), np.full(n, FIRST, np.uint8), info["ram"])
-        self._resetting = np.zeros(n, dtype=bool)  # sub-envs whose next step is an autoreset
+        self._actions = np.zeros(n, dtype=np.int64)  # the actions each env is playing now
+        self._resetting = np.zeros(n, dtype=bool)  # envs whose next step is an autoreset
         self._returns = np.zeros(n)
         self._lengths = np.zeros(n, dtype=np.int64)
 
@@ -105,7 +95,7 @@ class Collector:
 
         Args:
             steps: transitions to add (autoreset steps, whose action is ignored, do not count).
-            policy: chooses actions from observations.
+            policy: chooses actions from observations (called on one shard at a time).
             flush_every: vector steps between buffer flushes and `on_flush` calls.
             on_flush: called after each flush (e.g. to write progress.json).
             progress: show a tqdm bar (None: only when stderr is a terminal).
@@ -113,53 +103,62 @@ class Collector:
         stats = CollectStats()
         start = time.perf_counter()
         bar = tqdm(total=steps, unit="step", desc="collect", disable=None if progress is None else not progress)
-        vector_steps = 0
-        pending = None
-        while stats.steps < steps:
-            actions = policy(self.obs)
-            self.env.step_async(actions)
-            if pending is not None:  # store the previous step while the workers play this one
-                self._record(*pending, stats)
-            self.obs, _, terminated, truncated, info = self.env.step_wait()
-            pending = (actions, self.obs, terminated, truncated, info, self._resetting)
-            new = int((~self._resetting).sum())
-            self._resetting = terminated | truncated
+        playing = deque(range(len(self.env.shards)))  # shards in flight, in the order they are waited for
+        for shard in playing:
+            self._act(shard, policy)
+        received = 0
+        while playing:
+            shard = playing.popleft()
+            lo, hi = self.env.shards[shard]
+            obs, _, terminated, truncated, info = self.env.recv(shard)
+            actions, first = self._actions[lo:hi].copy(), self._resetting[lo:hi].copy()
+            self.obs[lo:hi] = obs
+            self._resetting[lo:hi] = terminated | truncated
+            new = int((~first).sum())
             stats.steps += new
+            if stats.steps < steps:  # the next step of this shard starts before its rows are stored
+                self._act(shard, policy)
+                playing.append(shard)
+            self._record(slice(lo, hi), actions, obs, terminated, truncated, info, first, stats)
             bar.update(new)
-            vector_steps += 1
-            if vector_steps % flush_every == 0:
+            received += 1
+            if received % (flush_every * len(self.env.shards)) == 0:
                 self._flush(on_flush)
                 if stats.episode_returns:
                     bar.set_postfix(episodes=len(stats.episode_returns), score=np.mean(stats.episode_returns[-10:]))
-        if pending is not None:
-            self._record(*pending, stats)
         self._flush(on_flush)
         bar.close()
         stats.seconds = time.perf_counter() - start
         return stats
 
+    def _act(self, shard: int, policy: Policy) -> None:
+        lo, hi = self.env.shards[shard]
+        self._actions[lo:hi] = policy(self.obs[lo:hi])
+        self.env.send(shard, self._actions[lo:hi])
+
     def _record(
-        self, actions: np.ndarray, obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+        self, envs: slice, actions: np.ndarray, obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
         info: dict, first: np.ndarray, stats: CollectStats,
     ) -> None:
-        """Append one vector step to the buffer and account finished episodes.
+        """Append one step of the envs `envs` to the buffer and account finished episodes.
 
-        `first` marks sub-envs that were autoreset by this step: their observation starts an
+        `first` marks envs that were autoreset by this step: their observation starts an
         episode and their action was ignored.
         """
         raw = np.asarray(info["raw_reward"], dtype=np.float64)
         flags = np.where(terminated, TERMINATED, 0) | np.where(truncated, TRUNCATED, 0)
         flags |= np.where(info["life_loss"], LIFE_LOSS, 0)
         flags = np.where(first, FIRST, flags).astype(np.uint8)
-        self.buffer.append(self.streams, obs[:, -1], actions, raw, flags, info["ram"])
+        self.buffer.append(self.streams[envs], obs[:, -1], actions, raw, flags, info["ram"])
         moved = ~first
-        self._returns[moved] += raw[moved]
-        self._lengths[moved] += 1
+        returns, lengths = self._returns[envs], self._lengths[envs]  # views
+        returns[moved] += raw[moved]
+        lengths[moved] += 1
         ended = moved & (terminated | truncated)
-        stats.episode_returns += self._returns[ended].tolist()
-        stats.episode_lengths += self._lengths[ended].tolist()
-        self._returns[ended] = 0.0
-        self._lengths[ended] = 0
+        stats.episode_returns += returns[ended].tolist()
+        stats.episode_lengths += lengths[ended].tolist()
+        returns[ended] = 0.0
+        lengths[ended] = 0
 
     def _flush(self, on_flush: Callable[[], None] | None) -> None:
         self.buffer.flush()
