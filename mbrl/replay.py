@@ -6,7 +6,8 @@ order, across episodes. Every observation is one row holding only its newest fra
 RAM, and the transition that led to it: the action taken at the previous observation, the
 raw reward and the flags TERMINATED / TRUNCATED / LIFE_LOSS. A reset observation has the
 flag FIRST and no incoming transition. Rows of many streams interleave in one array; each
-row knows the previous row of its stream, its position in its episode and its episode id.
+row records the previous row of its episode, its position in the episode and its episode id,
+so windows are gathered by following those links, with no per-episode index to maintain.
 
 On disk, `replay/rows.bin` holds the same fixed-size records, appended in order, and
 `replay/meta.json` the frame geometry. A kill can cut only the last record short; loading
@@ -28,7 +29,7 @@ from mbrl.errors import UserError
 
 FORMAT_VERSION = 1
 FIRST, TERMINATED, TRUNCATED, LIFE_LOSS = 1, 2, 4, 8
-_GROUP = np.int64(1) << 40  # separates streams in the vectorised episode bookkeeping of `_link`
+_WRITE_BUFFER = 1 << 20  # appends reach the OS in large writes; flush() makes them durable
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ def record_dtype(frame_shape: tuple[int, int], ram_size: int) -> np.dtype:
             ("reward", "<f4"),
             ("flags", np.uint8),
             ("stream", "<i4"),
+            ("prev", "<i8"),  # previous row of the same episode, -1 for a FIRST row
+            ("pos", "<i4"),  # rows since the episode's FIRST row
+            ("episode", "<i4"),  # episode id, in order of the episodes' FIRST rows
         ]
     )
 
@@ -103,12 +107,7 @@ class ReplayBuffer:
         self.dtype = record_dtype(self.frame_shape, self.ram_size)
         self._size = 0
         self._rows = np.empty(0, self.dtype)
-        self._prev = np.empty(0, np.int64)  # previous row of the same stream, -1 at a stream's start
-        self._pos = np.empty(0, np.int64)  # rows since the episode's FIRST row
-        self._episode = np.empty(0, np.int64)
-        self._stream_last = np.empty(0, np.int64)  # per stream: its newest row
-        self._stream_pos = np.empty(0, np.int64)
-        self._stream_episode = np.empty(0, np.int64)
+        self._stream_last = np.empty(0, np.int64)  # per stream: its newest row, -1 before any
         self._num_episodes_started = 0
         self._file: BinaryIO | None = None
         self._unflushed = 0
@@ -144,7 +143,7 @@ class ReplayBuffer:
         }
         write_atomic(directory / "meta.json", json.dumps(meta, indent=1).encode())
         buffer = cls(frame_shape, frame_stack, ram_size, directory)
-        buffer._file = open(directory / "rows.bin", "ab")  # noqa: SIM115 (closed by close())
+        buffer._file = open(directory / "rows.bin", "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115 (closed by close())
         return buffer
 
     @classmethod
@@ -169,17 +168,17 @@ class ReplayBuffer:
         size = rows_path.stat().st_size if rows_path.exists() else 0
         whole = size // buffer.dtype.itemsize
         rows = np.fromfile(rows_path, dtype=buffer.dtype, count=whole) if whole else np.empty(0, buffer.dtype)
-        buffer._grow(len(rows))
-        buffer._rows[: len(rows)] = rows
-        buffer._size = len(rows)
-        try:
-            buffer._link(0, len(rows))
-        except ValueError as exc:
-            raise UserError(f"replay buffer {rows_path} is corrupted: {exc}") from None
+        if not _consistent(rows):
+            raise UserError(f"replay buffer {rows_path} is corrupted: its rows do not link up")
+        buffer._rows, buffer._size = rows, len(rows)
+        if len(rows):
+            buffer._stream_last = np.full(int(rows["stream"].max()) + 1, -1, dtype=np.int64)
+            np.maximum.at(buffer._stream_last, rows["stream"], np.arange(len(rows)))
+            buffer._num_episodes_started = int(rows["episode"].max()) + 1
         if writable:
             if size != whole * buffer.dtype.itemsize:
                 os.truncate(rows_path, whole * buffer.dtype.itemsize)  # realign appends after a torn write
-            buffer._file = open(rows_path, "ab")  # noqa: SIM115
+            buffer._file = open(rows_path, "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115
         return buffer
 
     def flush(self) -> None:
@@ -207,7 +206,7 @@ class ReplayBuffer:
     def new_streams(self, count: int) -> np.ndarray:
         """Ids for `count` new streams (one per environment of a collector)."""
         start = len(self._stream_last)
-        self._grow_streams(start + count)
+        self._stream_last = np.concatenate([self._stream_last, np.full(count, -1, dtype=np.int64)])
         return np.arange(start, start + count, dtype=np.int64)
 
     def append(
@@ -234,17 +233,26 @@ class ReplayBuffer:
             raise ValueError("append takes at most one row per stream")
         if frames.shape != (n, *self.frame_shape) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 {(n, *self.frame_shape)}, got {frames.dtype} {frames.shape}")
+        first = (flags & FIRST) != 0
+        prev = np.where(first, -1, self._stream_last[streams])
+        if np.any(prev[~first] < 0):
+            raise ValueError("a stream begins with a row that is not the first of an episode")
         start = self._size
         self._grow(start + n)
+        earlier = self._rows[np.maximum(prev, 0)]
         block = self._rows[start : start + n]
         block["frame"] = frames
         block["ram"] = 0 if ram is None else ram
-        block["action"] = np.where(flags & FIRST, 0, actions)
-        block["reward"] = np.where(flags & FIRST, 0.0, rewards)
+        block["action"] = np.where(first, 0, actions)
+        block["reward"] = np.where(first, 0.0, rewards)
         block["flags"] = flags
         block["stream"] = streams
+        block["prev"] = prev
+        block["pos"] = np.where(first, 0, earlier["pos"] + 1)
+        block["episode"] = np.where(first, self._num_episodes_started + np.cumsum(first) - 1, earlier["episode"])
+        self._num_episodes_started += int(first.sum())
+        self._stream_last[streams] = np.arange(start, start + n)
         self._size += n
-        self._link(start, start + n)
         if self._file is not None:
             self._file.write(block.tobytes())
             self._unflushed += n
@@ -267,9 +275,8 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of stored data and bookkeeping (excluding unused capacity)."""
-        per_row = self.dtype.itemsize + self._prev.itemsize + self._pos.itemsize + self._episode.itemsize
-        return self._size * per_row
+        """Bytes of stored rows, links included (excluding unused capacity)."""
+        return self._size * self.dtype.itemsize
 
     @property
     def num_streams(self) -> int:
@@ -278,7 +285,7 @@ class ReplayBuffer:
 
     def episode_ids(self) -> np.ndarray:
         """Ids of the episodes that have at least one stored row, ascending."""
-        return np.unique(self._episode[: self._size])
+        return np.unique(self._rows["episode"][: self._size])
 
     def sample(
         self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None
@@ -294,9 +301,10 @@ class ReplayBuffer:
         Raises:
             ValueError: no episode holds `seq_len` transitions.
         """
-        valid = self._pos[: self._size] >= seq_len
+        rows = self._rows[: self._size]
+        valid = rows["pos"] >= seq_len
         if episodes is not None:
-            valid &= np.isin(self._episode[: self._size], episodes)
+            valid &= np.isin(rows["episode"], episodes)
         ends = np.flatnonzero(valid)
         if len(ends) == 0:
             raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
@@ -309,15 +317,16 @@ class ReplayBuffer:
             ends: int (B,) row indices with at least `seq_len` rows of their episode before them.
         """
         ends = np.asarray(ends, dtype=np.int64)
-        if np.any(self._pos[ends] < seq_len):
+        if np.any(self._rows["pos"][ends] < seq_len):
             raise ValueError("a window would cross the start of its episode")
         span = seq_len + self.frame_stack  # rows the window and its first frame stack reach back over
-        chain = np.empty((len(ends), span), dtype=np.int64)  # (B, L+S) row ids, oldest first
+        chain = np.empty((len(ends), span), dtype=np.int64)  # (B, L+S) row ids, oldest first, -1 before the episode
         chain[:, -1] = ends
+        prev = self._rows["prev"]
         for j in range(span - 2, -1, -1):
             later = chain[:, j + 1]
-            chain[:, j] = np.where(later >= 0, self._prev[np.maximum(later, 0)], -1)
-        inside = (chain >= 0) & (self._episode[np.maximum(chain, 0)] == self._episode[ends][:, None])
+            chain[:, j] = np.where(later >= 0, prev[np.maximum(later, 0)], -1)
+        inside = chain >= 0
         rows = self._rows[np.maximum(chain, 0)]  # (B, L+S) records
         frames = np.where(inside[..., None, None], rows["frame"], 0)  # zero before the episode start
         stacks = np.lib.stride_tricks.sliding_window_view(frames, self.frame_stack, axis=1)
@@ -335,73 +344,26 @@ class ReplayBuffer:
             terminated=(flags & TERMINATED) != 0,
             truncated=(flags & TRUNCATED) != 0,
             life_loss=(flags & LIFE_LOSS) != 0,
-            episodes=self._episode[ends].copy(),
+            episodes=self._rows["episode"][ends].astype(np.int64),
         )
 
     # ---- bookkeeping --------------------------------------------------------------------
-
-    def _link(self, start: int, end: int) -> None:
-        """Set previous-row, episode-position and episode-id of rows [start, end), vectorised.
-
-        Rows are grouped by stream (stable sort keeps time order); inside a group, the row at
-        episode position 0 is either a FIRST row or, for the group's first row, implied by the
-        stream's state before this block. A running maximum over those anchors gives every row
-        its episode start, and a second one its episode id (ids only grow along a stream).
-        """
-        n = end - start
-        if n == 0:
-            return
-        block = self._rows[start:end]
-        streams = block["stream"].astype(np.int64)
-        if streams.min() < 0:
-            raise ValueError("negative stream id")
-        self._grow_streams(int(streams.max()) + 1)
-        order = np.argsort(streams, kind="stable")
-        s = streams[order]
-        first = (block["flags"][order] & FIRST) != 0
-        rows = start + order
-        idx = np.arange(n, dtype=np.int64)
-        starts = np.ones(n, dtype=bool)
-        starts[1:] = s[1:] != s[:-1]
-        if np.any(starts & ~first & (self._stream_last[s] < 0)):
-            raise ValueError("a stream begins with a row that is not the first of an episode")
-        group = np.cumsum(starts) - 1
-        offset = group * _GROUP
-
-        prev = np.empty(n, dtype=np.int64)
-        prev[1:] = rows[:-1]
-        prev[starts] = self._stream_last[s[starts]]
-
-        anchor = np.where(first, idx, np.where(starts, idx - self._stream_pos[s] - 1, -(_GROUP // 2)))
-        pos = idx - (np.maximum.accumulate(anchor + offset) - offset)
-
-        new_ids = self._num_episodes_started + np.cumsum(first[np.argsort(order)]) - 1  # ids in row order
-        ep_anchor = np.where(first, new_ids[order], np.where(starts, self._stream_episode[s], -1))
-        episode = np.maximum.accumulate(np.where(first | starts, ep_anchor + offset, offset - 1)) - offset
-
-        self._prev[rows], self._pos[rows], self._episode[rows] = prev, pos, episode
-        last = np.append(starts[1:], True)
-        self._stream_last[s[last]] = rows[last]
-        self._stream_pos[s[last]] = pos[last]
-        self._stream_episode[s[last]] = episode[last]
-        self._num_episodes_started += int(first.sum())
 
     def _grow(self, needed: int) -> None:
         """Make room for `needed` rows; capacity doubles, untouched pages cost no memory."""
         if needed <= len(self._rows):
             return
-        capacity = max(needed, 2 * len(self._rows), 1024)
-        for name in ("_rows", "_prev", "_pos", "_episode"):
-            old = getattr(self, name)
-            new = np.empty(capacity, dtype=old.dtype)
-            new[: self._size] = old[: self._size]
-            setattr(self, name, new)
+        rows = np.empty(max(needed, 2 * len(self._rows), 1024), dtype=self.dtype)
+        rows[: self._size] = self._rows[: self._size]
+        self._rows = rows
 
-    def _grow_streams(self, count: int) -> None:
-        have = len(self._stream_last)
-        if count <= have:
-            return
-        fill = np.full(count - have, -1, dtype=np.int64)
-        self._stream_last = np.concatenate([self._stream_last, fill])
-        self._stream_pos = np.concatenate([self._stream_pos, fill])
-        self._stream_episode = np.concatenate([self._stream_episode, fill])
+
+def _consistent(rows: np.ndarray) -> bool:
+    """Whether loaded rows link up: FIRST rows start episodes, others point back into theirs."""
+    first = (rows["flags"] & FIRST) != 0
+    prev = rows["prev"]
+    if np.any(first != (rows["pos"] == 0)) or np.any(first != (prev < 0)) or np.any(prev >= np.arange(len(rows))):
+        return False
+    earlier = rows[np.maximum(prev, 0)]
+    linked = (earlier["stream"] == rows["stream"]) & (earlier["episode"] == rows["episode"])
+    return bool(np.all(first | (linked & (earlier["pos"] + 1 == rows["pos"]))))

@@ -185,3 +185,14 @@ def test_rows_flushed_before_a_kill_load_back_intact(tmp_path: Path) -> None:
     reloaded = ReplayBuffer.load(path)
     assert len(reloaded) == len(loaded)
     assert reloaded.num_streams == 2
+
+
+def test_rows_that_do_not_link_up_are_reported_as_corrupted(tmp_path: Path) -> None:
+    buffer = ReplayBuffer.open(tmp_path, FRAME, STACK, ram_size=4)
+    fill(buffer, num_streams=2, vector_steps=30, seed=1)
+    buffer.close()
+    rows = np.fromfile(tmp_path / "rows.bin", dtype=buffer.dtype)
+    rows["pos"][len(rows) // 2] += 3
+    rows.tofile(tmp_path / "rows.bin")
+    with pytest.raises(UserError, match="corrupted"):
+        ReplayBuffer.load(tmp_path)
