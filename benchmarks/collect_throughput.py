@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,22 +63,29 @@ def mbrl_steps_per_second(config: AtariConfig, num_envs: int, steps: int, seed: 
     return stats.steps / stats.seconds
 
 
-def resident_bytes() -> int:
+_MEASURE_LOAD = """
+import resource, sys
+from pathlib import Path
+def resident():
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+from mbrl.replay import ReplayBuffer
+before = resident()
+buffer = ReplayBuffer.load(Path(sys.argv[1]))
+print(resident() - before, len(buffer), buffer.nbytes)
+"""
 
 
 def buffer_memory(directory: Path, frame_pixels: int) -> dict[str, float]:
-    """Bytes per stored frame pixel when a saved buffer is loaded: resident growth and on disk."""
-    before = resident_bytes()
-    buffer = ReplayBuffer.load(directory)
-    grown = resident_bytes() - before
-    rows = len(buffer)
+    """Bytes per stored frame pixel of a saved buffer: resident growth when a fresh process loads it, and on disk."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(directory)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    grown, rows, nbytes = (int(x) for x in out)
     on_disk = (directory / "rows.bin").stat().st_size
     return {
         "rows": rows,
         "resident_bytes_per_frame_pixel": grown / rows / frame_pixels,
         "disk_bytes_per_frame_pixel": on_disk / rows / frame_pixels,
-        "accounted_bytes_per_frame_pixel": buffer.nbytes / rows / frame_pixels,
+        "accounted_bytes_per_frame_pixel": nbytes / rows / frame_pixels,
     }
 
 
@@ -86,7 +94,8 @@ def main() -> None:
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4000, help="steps per measurement round")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--memory-steps", type=int, default=30_000, help="size of the buffer whose memory is measured")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "collect_throughput.json")
     args = parser.parse_args()
 
@@ -100,14 +109,16 @@ def main() -> None:
             ours.append(mbrl_steps_per_second(config, args.num_envs, args.steps, r, Path(tmp) / f"replay{r}"))
             print(f"round {r}: raw {raw[-1]:.0f} steps/s, mbrl collect {ours[-1]:.0f} steps/s, "
                   f"ratio {ours[-1] / raw[-1]:.2f}", flush=True)
-        memory = buffer_memory(Path(tmp) / "replay0", config.frame_size**2)
+        big = Path(tmp) / "memory"  # a larger buffer, so fixed costs do not blur the per-frame figure
+        mbrl_steps_per_second(config, args.num_envs, args.memory_steps, 0, big)
+        memory = buffer_memory(big, config.frame_size**2)
 
     result = {
         "benchmark": "collect_throughput",
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "command": "python benchmarks/collect_throughput.py " + f"--env {args.env} --num-envs {args.num_envs} "
-        f"--steps {args.steps} --rounds {args.rounds}",
+        f"--steps {args.steps} --rounds {args.rounds} --memory-steps {args.memory_steps}",
         "env": args.env,
         "num_envs": args.num_envs,
         "raw_steps_per_second": raw,

@@ -7,6 +7,7 @@ exit with status 2; internal errors keep their traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+STAGE_NAMES = ("1", "2", "3", "all")
 
 
 def _positive_int(text: str) -> int:
@@ -58,6 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(collect)
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.set_defaults(func=cmd_collect)
+
+    train_wm = sub.add_parser("train-world-model", help="train the world model on a run's replay buffer",
+                              description="Train the run's world model on its replay buffer: stage 1 (self-supervised "
+                              "encoder), stage 2 (predictor, reward and termination heads, decoder; encoder frozen), "
+                              "stage 3 (everything together, if world_model_training.finetune_steps > 0). Validation "
+                              "on held-out episodes, early stopping, tensorboard, checkpoints in the run.")
+    train_wm.add_argument("--run", type=Path, required=True, help="run directory with a replay buffer")
+    train_wm.add_argument("--stage", choices=sorted(STAGE_NAMES), default="all",
+                          help="1 encoder, 2 dynamics, 3 finetune, or all in order (default: all)")
+    train_wm.add_argument("--steps", type=_positive_int, help="updates per stage (default: from the config)")
+    train_wm.add_argument("--resume", action="store_true",
+                          help="continue from the run's world-model checkpoint instead of starting anew")
+    train_wm.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
+    train_wm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. --set world_model_training.lr=1e-3 (repeatable)")
+    train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_wm.set_defaults(func=cmd_train_world_model)
+
+    eval_wm = sub.add_parser("eval-world-model", help="measure the run's world model on held-out episodes",
+                             description="RAM probes, open-loop latent error, reward and life-loss detection and "
+                             "decoder PSNR of the run's world model on episodes never trained on; prints them and "
+                             "writes runs/NAME/world_model_eval.json.")
+    eval_wm.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
+    eval_wm.add_argument("--windows", type=_positive_int, default=1024, help="held-out windows to score (default 1024)")
+    eval_wm.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
+    eval_wm.set_defaults(func=cmd_eval_world_model)
 
     inspect = sub.add_parser("inspect", help="summarise a run: config, replay buffer, checkpoints",
                              description="Load a run's replay buffer and print what it holds.")
@@ -122,6 +152,83 @@ def cmd_collect(args: argparse.Namespace) -> None:
     print(f"collected {stats.steps} steps, {len(stats.episode_returns)} episodes{score} in {stats.seconds:.1f} s "
           f"({stats.steps / max(stats.seconds, 1e-9):.0f} steps/s); {run.replay_dir} holds {buffer.num_steps} steps, "
           f"{buffer.num_episodes} episodes")
+
+
+def cmd_train_world_model(args: argparse.Namespace) -> None:
+    """`mbrl train-world-model`: stages of world-model training on the run's buffer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from envs.atari import make_env
+    from mbrl.checkpoint import load_checkpoint
+    from mbrl.config import dump_yaml
+    from mbrl.replay import ReplayBuffer
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_config, resolve_device
+    from mbrl.train_world_model import CHECKPOINT, STAGES, Trainer, model_config
+    from world_models.registry import build
+
+    run = RunDir(args.run)
+    overrides = args.set + ([f"device={args.device}"] if args.device else [])
+    config = resolve_config(None, overrides, base=run.read_config())
+    device = resolve_device(config.device)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    num_actions = int(make_env(config.env).action_space.n)  # type: ignore[attr-defined]
+    config = dataclasses.replace(config, world_model=model_config(config.world_model, num_actions))
+    run.create(dump_yaml(config))
+    model = build(config.world_model_training.family, config.world_model)
+    trainer = Trainer(run, model, buffer, config.world_model_training, device, config.seed)
+    if args.resume:
+        trainer.restore(load_checkpoint(run.checkpoint_dir, CHECKPOINT))
+    elif (run.checkpoint_dir / f"{CHECKPOINT}.json").exists():
+        raise UserError(f"{run.checkpoint_dir} already holds a world model; pass --resume to continue it")
+    with SummaryWriter(str(run.tb_dir)) as writer:
+        trainer.train(STAGES[args.stage], args.steps, writer, show_progress=False if args.quiet else None)
+    val = {stage: trainer.validate(stage)["total"] for stage in trainer.progress["done"]}
+    print(f"world model trained ({', '.join(trainer.progress['done'])}) on {len(trainer.train_ids)} episodes; "
+          f"held-out loss: {', '.join(f'{k} {v:.4f}' for k, v in val.items())}; "
+          f"checkpoint {run.checkpoint_dir / CHECKPOINT}.json")
+
+
+def cmd_eval_world_model(args: argparse.Namespace) -> None:
+    """`mbrl eval-world-model`: metrics of the trained world model on held-out episodes."""
+    from mbrl.atomic import write_atomic
+    from mbrl.eval_world_model import evaluate
+    from mbrl.replay import ReplayBuffer
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_config, resolve_device
+    from mbrl.train_world_model import load_world_model, split_episodes
+
+    run = RunDir(args.run)
+    config = resolve_config(None, [f"device={args.device}"] if args.device else [], base=run.read_config())
+    device = resolve_device(config.device)
+    model, _ = load_world_model(run, device)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    train_ids, val_ids = split_episodes(buffer, config.world_model_training.holdout_every)
+    if len(val_ids) == 0 or len(train_ids) == 0:
+        raise UserError(f"{run.replay_dir} has no held-out episodes to evaluate on; collect more first")
+    try:
+        result = evaluate(model, buffer, train_ids, val_ids, config.env.id, device, windows=args.windows)
+    except ValueError as exc:  # held-out episodes too short for the windows
+        raise UserError(f"cannot evaluate on {run.replay_dir}: {exc}") from None
+    out = run.path / "world_model_eval.json"
+    write_atomic(out, json.dumps(result, indent=1).encode())
+    print(format_eval(result))
+    print(f"written to {out}")
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """The eval JSON as a few readable lines."""
+    lines = [f"held-out: {result['held_out_episodes']} episodes, {result['windows']} windows, "
+             f"context {result['context']} steps"]
+    for where, scores in result.get("probes", {}).items():
+        lines.append(f"probe R^2 [{where}]: " + ", ".join(f"{k} {v['r2']:.3f}" for k, v in scores.items()))
+    for h, d in result["dynamics"].items():
+        lines.append(f"latent [{h}]: L1 {d['l1']:.4f}, cosine {d['cosine']:.3f}")
+    for head in ("reward", "life_loss"):
+        lines.append(f"{head} F1: " + ", ".join(f"{h} {d['f1']:.3f} ({d['positives']} positives)"
+                                                for h, d in result[head].items()))
+    lines.append("decoder PSNR dB: " + ", ".join(f"{k} {v:.1f}" for k, v in result["decoder_psnr"].items()))
+    return "\n".join(lines)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:

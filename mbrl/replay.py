@@ -239,7 +239,7 @@ class ReplayBuffer:
             raise ValueError("a stream begins with a row that is not the first of an episode")
         start = self._size
         self._grow(start + n)
-        earlier = self._rows[np.maximum(prev, 0)]
+        earlier = np.maximum(prev, 0)
         block = self._rows[start : start + n]
         block["frame"] = frames
         block["ram"] = 0 if ram is None else ram
@@ -248,8 +248,9 @@ class ReplayBuffer:
         block["flags"] = flags
         block["stream"] = streams
         block["prev"] = prev
-        block["pos"] = np.where(first, 0, earlier["pos"] + 1)
-        block["episode"] = np.where(first, self._num_episodes_started + np.cumsum(first) - 1, earlier["episode"])
+        block["pos"] = np.where(first, 0, self._rows["pos"][earlier] + 1)
+        new_ids = self._num_episodes_started + np.cumsum(first) - 1
+        block["episode"] = np.where(first, new_ids, self._rows["episode"][earlier])
         self._num_episodes_started += int(first.sum())
         self._stream_last[streams] = np.arange(start, start + n)
         self._size += n
@@ -330,7 +331,7 @@ class ReplayBuffer:
         rows = self._rows[np.maximum(chain, 0)]  # (B, L+S) records
         frames = np.where(inside[..., None, None], rows["frame"], 0)  # zero before the episode start
         stacks = np.lib.stride_tricks.sliding_window_view(frames, self.frame_stack, axis=1)
-        stacks = np.ascontiguousarray(np.moveaxis(stacks, -1, 2))  # (B, L+1, S, H, W)
+        stacks = np.moveaxis(stacks, -1, 2).copy()  # (B, L+1, S, H, W), a writable copy
         obs_rows = rows[:, self.frame_stack - 1 :]  # (B, L+1) rows of o_0 .. o_L
         into = obs_rows[:, 1:]  # (B, L) rows reached by transitions 0 .. L-1
         flags = into["flags"]
@@ -364,6 +365,6 @@ def _consistent(rows: np.ndarray) -> bool:
     prev = rows["prev"]
     if np.any(first != (rows["pos"] == 0)) or np.any(first != (prev < 0)) or np.any(prev >= np.arange(len(rows))):
         return False
-    earlier = rows[np.maximum(prev, 0)]
-    linked = (earlier["stream"] == rows["stream"]) & (earlier["episode"] == rows["episode"])
-    return bool(np.all(first | (linked & (earlier["pos"] + 1 == rows["pos"]))))
+    earlier = np.maximum(prev, 0)
+    same = (rows["stream"][earlier] == rows["stream"]) & (rows["episode"][earlier] == rows["episode"])
+    return bool(np.all(first | (same & (rows["pos"][earlier] + 1 == rows["pos"]))))

@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from envs.atari import AtariConfig
 from mbrl.collect import CollectConfig
 from mbrl.config import apply_overrides, from_dict, load_yaml, preset_path
+from mbrl.errors import UserError
 from mbrl.replay import ReplayConfig
+from mbrl.train_world_model import WorldModelTrainConfig
+from world_models.jepa import JEPAConfig
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,19 @@ class RunConfig:
         env: the real game and its preprocessing.
         replay: replay buffer settings.
         collect: real-env collection settings.
+        world_model: the JEPA world model (num_actions is set from the env).
+        world_model_training: how the world model is trained.
         seed: seeds envs, policies and models.
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
     """
 
     env: AtariConfig = field(default_factory=AtariConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    world_model: JEPAConfig = field(default_factory=JEPAConfig)
+    world_model_training: WorldModelTrainConfig = field(default_factory=WorldModelTrainConfig)
     seed: int = 0
+    device: str = "auto"
 
 
 def resolve_config(preset: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> RunConfig:
@@ -41,3 +52,20 @@ def resolve_config(preset: str | None, overrides: list[str], base: dict[str, Any
     data = base if base is not None else (load_yaml(preset_path(preset)) if preset else {})
     return from_dict(RunConfig, apply_overrides(data, overrides))
 
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as torch names it.
+
+    Raises:
+        UserError: an unknown device, or CUDA asked for where there is none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but CUDA is not available here")
+    return device

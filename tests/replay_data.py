@@ -22,8 +22,8 @@ class Row:
     flags: int
 
 
-def encode(row_id: int) -> np.ndarray:
-    frame = np.zeros(FRAME, dtype=np.uint8)
+def encode(row_id: int, shape: tuple[int, int] = FRAME) -> np.ndarray:
+    frame = np.zeros(shape, dtype=np.uint8)
     frame[0, :4] = np.frombuffer(np.uint32(row_id).tobytes(), dtype=np.uint8)
     return frame
 
@@ -75,8 +75,8 @@ def fill(
             flags.append(row.flags)
             actions.append(row.action)
             rewards.append(row.reward)
-        frames = np.stack([encode(i) for i in ids])
-        ram = np.stack([encode(i)[0, :4] for i in ids])
+        frames = np.stack([encode(i, buffer.frame_shape) for i in ids])
+        ram = np.stack([encode(i)[0, : buffer.ram_size] for i in ids])
         buffer.append(active, frames, np.array(actions), np.array(rewards), np.array(flags, dtype=np.uint8), ram)
     return rows
 

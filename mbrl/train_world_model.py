@@ -1,0 +1,224 @@
+"""`mbrl train-world-model`: fit a world model to a run's replay buffer, stage by stage, resumably."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mbrl.checkpoint import Checkpoint, load_checkpoint, load_state_dict, save_checkpoint
+from mbrl.errors import UserError
+from mbrl.replay import ReplayBuffer, SequenceBatch
+from mbrl.run import RunDir
+from world_models.base import TrainBatch, WorldModel
+from world_models.registry import build, describe
+
+STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
+CHECKPOINT = "world_model"
+
+
+@dataclass(frozen=True)
+class WorldModelTrainConfig:
+    """How a world model is trained.
+
+    Attributes:
+        family: world-model family (see world_models/registry.py).
+        batch_size: windows per update.
+        seq_len: transitions per window.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        grad_clip: gradient norm clip.
+        encoder_steps: updates of stage 1 (self-supervised encoder).
+        dynamics_steps: updates of stage 2 (predictor, heads, decoder; encoder frozen).
+        finetune_steps: updates of stage 3 (everything together; 0 skips it).
+        eval_every: updates between validation, checkpoint and early-stopping checks.
+        val_batches: validation batches per check (fixed windows of held-out episodes).
+        patience: checks without a better validation loss before a stage stops early.
+        holdout_every: episodes whose id is a multiple of this are held out (never trained on).
+    """
+
+    family: str = "jepa"
+    batch_size: int = 32
+    seq_len: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    encoder_steps: int = 3000
+    dynamics_steps: int = 3000
+    finetune_steps: int = 0
+    eval_every: int = 250
+    val_batches: int = 4
+    patience: int = 4
+    holdout_every: int = 10
+
+
+def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) episode ids; the split never changes as the buffer grows."""
+    ids = buffer.episode_ids()
+    held = ids % holdout_every == 0
+    return ids[~held], ids[held]
+
+
+def to_train_batch(batch: SequenceBatch, device: torch.device) -> TrainBatch:
+    """Replay windows (numpy) -> a world model's training batch (tensors on `device`)."""
+    return TrainBatch(
+        frames=torch.from_numpy(batch.frames).to(device),
+        actions=torch.from_numpy(batch.actions).to(device),
+        rewards=torch.from_numpy(batch.clipped_rewards).to(device),
+        terminated=torch.from_numpy(batch.terminated).to(device),
+        life_loss=torch.from_numpy(batch.life_loss).to(device),
+    )
+
+
+class Trainer:
+    """Trains one world model on one replay buffer; everything it needs to resume is in its checkpoint."""
+
+    def __init__(self, run: RunDir, model: WorldModel, buffer: ReplayBuffer, cfg: WorldModelTrainConfig,
+                 device: torch.device, seed: int) -> None:
+        self.run, self.model, self.buffer, self.cfg, self.device = run, model.to(device), buffer, cfg, device
+        self.train_ids, self.val_ids = split_episodes(buffer, cfg.holdout_every)
+        if len(self.train_ids) == 0 or len(self.val_ids) == 0:
+            raise UserError(f"replay buffer {buffer.directory} has too few episodes to hold some out "
+                            f"({len(buffer.episode_ids())}); collect more first")
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.progress: dict[str, Any] = {"done": [], "stage": None, "step": 0, "best": None, "bad_checks": 0}
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # ---- the stage loop -----------------------------------------------------------------
+
+    def train(self, stages: list[str], steps: int | None, writer: Any, show_progress: bool | None) -> None:
+        """Run `stages` in order, skipping those a resumed checkpoint finished."""
+        for stage in stages:
+            total = steps if steps is not None else getattr(self.cfg, f"{stage}_steps")
+            if stage in self.progress["done"] or total == 0:
+                continue
+            if self.progress["stage"] != stage:
+                self.progress.update(stage=stage, step=0, best=None, bad_checks=0)
+                self.optimizer = self._optimizer(stage)
+            assert self.optimizer is not None
+            bar = tqdm(total=total, initial=self.progress["step"], desc=f"world model: {stage}", unit="update",
+                       disable=None if show_progress is None else not show_progress)
+            while self.progress["step"] < total:
+                losses = self._update(stage)
+                self.progress["step"] += 1
+                bar.update(1)
+                step = self.progress["step"]
+                for name, value in losses.items():
+                    writer.add_scalar(f"losses/{stage}/{name}", value, step)
+                if step % self.cfg.eval_every == 0 or step == total:
+                    if self._check(stage, writer):
+                        bar.write(f"{stage}: validation loss stopped improving; stopping early at update {step}")
+                        break
+                    bar.set_postfix(loss=f"{losses['total']:.4f}", val=f"{self.progress['best']:.4f}")
+            bar.close()
+            self.progress["done"].append(stage)
+            self.save()
+
+    def _update(self, stage: str) -> dict[str, float]:
+        self.model.train()
+        batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, self.rng, episodes=self.train_ids)
+        losses = self.model.loss(to_train_batch(batch, self.device), stage)
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        if stage in ("encoder", "finetune"):
+            self.model.update_target()  # type: ignore[operator]
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def validate(self, stage: str) -> dict[str, float]:
+        """Mean loss parts on fixed windows of held-out episodes."""
+        self.model.eval()
+        rng = np.random.default_rng(0)  # the same windows at every check
+        sums: dict[str, float] = {}
+        for _ in range(self.cfg.val_batches):
+            batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, rng, episodes=self.val_ids)
+            for name, value in self.model.loss(to_train_batch(batch, self.device), stage).items():
+                sums[name] = sums.get(name, 0.0) + float(value) / self.cfg.val_batches
+        return sums
+
+    def _check(self, stage: str, writer: Any) -> bool:
+        """Validate, log, checkpoint; True when the stage should stop early."""
+        val = self.validate(stage)
+        step = self.progress["step"]
+        for name, value in val.items():
+            writer.add_scalar(f"val/{stage}/{name}", value, step)
+        if stage != "encoder":
+            writer.add_images(f"decoder/{stage}/real_vs_decoded", self._picture(), step, dataformats="NCHW")
+        best = self.progress["best"]
+        if best is None or val["total"] < best:
+            self.progress.update(best=val["total"], bad_checks=0)
+        else:
+            self.progress["bad_checks"] += 1
+        self.save()
+        return self.progress["bad_checks"] >= self.cfg.patience
+
+    @torch.no_grad()
+    def _picture(self) -> torch.Tensor:
+        """Eight held-out frames above their decodings: (16, 1, H, W)."""
+        batch = self.buffer.sample(8, 0, np.random.default_rng(1), episodes=self.val_ids)
+        frames = torch.from_numpy(batch.frames).to(self.device)  # (8, 1, S, H, W)
+        decoded = self.model.decode(self.model.encode(frames))[:, 0]
+        real = frames[:, 0, -1].float() / 255.0
+        return torch.cat([real, decoded]).unsqueeze(1).cpu()
+
+    def _optimizer(self, stage: str) -> torch.optim.Optimizer:
+        params = self.model.parameter_groups(stage)  # type: ignore[operator]
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Model, optimizer, RNG states and counters, atomically."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_meta: dict[str, Any] = {}
+        if self.optimizer is not None:
+            state = self.optimizer.state_dict()
+            for index, values in state["state"].items():
+                for name, value in values.items():
+                    tensors[f"optim.{index}.{name}"] = value
+            optim_meta = {"param_groups": state["param_groups"]}
+        tensors["rng.torch"] = torch.get_rng_state()
+        metadata = {**describe(self.cfg.family, self.model), "progress": self.progress, "optimizer": optim_meta,
+                    "rng_numpy": self.rng.bit_generator.state, "replay_rows": len(self.buffer)}
+        save_checkpoint(self.run.checkpoint_dir, CHECKPOINT, tensors, metadata, step=self.progress["step"])
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint written by `save`."""
+        load_state_dict(self.model, ckpt, prefix="model.")
+        self.progress = ckpt.metadata["progress"]
+        self.rng.bit_generator.state = ckpt.metadata["rng_numpy"]
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        stage = self.progress["stage"]
+        if stage is not None and ckpt.metadata["optimizer"]:
+            self.optimizer = self._optimizer(stage)
+            state: dict[str, Any] = {"state": {}, "param_groups": ckpt.metadata["optimizer"]["param_groups"]}
+            for key, value in ckpt.tensors.items():
+                if key.startswith("optim."):
+                    _, index, name = key.split(".", 2)
+                    state["state"].setdefault(int(index), {})[name] = value.to(self.device)
+            self.optimizer.load_state_dict(state)
+
+
+def load_world_model(run: RunDir, device: torch.device) -> tuple[WorldModel, Checkpoint]:
+    """The world model saved in a run, ready for inference.
+
+    Raises:
+        UserError: no or a broken world-model checkpoint.
+    """
+    ckpt = load_checkpoint(run.checkpoint_dir, CHECKPOINT)
+    model = build(ckpt.metadata["family"], ckpt.metadata["config"])
+    load_state_dict(model, ckpt, prefix="model.")
+    return model.to(device).eval(), ckpt
+
+
+def model_config(family_config: Any, num_actions: int) -> Any:
+    """The family config with the env's action count filled in."""
+    return dataclasses.replace(family_config, num_actions=num_actions)

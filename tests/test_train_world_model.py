@@ -1,0 +1,113 @@
+"""World-model training: resume after an interruption gives exactly the uninterrupted result; CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from replay_data import fill
+from test_cli import assert_user_error, mbrl_cli
+
+from mbrl.checkpoint import load_checkpoint
+from mbrl.replay import ReplayBuffer
+from mbrl.run import RunDir
+from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, split_episodes
+from world_models.jepa import JEPAConfig, JEPAWorldModel
+
+MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,
+                   predictor_dim=16, predictor_depth=1, context=3, decoder_dim=16, rollout_steps=2)
+TRAIN = WorldModelTrainConfig(batch_size=4, seq_len=3, encoder_steps=6, dynamics_steps=6, eval_every=3,
+                              val_batches=1, holdout_every=3)
+
+
+class Writer:
+    """Tensorboard stand-in that can interrupt training, as a kill would."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls, self.stop_after = 0, stop_after
+
+    def add_scalar(self, *args: object) -> None:
+        self.calls += 1
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+
+    def add_images(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def trainer(tmp_path: Path) -> Trainer:
+    buffer = ReplayBuffer((16, 16), 4, ram_size=4)
+    fill(buffer, num_streams=3, vector_steps=300, seed=0)
+    torch.manual_seed(0)
+    run = RunDir(tmp_path)
+    run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(run, JEPAWorldModel(MODEL), buffer, TRAIN, torch.device("cpu"), seed=0)
+
+
+def test_held_out_episodes_are_never_trained_on(tmp_path: Path) -> None:
+    t = trainer(tmp_path)
+    train_ids, val_ids = split_episodes(t.buffer, 3)
+    assert len(val_ids) and len(train_ids) and not set(train_ids) & set(val_ids)
+    assert (val_ids % 3 == 0).all()
+
+
+def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path) -> None:
+    straight = trainer(tmp_path / "a")
+    straight.train(["encoder", "dynamics"], None, Writer(), show_progress=False)
+
+    broken = trainer(tmp_path / "b")
+    scalars_per_update = 4  # total, jepa_masked, jepa_summary, target_std
+    with pytest.raises(KeyboardInterrupt):  # during update 5 of the encoder stage; the checkpoint is at 3
+        broken.train(["encoder", "dynamics"], None, Writer(stop_after=scalars_per_update * 5), show_progress=False)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoints", CHECKPOINT)
+    assert ckpt.metadata["progress"]["stage"] == "encoder" and ckpt.step == 3
+
+    resumed = trainer(tmp_path / "b")
+    resumed.restore(ckpt)
+    resumed.train(["encoder", "dynamics"], None, Writer(), show_progress=False)
+    assert resumed.progress["done"] == ["encoder", "dynamics"]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
+    run = tmp_path / "wm"
+    proc = mbrl_cli("collect", "--steps", "1200", "--run", str(run), "--preset", "smoke",
+                    "--set", "env.max_episode_frames=600", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert_user_error(mbrl_cli("eval-world-model", "--run", str(run)), "checkpoint not found")
+    assert_user_error(mbrl_cli("train-world-model", "--run", str(run), "--device", "cuda:7"), "device 'cuda:7'")
+
+    proc = mbrl_cli("train-world-model", "--run", str(run), "--stage", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained (encoder)" in proc.stdout
+    assert_user_error(mbrl_cli("train-world-model", "--run", str(run)), "pass --resume")
+    proc = mbrl_cli("train-world-model", "--run", str(run), "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained (encoder, dynamics)" in proc.stdout
+    meta = json.loads((run / "checkpoints" / "world_model.json").read_text())["body"]
+    assert meta["metadata"]["progress"]["done"] == ["encoder", "dynamics"]
+    assert meta["metadata"]["config"]["num_actions"] == 4
+
+    proc = mbrl_cli("eval-world-model", "--run", str(run), "--windows", "32")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run / "world_model_eval.json").read_text())
+    assert set(result["probes"]) == {"encoded", "h1", "h5", "h10"}
+    assert set(result["probes"]["encoded"]) == {"paddle_x", "ball_x", "ball_y"}
+    for h in ("h1", "h5", "h10"):
+        assert -1.0 <= result["dynamics"][h]["cosine"] <= 1.0
+        assert np.isfinite(result["decoder_psnr"][h])
+    assert set(result["reward"]) == {"h1", "h5"} and "f1" in result["life_loss"]["h1"]
+    assert "probe R^2 [encoded]" in proc.stdout
+
+
+def test_module_imports_without_gymnasium() -> None:
+    code = "import sys; import world_models.jepa, world_models.registry; " \
+           "sys.exit(any(m.split('.')[0] in ('gymnasium', 'stable_baselines3', 'envs', 'mbrl') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

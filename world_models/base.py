@@ -1,0 +1,87 @@
+"""The interface every world-model family implements, and its typed inputs and outputs.
+
+Batch first, tensors in and out: no numpy, no gymnasium. The dream env, the planners and the
+training loop use only this interface, so a new family is one new file plus a registry entry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+
+class TrainBatch(NamedTuple):
+    """`B` windows of `L` transitions from the replay buffer, as tensors.
+
+    Attributes:
+        frames: uint8 (B, L+1, C, H, W) observations o_0 .. o_L (C = frame stack).
+        actions: int64 (B, L) action a_t taken at o_t.
+        rewards: float32 (B, L) clipped reward of transition t (-1, 0 or 1).
+        terminated: bool (B, L) the game ended with transition t.
+        life_loss: bool (B, L) a life was lost in transition t.
+    """
+
+    frames: Tensor
+    actions: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    life_loss: Tensor
+
+
+class StepOutput(NamedTuple):
+    """One imagined step for a batch of rollouts.
+
+    Attributes:
+        state: the family's imagination state after the step (pass it to the next `step`).
+        latent: (B, *latent_shape) the predicted next latent.
+        reward: (B,) expected clipped reward of the step.
+        cont: (B,) probability that the episode continues (no game over).
+        life_loss: (B,) probability that a life was lost in the step.
+    """
+
+    state: Any
+    latent: Tensor
+    reward: Tensor
+    cont: Tensor
+    life_loss: Tensor
+
+
+class WorldModel(nn.Module, ABC):
+    """A learned model of an environment, used for imagination, planning and pictures.
+
+    Attributes:
+        latent_shape: shape of one latent.
+        num_actions: size of the discrete action space.
+        config: the family's frozen dataclass config (saved in checkpoints).
+    """
+
+    latent_shape: tuple[int, ...]
+    num_actions: int
+    config: Any
+
+    @abstractmethod
+    def encode(self, frames: Tensor) -> Tensor:
+        """uint8 (B, T, C, H, W) -> latents (B, T, *latent_shape); the target (EMA) encoder where there is one."""
+
+    @abstractmethod
+    def observe(self, latents: Tensor, actions: Tensor) -> Any:
+        """A real context -> imagination state.
+
+        Args:
+            latents: (B, T, *latent_shape) encoded real observations o_1 .. o_T.
+            actions: (B, T-1) actions taken between them.
+        """
+
+    @abstractmethod
+    def step(self, state: Any, action: Tensor) -> StepOutput:
+        """Imagine one step for every rollout: int64 (B,) actions taken at the current latent."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents (..., *latent_shape) -> float frames (..., H, W) in [0, 1] (the newest frame), for pictures."""
+
+    @abstractmethod
+    def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
+        """Named loss parts of a training stage for a batch; the key "total" is what is minimised."""

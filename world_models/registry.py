@@ -1,0 +1,28 @@
+"""World-model families by name: the config class and the model class of each."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from world_models.base import WorldModel
+from world_models.jepa import JEPAConfig, JEPAWorldModel
+
+FAMILIES: dict[str, tuple[type, type[WorldModel]]] = {
+    "jepa": (JEPAConfig, JEPAWorldModel),
+}
+
+
+def build(family: str, config: Any) -> WorldModel:
+    """A new model of `family` from its config dataclass (or a dict of its fields)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown world-model family {family!r}; known: {', '.join(FAMILIES)}")
+    config_cls, model_cls = FAMILIES[family]
+    if isinstance(config, dict):
+        config = config_cls(**config)
+    return model_cls(config)
+
+
+def describe(family: str, model: WorldModel) -> dict[str, Any]:
+    """What a checkpoint's metadata needs to rebuild `model`: its family and config fields."""
+    return {"family": family, "config": dataclasses.asdict(model.config)}
