@@ -14,7 +14,6 @@ ratio over rounds is the figure. Also measured: replay buffer bytes per stored f
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 from envs.atari import RAM_SIZE, AtariConfig, make_vector_env
 from mbrl.collect import Collector, RandomPolicy
 from mbrl.replay import ReplayBuffer
-from report import machine, write_results_md  # benchmarks/ is this script's directory
+from report import save_result  # benchmarks/ is this script's directory
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,8 +114,6 @@ def main() -> None:
 
     result = {
         "benchmark": "collect_throughput",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
         "command": "python benchmarks/collect_throughput.py " + f"--env {args.env} --num-envs {args.num_envs} "
         f"--steps {args.steps} --rounds {args.rounds} --memory-steps {args.memory_steps}",
         "env": args.env,
@@ -129,10 +126,7 @@ def main() -> None:
         "ratio_median": statistics.median(o / r for o, r in zip(ours, raw)),
         **memory,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    write_results_md()
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,45 @@ def _collect_throughput(r: dict[str, Any]) -> list[str]:
         f"| replay bytes per frame pixel, on disk | {r['disk_bytes_per_frame_pixel']:.3f} |",
         f"| replay bytes per frame pixel, all arrays incl. bookkeeping | {r['accounted_bytes_per_frame_pixel']:.3f} |",
         "",
+        "The speed of one pipeline varies by up to 2x from round to round on this shared machine, so the figure",
+        "is the median of per-round ratios; the raw env uses a C++ thread pool and cannot record the console RAM.",
+        "",
     ]
 
 
-RENDERERS = {"collect_throughput": _collect_throughput}
+def _world_model_train(r: dict[str, Any]) -> list[str]:
+    p = r["parameters"]
+    lines = [
+        "## World-model training throughput (`benchmarks/world_model_train.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
+        f"Default JEPA model: {p['all'] / 1e6:.2f}M parameters (encoder {p['encoder'] / 1e6:.2f}M, dynamics "
+        f"{p['dynamics'] / 1e6:.2f}M, decoder {p['decoder'] / 1e6:.2f}M); batch {r['batch']}.",
+        "",
+        "| stage | updates/s | frames/s |",
+        "| --- | --- | --- |",
+    ]
+    for stage, s in r["stages"].items():
+        lines.append(f"| {stage} | {s['updates_per_second']:.2f} | {s['frames_per_second']:.0f} |")
+    lines += [
+        f"| target-encoder inference | | {r['encode_frames_per_second']:.0f} |",
+        "",
+        f"Peak resident memory of the benchmark process: {r['peak_rss_mib']:.0f} MiB.",
+        "",
+    ]
+    return lines
+
+
+RENDERERS = {"collect_throughput": _collect_throughput, "world_model_train": _world_model_train}
+
+
+def save_result(result: dict[str, Any], out: Path) -> None:
+    """Stamp a benchmark result with date and machine, write its JSON, print it, re-render RESULTS.md."""
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    write_results_md()
 
 
 def write_results_md() -> Path:
