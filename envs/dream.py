@@ -1,0 +1,328 @@
+"""The dream: a world model's imagination as a gymnasium env, batched over sub-envs.
+
+Each imagined episode starts from a real context sampled from the replay buffer (a window of
+observations and the actions between them, encoded and given to `observe`), then every `step`
+is one batched `world_model.step` for all sub-envs. `DreamVectorEnv` autoresets on the next
+step, as gymnasium's vector envs do; `DreamEnv` is the single-env view that SB3 and
+`check_env` use. Observations are latents, or in pixel mode decoded frame stacks shaped like
+the real env's observations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+from torch import Tensor
+
+from mbrl.replay import ReplayBuffer
+from world_models.base import WorldModel
+
+_MAX_EXTRA_CONTEXT = 64  # longest search for a context whose state keeps its shape when stepped
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """How imagined episodes start, end and look.
+
+    Attributes:
+        horizon: imagined steps before an episode is truncated.
+        context: real observations encoded to start an imagination: a window of `context`
+            observations and the `context - 1` actions between them, sampled from the replay
+            buffer. A world model that keeps a longer history (JEPA keeps its own `context`
+            latents) gets a window as long as that history, so that every rollout's state has
+            one shape and sub-envs can restart independently.
+        observation: "latent" (float32 `latent_shape`) or "pixels" (uint8 (S, H, W) frame
+            stacks of decoded frames, like the real env's observations).
+        reward: "clipped" (the predicted expected reward rounded to -1, 0 or 1) or "expected"
+            (the expected reward as predicted).
+        terminate_on: "game_over", or "life_loss" (a lost life or a game over ends the episode).
+        termination_threshold: an episode terminates when the predicted probability of its end
+            event exceeds this.
+        device: torch device of the world model and of imagination.
+    """
+
+    horizon: int = 15
+    context: int = 4
+    observation: str = "latent"
+    reward: str = "clipped"
+    terminate_on: str = "game_over"
+    termination_threshold: float = 0.5
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        choices = {"observation": ("latent", "pixels"), "reward": ("clipped", "expected"),
+                   "terminate_on": ("game_over", "life_loss")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DreamConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.horizon < 1 or self.context < 1:
+            raise ValueError(f"DreamConfig.horizon and .context must be >= 1, got {self.horizon}, {self.context}")
+        if not 0.0 <= self.termination_threshold <= 1.0:
+            raise ValueError(f"DreamConfig.termination_threshold must be in [0, 1], got {self.termination_threshold}")
+
+
+def latent_space(world_model: WorldModel) -> gym.spaces.Box:
+    """The observation space of one latent: unbounded float32 `latent_shape`."""
+    return gym.spaces.Box(-np.inf, np.inf, tuple(world_model.latent_shape), np.float32)
+
+
+class DreamVectorEnv(gym.vector.VectorEnv):
+    """`num_envs` imagined episodes stepped together, with next-step autoreset.
+
+    A sub-env that ended on the previous step ignores its action, restarts from a new real
+    context and returns reward 0, terminated and truncated False. Rewards are float64 (N,);
+    step infos hold float32 (N,) arrays "cont" (continue probability), "life_loss"
+    (probability) and "expected_reward", with gymnasium's "_key" masks (False where the
+    sub-env restarted instead of stepping).
+
+    Args:
+        world_model: the imagination; it must live on `config.device`.
+        buffer: real episodes that start contexts are sampled from.
+        num_envs: imagined episodes run in parallel.
+        config: dream settings.
+        seed: seeds the context sampling and torch's generator (also `reset(seed=...)`).
+        episodes: if given, contexts come only from these episode ids (e.g. a training split).
+        render_mode: None or "rgb_array".
+    """
+
+    def __init__(self, world_model: WorldModel, buffer: ReplayBuffer, num_envs: int, config: DreamConfig,
+                 seed: int | None = None, episodes: np.ndarray | None = None, render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.world_model, self.buffer, self.config, self.episodes = world_model, buffer, config, episodes
+        self.num_envs, self.render_mode, self.device = num_envs, render_mode, torch.device(config.device)
+        self.metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
+        self.frame_shape = (buffer.frame_stack, *buffer.frame_shape)  # (S, H, W) of a pixel observation
+        self.single_action_space = gym.spaces.Discrete(world_model.num_actions)
+        if config.observation == "latent":
+            self.single_observation_space: gym.spaces.Box = latent_space(world_model)
+        else:
+            self.single_observation_space = gym.spaces.Box(0, 255, self.frame_shape, np.uint8)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._generator = torch.Generator()
+        with torch.no_grad(), self._model_rng():
+            self.context = self._context_length()
+            decoded = self._frames(torch.zeros(1, *world_model.latent_shape, device=self.device))
+        if decoded.shape[1:] != buffer.frame_shape:
+            raise ValueError(f"the world model decodes {decoded.shape[1:]} frames; the buffer holds "
+                             f"{buffer.frame_shape} frames")
+        self._seed(seed)  # after the probes above: seed=s then reset() is the same as reset(seed=s)
+        self._state: Any = None  # the world model's batched imagination state
+        self._latent = torch.zeros(0)  # (N, *latent_shape) current latents
+        self._stack = np.zeros((num_envs, *self.frame_shape), np.uint8)  # pixel mode: (N, S, H, W)
+        self._steps = np.zeros(num_envs, np.int64)  # imagined steps of each episode
+        self._ended = np.zeros(num_envs, bool)  # ended on the previous step: restarts on the next
+
+    @torch.no_grad()
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Restart every sub-env from a new real context; `seed` reseeds both generators."""
+        if options:
+            raise ValueError(f"DreamVectorEnv.reset takes no options, got {sorted(options)}")
+        if seed is not None:
+            self._seed(seed)
+        with self._model_rng():
+            self._state, self._latent, stack = self._start(self.num_envs)
+        self._stack[:] = stack
+        self._steps[:] = 0
+        self._ended[:] = False
+        return self._observation(), {}
+
+    @torch.no_grad()
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One imagined step of every sub-env: int (N,) actions in [0, num_actions).
+
+        Raises:
+            ValueError: the actions are not N integers in range.
+            FloatingPointError: the world model predicted NaN or inf (the message names the output).
+        """
+        actions = self._check_actions(actions)
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        restart, live = self._ended.copy(), ~self._ended
+        with self._model_rng():
+            out = self.world_model.step(self._state, torch.as_tensor(actions, device=self.device))
+            _check_finite(live, latent=out.latent, reward=out.reward, cont=out.cont, life_loss=out.life_loss)
+            state, latent = out.state, out.latent
+            if self.config.observation == "pixels":
+                self._stack = np.concatenate([self._stack[:, 1:], self._frames(latent)[:, None]], axis=1)
+            if restart.any():  # only the sub-envs that ended: one batched start for all of them
+                rows = torch.as_tensor(np.flatnonzero(restart), device=self.device)
+                fresh_state, fresh_latent, self._stack[restart] = self._start(len(rows))
+                state, latent = _scatter(state, rows, fresh_state), latent.index_copy(0, rows, fresh_latent)
+        self._state, self._latent = state, latent
+
+        expected, cont, life_loss = (x.float().cpu().numpy() for x in (out.reward, out.cont, out.life_loss))
+        clipped = np.clip(np.round(expected), -1, 1) + 0.0  # round half to even; + 0.0 turns -0.0 into 0.0
+        reward = clipped if self.config.reward == "clipped" else expected
+        end = 1.0 - cont if self.config.terminate_on == "game_over" else np.maximum(1.0 - cont, life_loss)
+        terminated = live & (end > self.config.termination_threshold)
+        self._steps = np.where(live, self._steps + 1, 0)
+        truncated = live & (self._steps >= self.config.horizon)
+        self._ended = terminated | truncated
+        info = {"cont": np.where(live, cont, 1.0).astype(np.float32),
+                "life_loss": np.where(live, life_loss, 0.0).astype(np.float32),
+                "expected_reward": np.where(live, expected, 0.0).astype(np.float32)}
+        info.update({f"_{key}": live.copy() for key in list(info)})
+        return self._observation(), np.where(live, reward, 0.0).astype(np.float64), terminated, truncated, info
+
+    @torch.no_grad()
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        """The current frame of every sub-env, uint8 (N, H, W, 3) grayscale (None without a render_mode)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() needs render_mode='rgb_array'")
+            return None
+        if self._state is None:
+            raise RuntimeError("call reset() before render()")
+        return np.repeat(self._frames(self._latent)[..., None], 3, axis=-1)  # no draw: rendering changes nothing
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _seed(self, seed: int | None) -> None:
+        self._np_random, self._np_random_seed = seeding.np_random(seed)
+        self._generator.manual_seed(self._np_random_seed % 2**63)
+
+    @contextlib.contextmanager
+    def _model_rng(self) -> Iterator[None]:
+        """World-model calls draw from torch's global generator seeded from ours, and leave the caller's untouched."""
+        devices = [self.device] if self.device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=self._generator)))
+            yield
+
+    def _context_length(self) -> int:
+        """The shortest window (>= config.context) whose observed state keeps its shape when stepped."""
+        latent = torch.zeros(1, 1, *self.world_model.latent_shape, device=self.device)
+        for length in range(self.config.context, self.config.context + _MAX_EXTRA_CONTEXT):
+            actions = torch.zeros(1, length - 1, dtype=torch.long, device=self.device)
+            state = self.world_model.observe(latent.expand(1, length, *latent.shape[2:]), actions)
+            stepped = self.world_model.step(state, torch.zeros(1, dtype=torch.long, device=self.device)).state
+            if _shapes(state) == _shapes(stepped):
+                return length
+        raise ValueError("the world model's state grows with every step, so sub-envs cannot restart independently")
+
+    def _start(self, n: int) -> tuple[Any, Tensor, np.ndarray]:
+        """`n` new episodes from real contexts: (state, latents (n, *latent_shape), pixel stacks (n, S, H, W)).
+
+        The pixel stack holds the decoded newest frames of the context's last S observations
+        (the frames of the last observation's real stack, as the decoder pictures them), the
+        oldest repeated when the context is shorter than S; it is zeros in latent mode.
+        """
+        batch = self.buffer.sample(n, self.context - 1, self.np_random, self.episodes)
+        latents = self.world_model.encode(torch.as_tensor(batch.frames, device=self.device))  # (n, T, *latent)
+        _check_finite(None, latent=latents)
+        state = self.world_model.observe(latents, torch.as_tensor(batch.actions, device=self.device))
+        stack = np.zeros((n, *self.frame_shape), np.uint8)
+        if self.config.observation == "pixels":
+            frames = self._frames(latents[:, -self.frame_shape[0]:])  # (n, min(T, S), H, W)
+            stack[:] = np.concatenate([frames[:, :1]] * (self.frame_shape[0] - frames.shape[1]) + [frames], axis=1)
+        return state, latents[:, -1], stack
+
+    def _frames(self, latents: Tensor) -> np.ndarray:
+        """latents (..., *latent_shape) -> uint8 decoded newest frames (..., H, W)."""
+        return (self.world_model.decode(latents).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    def _observation(self) -> np.ndarray:
+        if self.config.observation == "pixels":
+            return self._stack.copy()
+        return self._latent.float().cpu().numpy().copy()  # never a view of the model's state
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        a = np.asarray(actions)
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"actions must be integers, got dtype {a.dtype}")
+        if a.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {a.shape}")
+        n = self.world_model.num_actions
+        if ((a < 0) | (a >= n)).any():
+            raise ValueError(f"actions must be in [0, {n}), got {a.tolist()}")
+        return a.astype(np.int64)
+
+
+class DreamEnv(gym.Env):
+    """One imagined episode at a time (a `DreamVectorEnv` with one sub-env), without autoreset.
+
+    Takes `DreamVectorEnv`'s arguments except `num_envs`. `step` returns Python floats and
+    bools and infos of floats; after an episode ends, call `reset()`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}  # Atari's 60 Hz with a 4-frame skip
+
+    def __init__(self, world_model: WorldModel, buffer: ReplayBuffer, config: DreamConfig, seed: int | None = None,
+                 episodes: np.ndarray | None = None, render_mode: str | None = None) -> None:
+        self.vector = DreamVectorEnv(world_model, buffer, 1, config, seed, episodes, render_mode)
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+        self.render_mode = render_mode
+        self._running = False
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, _ = self.vector.reset(seed=seed, options=options)
+        self._np_random, self._np_random_seed = self.vector.np_random, self.vector.np_random_seed  # one generator
+        self._running = True
+        return obs[0], {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One imagined step; `action` is an integer scalar in [0, num_actions)."""
+        if not self._running:
+            raise RuntimeError("the episode has ended or not started: call reset()")
+        if np.shape(action) != ():
+            raise ValueError(f"action must be an integer scalar, got shape {np.shape(action)}")
+        obs, reward, terminated, truncated, info = self.vector.step(np.asarray(action)[None])
+        self._running = not (terminated[0] or truncated[0])
+        scalars = {key: float(value[0]) for key, value in info.items() if not key.startswith("_")}
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), scalars
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, uint8 (H, W, 3) (None without a render_mode)."""
+        frames = self.vector.render()
+        return None if frames is None else frames[0]
+
+    def close(self) -> None:
+        self.vector.close()
+
+
+def _check_finite(rows: np.ndarray | None, **outputs: Tensor) -> None:
+    """Raise FloatingPointError naming the first output with NaN or inf (in the given batch rows)."""
+    for name, x in outputs.items():
+        if rows is not None:
+            x = x[torch.as_tensor(rows, device=x.device)]
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"the world model predicted a non-finite {name} (NaN or inf)")
+
+
+def _shapes(state: Any) -> Any:
+    """The per-rollout shapes of a state's tensors, in the state's structure."""
+    if isinstance(state, Tensor):
+        return tuple(state.shape[1:])
+    if isinstance(state, dict):
+        return {key: _shapes(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [_shapes(value) for value in state]
+    return state
+
+
+def _scatter(state: Any, rows: Tensor, fresh: Any) -> Any:
+    """`state` with batch rows `rows` replaced by `fresh`: tensors, and dicts, lists and (named) tuples of them."""
+    if isinstance(state, Tensor):
+        return state.index_copy(0, rows, fresh.to(state.dtype))
+    if isinstance(state, dict):
+        return {key: _scatter(value, rows, fresh[key]) for key, value in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(_scatter(s, rows, f) for s, f in zip(state, fresh)))
+    if isinstance(state, (list, tuple)):
+        return type(state)(_scatter(s, rows, f) for s, f in zip(state, fresh))
+    if state != fresh:
+        raise TypeError(f"cannot merge world-model states holding {type(state).__name__} values that differ")
+    return state

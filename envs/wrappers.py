@@ -1,0 +1,65 @@
+"""Real envs seen through the world model: observations replaced by their latents.
+
+A policy trained in the dream (latent mode) acts on `world_model.encode(obs)`; these wrappers
+give a real env exactly that observation and the dream env's latent observation space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector.utils import batch_space
+
+from envs.dream import latent_space
+from world_models.base import WorldModel
+
+
+class LatentObservation(gym.ObservationWrapper):
+    """A real env's uint8 (S, H, W) observations as float32 latents (`world_model.latent_shape`).
+
+    Args:
+        env: a single env with uint8 frame-stack observations (e.g. `envs.atari.make_env`).
+        world_model: encodes the observations (it must live on `device`).
+        device: torch device of the encoding.
+    """
+
+    def __init__(self, env: gym.Env, world_model: WorldModel, device: str = "cpu") -> None:
+        super().__init__(env)
+        _check_frames(env.observation_space)
+        self.world_model, self.device = world_model, torch.device(device)
+        self.observation_space = latent_space(world_model)
+
+    @torch.no_grad()
+    def observation(self, observation: Any) -> np.ndarray:
+        frames = torch.as_tensor(np.asarray(observation), device=self.device)[None, None]  # (1, 1, S, H, W)
+        return self.world_model.encode(frames)[0, 0].float().cpu().numpy()
+
+
+class LatentObservationVector(gym.vector.VectorObservationWrapper):
+    """A vector env's uint8 (N, S, H, W) observations as float32 latents (N, *latent_shape), one encode for all.
+
+    Args:
+        env: a vector env with uint8 frame-stack observations (e.g. `envs.atari.make_vector_env`).
+        world_model: encodes the observations (it must live on `device`).
+        device: torch device of the encoding.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, world_model: WorldModel, device: str = "cpu") -> None:
+        super().__init__(env)
+        _check_frames(env.single_observation_space)
+        self.world_model, self.device = world_model, torch.device(device)
+        self.single_observation_space = latent_space(world_model)
+        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+
+    @torch.no_grad()
+    def observations(self, observations: Any) -> np.ndarray:
+        frames = torch.as_tensor(np.asarray(observations), device=self.device)[:, None]  # (N, 1, S, H, W)
+        return self.world_model.encode(frames)[:, 0].float().cpu().numpy()
+
+
+def _check_frames(space: gym.Space) -> None:
+    if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
+        raise ValueError(f"expected uint8 (S, H, W) frame-stack observations, got {space}")

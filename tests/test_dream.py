@@ -1,0 +1,364 @@
+"""Dream env: closed-form imagination on a toy world model, autoreset, seeding, bad input, checkers, SB3."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import stable_baselines3 as sb3
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from test_jepa import TINY
+from torch import Tensor
+
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
+from envs.wrappers import LatentObservation, LatentObservationVector
+from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
+from world_models.base import StepOutput, TrainBatch, WorldModel
+from world_models.jepa import JEPAWorldModel
+
+EPISODES, LENGTH = 4, 12  # the toy buffer: frame value of row `pos` of episode `e` is 40 e + 3 pos
+
+
+class Walker(WorldModel):
+    """A world model known in closed form; the latent is (x, t).
+
+    encode: x = the newest frame's corner pixel, t = 0. step(a): x += a, t += 1; reward 0.75
+    for a = 1, -0.25 for a = 2, else 0; game over once t >= end; life lost with probability
+    0.6 on a = 2. decode: every pixel (x + 16 t) / 255. `poison` names an output made NaN.
+    """
+
+    latent_shape = (2,)
+    num_actions = 3
+    config = None
+
+    def __init__(self, end: int = 100) -> None:
+        super().__init__()
+        self.end = end
+        self.poison: str | None = None
+        self.observed: list[tuple[Tensor, Tensor]] = []  # arguments of every observe call
+
+    def encode(self, frames: Tensor) -> Tensor:
+        x = frames[:, :, -1, 0, 0].float()
+        return torch.stack([x, torch.zeros_like(x)], dim=-1)
+
+    def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        self.observed.append((latents.clone(), actions.clone()))
+        return {"z": latents[:, -1]}
+
+    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+        z = state["z"] + torch.stack([action.float(), torch.ones(len(action))], dim=-1)
+        reward = torch.where(action == 1, 0.75, torch.where(action == 2, -0.25, 0.0))
+        outputs = {"latent": z, "reward": reward, "cont": (z[:, 1] < self.end).float(),
+                   "life_loss": (action == 2).float() * 0.6}
+        if self.poison is not None:
+            outputs[self.poison] = outputs[self.poison] * torch.nan
+        return StepOutput({"z": z}, **outputs)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        value = ((latents[..., 0] + 16 * latents[..., 1]) / 255).clamp(0, 1)
+        return value[..., None, None].expand(*value.shape, 64, 64)
+
+    def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def make_buffer(random_frames: bool = False) -> ReplayBuffer:
+    """EPISODES episodes of LENGTH rows; the action into row `pos` is pos % 3."""
+    buffer = ReplayBuffer((64, 64), 4, ram_size=128)
+    stream = buffer.new_streams(1)
+    rng = np.random.default_rng(0)
+    for e in range(EPISODES):
+        for pos in range(LENGTH):
+            frame = np.full((1, 64, 64), 40 * e + 3 * pos, np.uint8)
+            if random_frames:
+                frame = rng.integers(0, 256, (1, 64, 64), dtype=np.uint8)
+            flags = FIRST if pos == 0 else TERMINATED if pos == LENGTH - 1 else 0
+            buffer.append(stream, frame, np.array([pos % 3]), np.array([0.0]), np.array([flags], np.uint8))
+    return buffer
+
+
+def start_values(context: int = 4) -> set[float]:
+    """The x of every observation that can end a start context."""
+    return {40.0 * e + 3 * pos for e in range(EPISODES) for pos in range(context - 1, LENGTH)}
+
+
+def tiny_jepa() -> JEPAWorldModel:
+    torch.manual_seed(0)
+    return JEPAWorldModel(TINY).eval()
+
+
+# ---- closed form -----------------------------------------------------------------------------
+
+
+def test_dream_follows_the_closed_form() -> None:
+    model = Walker()
+    env = DreamVectorEnv(model, make_buffer(), 3, DreamConfig(horizon=4), seed=0)
+    assert env.single_observation_space == latent_space(model) and env.single_action_space == gym.spaces.Discrete(3)
+    obs, info = env.reset()
+    assert obs.shape == (3, 2) and obs.dtype == np.float32 and info == {}
+    assert set(obs[:, 0].tolist()) <= start_values() and (obs[:, 1] == 0).all()
+
+    # the start context: 4 consecutive observations of one episode and the 3 actions between them
+    latents, actions = model.observed[-1]
+    assert latents.shape == (3, 4, 2) and actions.shape == (3, 3)
+    x = latents[..., 0].numpy()
+    assert (np.diff(x, axis=1) == 3).all() and (x[:, -1] == obs[:, 0]).all()
+    np.testing.assert_array_equal(actions.numpy(), (x[:, 1:] % 40 // 3) % 3)
+
+    position = obs[:, 0].copy()
+    for t, step_actions in enumerate([[0, 1, 2], [1, 1, 0], [2, 0, 1], [1, 2, 0]], start=1):
+        a = np.array(step_actions)
+        obs, reward, terminated, truncated, info = env.step(a)
+        position += a
+        np.testing.assert_array_equal(obs, np.stack([position, np.full(3, t)], axis=1))
+        np.testing.assert_array_equal(reward, (a == 1).astype(float))  # round(0.75) = 1, round(-0.25) = 0
+        np.testing.assert_array_equal(info["expected_reward"], np.choose(a, [0.0, 0.75, -0.25]).astype(np.float32))
+        np.testing.assert_array_equal(info["life_loss"], np.where(a == 2, 0.6, 0.0).astype(np.float32))
+        np.testing.assert_array_equal(info["cont"], np.ones(3, np.float32))
+        assert not terminated.any()  # a life loss does not end a game_over episode
+        np.testing.assert_array_equal(truncated, np.full(3, t == 4))
+
+
+def test_termination_and_reward_modes() -> None:
+    game_over = DreamVectorEnv(Walker(end=3), make_buffer(), 2, DreamConfig(reward="expected"), seed=0)
+    game_over.reset()
+    for t in (1, 2, 3):
+        _, reward, terminated, truncated, _ = game_over.step(np.array([1, 2]))
+        np.testing.assert_array_equal(reward, [0.75, -0.25])
+        np.testing.assert_array_equal(terminated, np.full(2, t == 3))
+        assert not truncated.any()
+
+    life_loss = DreamVectorEnv(Walker(), make_buffer(), 3, DreamConfig(terminate_on="life_loss"), seed=0)
+    life_loss.reset()
+    np.testing.assert_array_equal(life_loss.step(np.array([0, 1, 2]))[2], [False, False, True])
+    strict = DreamVectorEnv(Walker(), make_buffer(), 1, DreamConfig(terminate_on="life_loss",
+                                                                     termination_threshold=0.7), seed=0)
+    strict.reset()
+    assert not strict.step(np.array([2]))[2].any()  # probability 0.6 does not exceed 0.7
+
+
+def test_vector_env_autoresets_on_the_next_step() -> None:
+    model = Walker()
+    env = DreamVectorEnv(model, make_buffer(), 2, DreamConfig(horizon=3, terminate_on="life_loss"), seed=1)
+    assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    env.reset()
+    _, _, terminated, _, _ = env.step(np.array([2, 0]))
+    np.testing.assert_array_equal(terminated, [True, False])
+
+    obs, reward, terminated, truncated, info = env.step(np.array([1, 1]))  # env 0 restarts, ignoring its action
+    assert obs[0, 0] in start_values() and obs[0, 1] == 0 and obs[1, 1] == 2
+    np.testing.assert_array_equal(reward, [0.0, 1.0])
+    assert not terminated.any() and not truncated.any()
+    np.testing.assert_array_equal(info["_cont"], [False, True])
+    assert model.observed[-1][0].shape == (1, 4, 2)  # one new context, for env 0 only
+
+    _, _, _, truncated, _ = env.step(np.array([0, 0]))
+    np.testing.assert_array_equal(truncated, [False, True])
+    obs, reward, _, truncated, _ = env.step(np.array([0, 1]))
+    np.testing.assert_array_equal(obs[:, 1], [2, 0])
+    np.testing.assert_array_equal(reward, [0.0, 0.0])
+    assert not truncated.any()
+
+
+def test_pixel_observations_are_stacks_of_decoded_frames() -> None:
+    model = Walker()
+    config = DreamConfig(horizon=2, observation="pixels")
+    env = DreamVectorEnv(model, make_buffer(), 2, config, seed=0, render_mode="rgb_array")
+    assert env.single_observation_space == gym.spaces.Box(0, 255, (4, 64, 64), np.uint8)
+    obs, _ = env.reset()
+    context_x = model.observed[-1][0][..., 0].numpy()  # (2, 4): the stack decodes the context's latents
+    np.testing.assert_array_equal(obs[:, :, 0, 0], context_x)
+    assert obs.dtype == np.uint8 and (obs == obs[:, :, :1, :1]).all()
+
+    obs, *_ = env.step(np.array([1, 2]))
+    np.testing.assert_array_equal(obs[:, :3, 0, 0], context_x[:, 1:])
+    np.testing.assert_array_equal(obs[:, 3, 0, 0], context_x[:, -1] + [1 + 16, 2 + 16])
+    frames = env.render()
+    assert frames is not None and frames.shape == (2, 64, 64, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames[:, 0, 0], np.repeat(obs[:, 3, 0, 0, None], 3, axis=1))
+
+    short = DreamVectorEnv(model, make_buffer(), 1, DreamConfig(context=2, observation="pixels"), seed=0)
+    obs, _ = short.reset()
+    x = model.observed[-1][0][0, :, 0].numpy()  # 2 context observations: the oldest fills the stack
+    np.testing.assert_array_equal(obs[0, :, 0, 0], [x[0], x[0], x[0], x[1]])
+
+
+class EndOnThree(JEPAWorldModel):
+    """A tiny JEPA that keeps 8 latents of history, never ends the game, and loses a life exactly on action 3."""
+
+    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+        out = super().step(state, action)
+        return out._replace(cont=torch.ones_like(out.cont), life_loss=(action == 3).float())
+
+
+def test_a_restart_leaves_the_other_sub_envs_untouched() -> None:
+    """The JEPA state grows from the start context to 8 latents, so a restart gets a window of 8."""
+    torch.manual_seed(0)
+    model = EndOnThree(dataclasses.replace(TINY, context=8)).eval()
+    config = DreamConfig(terminate_on="life_loss")
+    restarting = DreamVectorEnv(model, make_buffer(random_frames=True), 2, config, seed=0)
+    steady = DreamVectorEnv(model, make_buffer(random_frames=True), 2, config, seed=0)
+    assert restarting.context == 8
+    restarting.reset()
+    steady.reset()
+    for first_actions in ([3, 1], [0, 2], [1, 0], [3, 1], [2, 2]):  # env 0 restarts after every 3
+        a, b = restarting.step(np.array(first_actions)), steady.step(np.array([0, first_actions[1]]))
+        torch.testing.assert_close(a[0][1], b[0][1])  # env 1 imagines the same either way
+        assert a[2][0] == (first_actions[0] == 3)
+
+
+# ---- seeding and bad input -------------------------------------------------------------------
+
+
+def rollout(env: DreamVectorEnv, seed: int | None, steps: int = 20, render: bool = False) -> list[np.ndarray]:
+    actions = np.random.default_rng(123).integers(0, 3, (steps, env.num_envs))
+    out = [env.reset(seed=seed)[0]]
+    for a in actions:
+        obs, reward, terminated, truncated, _ = env.step(a)
+        out += [obs, reward, terminated, truncated]
+        if render:
+            env.render()
+    return out
+
+
+def test_same_seed_and_actions_give_the_same_dream() -> None:
+    config = DreamConfig(horizon=5, terminate_on="life_loss")
+    env = DreamVectorEnv(Walker(end=4), make_buffer(), 4, config)
+    first = rollout(env, seed=7)
+    again = rollout(DreamVectorEnv(Walker(end=4), make_buffer(), 4, config), seed=7)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first, rollout(env, seed=7)):  # reseeding a used env replays it
+        np.testing.assert_array_equal(a, b)
+    seeded_at_start = DreamVectorEnv(Walker(end=4), make_buffer(), 4, config, seed=7, render_mode="rgb_array")
+    for a, b in zip(first, rollout(seeded_at_start, seed=None, render=True)):  # rendering changes nothing
+        np.testing.assert_array_equal(a, b)
+    other = rollout(env, seed=8)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_dream_leaves_torch_global_generator_alone() -> None:
+    env = DreamVectorEnv(Walker(), make_buffer(), 2, DreamConfig(), seed=0)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    rollout(env, seed=0, steps=3)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    ("actions", "message"),
+    [([-1, 0], r"in \[0, 3\)"), ([3, 0], r"in \[0, 3\)"), ([1.5, 0.0], "integers"), ([1.0, 0.0], "integers"),
+     ([0, 0, 0], "shape"), ([[0, 0]], "shape"), ([True, False], "integers")],
+)
+def test_bad_actions_raise(actions: list, message: str) -> None:
+    env = DreamVectorEnv(Walker(), make_buffer(), 2, DreamConfig(), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=message):
+        env.step(np.array(actions))
+
+
+@pytest.mark.parametrize(("action", "message"), [(-1, "in"), (3, "in"), (1.5, "integers"), (np.array([0]), "scalar")])
+def test_bad_single_env_actions_raise(action: object, message: str) -> None:
+    env = DreamEnv(Walker(), make_buffer(), DreamConfig(), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+
+
+@pytest.mark.parametrize("output", ["latent", "reward", "cont"])
+def test_non_finite_predictions_raise_naming_the_output(output: str) -> None:
+    model = Walker()
+    env = DreamVectorEnv(model, make_buffer(), 2, DreamConfig(), seed=0)
+    env.reset()
+    model.poison = output
+    with pytest.raises(FloatingPointError, match=output):
+        env.step(np.array([0, 1]))
+
+
+def test_single_env_needs_a_reset_after_the_episode_ends() -> None:
+    env = DreamEnv(Walker(), make_buffer(), DreamConfig(horizon=2), seed=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+    obs, info = env.reset()
+    assert obs.shape == (2,) and info == {}
+    obs, reward, terminated, truncated, info = env.step(1)
+    assert (reward, terminated, truncated) == (1.0, False, False) and isinstance(reward, float)
+    assert info == {"cont": 1.0, "life_loss": 0.0, "expected_reward": 0.75}
+    assert env.step(np.int64(0))[3] is True
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+
+
+# ---- checkers, SB3 and real-env wrappers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["walker", "jepa"])
+@pytest.mark.parametrize("observation", ["latent", "pixels"])
+def test_dream_env_passes_gymnasium_and_sb3_checks(family: str, observation: str) -> None:
+    model: WorldModel = Walker() if family == "walker" else tiny_jepa()
+    config = DreamConfig(horizon=5, observation=observation)
+    env = DreamEnv(model, make_buffer(random_frames=True), config, seed=0, render_mode="rgb_array")
+    gym_check_env(env)
+    sb3_check_env(env, warn=True)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame is not None and frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+
+
+def test_sb3_trains_in_the_dream() -> None:
+    sb3.PPO("MlpPolicy", DreamEnv(Walker(), make_buffer(), DreamConfig(), seed=0), n_steps=32, batch_size=32,
+            n_epochs=1, seed=0, device="cpu").learn(total_timesteps=64)
+    env = DreamEnv(tiny_jepa(), make_buffer(random_frames=True), DreamConfig(), seed=0)
+    sb3.DQN("MlpPolicy", env, buffer_size=100, learning_starts=16, batch_size=8, train_freq=4, seed=0,
+            device="cpu").learn(total_timesteps=64)
+
+
+def test_latent_wrappers_encode_what_the_env_shows() -> None:
+    """A pixel dream stands in for a real env: the wrappers give encode(observation), in the latent dream's space."""
+    model = Walker()
+    pixels = DreamConfig(observation="pixels")
+    single = LatentObservation(DreamEnv(model, make_buffer(), pixels, seed=0), model)
+    raw = DreamEnv(model, make_buffer(), pixels, seed=0)  # the same dream, unwrapped
+    assert single.observation_space == DreamEnv(model, make_buffer(), DreamConfig()).observation_space
+    for latent, stack in [(single.reset()[0], raw.reset()[0]), (single.step(1)[0], raw.step(1)[0])]:
+        assert latent in single.observation_space
+        np.testing.assert_array_equal(latent, [stack[-1, 0, 0], 0.0])  # Walker.encode: (newest corner pixel, 0)
+
+    vector = LatentObservationVector(DreamVectorEnv(model, make_buffer(), 3, pixels, seed=0), model)
+    raw_vector = DreamVectorEnv(model, make_buffer(), 3, pixels, seed=0)
+    assert vector.single_observation_space == latent_space(model)
+    actions = np.array([0, 1, 2])
+    for latents, stacks in [(vector.reset()[0], raw_vector.reset()[0]),
+                            (vector.step(actions)[0], raw_vector.step(actions)[0])]:
+        assert latents in vector.observation_space
+        np.testing.assert_array_equal(latents, np.stack([stacks[:, -1, 0, 0], np.zeros(3)], axis=1))
+
+    with pytest.raises(ValueError, match="uint8"):
+        LatentObservation(DreamEnv(model, make_buffer(), DreamConfig()), model)
+
+
+@pytest.mark.slow
+def test_a_dream_policy_runs_unchanged_on_the_real_env() -> None:
+    from envs.atari import AtariConfig, make_env
+
+    model = tiny_jepa()
+    dream = DreamEnv(model, make_buffer(random_frames=True), DreamConfig(), seed=0)
+    real = LatentObservation(make_env(AtariConfig()), model)
+    assert dream.observation_space == real.observation_space and dream.action_space == real.action_space
+
+    def policy(z: np.ndarray) -> int:
+        return int(np.abs(z).sum() * 100) % 4
+
+    for env in (dream, real):
+        obs, _ = env.reset(seed=0)
+        for _ in range(20):
+            assert obs in env.observation_space
+            obs, _, terminated, truncated, _ = env.step(policy(obs))
+            if terminated or truncated:
+                obs, _ = env.reset()
+    real.close()
