@@ -76,7 +76,29 @@ def _world_model_train(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-RENDERERS = {"collect_throughput": _collect_throughput, "world_model_train": _world_model_train}
+def _dream_throughput(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Dream env throughput (`benchmarks/dream_throughput.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
+        "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. "
+        "Target: the dream at N=256 runs at least 10x the real env.",
+        "",
+        "| N | real steps/s | dream latent steps/s | latent / real | dream pixels steps/s | pixels / real |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        real = row["real"]
+        lines.append(f"| {row['num_envs']} | {real:.0f} | {row['dream_latent']:.0f} | {row['dream_latent'] / real:.2f} "
+                     f"| {row['dream_pixels']:.0f} | {row['dream_pixels'] / real:.2f} |")
+    return lines + [""]
+
+
+RENDERERS = {
+    "collect_throughput": _collect_throughput,
+    "dream_throughput": _dream_throughput,
+    "world_model_train": _world_model_train,
+}
 
 
 def save_result(result: dict[str, Any], out: Path) -> None:

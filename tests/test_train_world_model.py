@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from replay_data import fill
 from test_cli import assert_user_error, mbrl_cli
 
@@ -105,6 +106,13 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
         assert np.isfinite(result["decoder_psnr"][h])
     assert set(result["reward"]) == {"h1", "h5"} and "f1" in result["life_loss"]["h1"]
     assert "probe R^2 [encoded]" in proc.stdout
+
+    gif = tmp_path / "dream.gif"
+    proc = mbrl_cli("dream", "--run", str(run), "--steps", "8", "--out", str(gif))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(gif) as image:
+        assert image.size == ((64 * 2 + 2) * 3, 64 * 3) and image.n_frames >= 2
+    assert_user_error(mbrl_cli("dream", "--run", str(run), "--steps", "100000"), "long enough")
 
 
 def test_module_imports_without_gymnasium() -> None:

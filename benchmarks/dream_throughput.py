@@ -1,0 +1,100 @@
+"""Dream env throughput vs the real env: steps/s on this machine's CPU cores.
+
+Real: `ale_py.AtariVectorEnv` on Breakout at 64x64x4 with as many envs as dream rollouts
+(capped at 64) and its default thread pool. Dream: `DreamVectorEnv` over the default JEPA world
+model (untrained weights cost the same as trained ones) at N = 1, 16, 64, 256 rollouts, in latent
+and pixel observation mode; start contexts come from a replay buffer of random frames. Steps/s
+counts sub-env steps (N per vector step), autoresets included.
+
+    python benchmarks/dream_throughput.py   # -> benchmarks/results/dream_throughput.json, RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import ale_py
+import numpy as np
+import torch
+
+from envs.dream import DreamConfig, DreamVectorEnv
+from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.run_config import RunConfig
+from report import save_result
+from world_models.jepa import JEPAWorldModel
+
+HERE = Path(__file__).resolve().parent
+
+
+def random_buffer(episodes: int, length: int, seed: int) -> ReplayBuffer:
+    """Episodes of random 64x64 frames, one stream each."""
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer((64, 64), 4, ram_size=0)
+    streams = buffer.new_streams(episodes)
+    for t in range(length + 1):
+        flags = np.full(episodes, FIRST if t == 0 else (TERMINATED if t == length else 0), np.uint8)
+        frames = rng.integers(0, 256, (episodes, 64, 64), dtype=np.uint8)
+        buffer.append(streams, frames, rng.integers(0, 4, episodes), np.zeros(episodes), flags)
+    return buffer
+
+
+def real_steps_per_second(num_envs: int, steps: int) -> float:
+    env = ale_py.AtariVectorEnv("breakout", num_envs, img_height=64, img_width=64, repeat_action_probability=0.25)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.step(rng.integers(0, 4, num_envs))
+    count = max(1, steps // num_envs)
+    start = time.perf_counter()
+    for _ in range(count):
+        env.step(rng.integers(0, 4, num_envs))
+    seconds = time.perf_counter() - start
+    env.close()
+    return count * num_envs / seconds
+
+
+def dream_steps_per_second(model: JEPAWorldModel, buffer: ReplayBuffer, num_envs: int, mode: str, steps: int) -> float:
+    env = DreamVectorEnv(model, buffer, num_envs, DreamConfig(observation=mode), seed=0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        env.step(rng.integers(0, 4, num_envs))
+    count = max(3, steps // num_envs)
+    start = time.perf_counter()
+    for _ in range(count):
+        env.step(rng.integers(0, 4, num_envs))
+    return count * num_envs / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--steps", type=int, default=4096, help="sub-env steps timed per measurement")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "dream_throughput.json")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = JEPAWorldModel(RunConfig().world_model).eval()
+    buffer = random_buffer(episodes=32, length=40, seed=0)
+    rows = []
+    for n in args.sizes:
+        real = real_steps_per_second(min(n, 64), args.steps)
+        latent = dream_steps_per_second(model, buffer, n, "latent", args.steps)
+        pixels = dream_steps_per_second(model, buffer, n, "pixels", args.steps)
+        rows.append({"num_envs": n, "real_envs": min(n, 64), "real": real, "dream_latent": latent,
+                     "dream_pixels": pixels})
+        print(f"N={n}: real {real:.0f}, dream latent {latent:.0f} ({latent / real:.2f}x), "
+              f"pixels {pixels:.0f} ({pixels / real:.2f}x) steps/s", flush=True)
+    save_result({
+        "benchmark": "dream_throughput",
+        "torch_threads": torch.get_num_threads(),
+        "command": "python benchmarks/dream_throughput.py --sizes " + " ".join(map(str, args.sizes))
+        + f" --steps {args.steps}",
+        "rows": rows,
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()
