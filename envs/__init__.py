@@ -1,10 +1,15 @@
-"""Everything gymnasium: real Atari envs, the dream env, and latent-observation wrappers."""
+"""Everything gymnasium: real Atari envs, the dream env, and latent-observation wrappers.
+
+Importing `envs` registers the gymnasium id "mbrl/Dream-v0" (see envs/registration.py).
+"""
 
 from envs.atari import AtariConfig, check_env_id, make_env, make_vector_env
 from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
+from envs.registration import DREAM_ID, make_dream_env, make_dream_vector_env
 from envs.wrappers import LatentObservation, LatentObservationVector
 
 __all__ = [
+    "DREAM_ID",
     "AtariConfig",
     "DreamConfig",
     "DreamEnv",
@@ -13,6 +18,8 @@ __all__ = [
     "LatentObservationVector",
     "check_env_id",
     "latent_space",
+    "make_dream_env",
+    "make_dream_vector_env",
     "make_env",
     "make_vector_env",
 ]

@@ -126,16 +126,36 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     @torch.no_grad()
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Restart every sub-env from a new real context; `seed` reseeds both generators."""
+        """Restart sub-envs from new real contexts; `seed` reseeds both generators.
+
+        `options={"reset_mask": mask}` (bool (N,), after a full reset) restarts only the masked
+        sub-envs, in one batched start, as gymnasium's vector envs allow; others are untouched.
+        """
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
         if options:
-            raise ValueError(f"DreamVectorEnv.reset takes no options, got {sorted(options)}")
+            raise ValueError(f"DreamVectorEnv.reset takes only the option reset_mask, got {sorted(options)}")
         if seed is not None:
             self._seed(seed)
-        with self._model_rng():
-            self._state, self._latent, stack = self._start(self.num_envs)
-        self._stack[:] = stack
-        self._steps[:] = 0
-        self._ended[:] = False
+        if mask is None:
+            with self._model_rng():
+                self._state, self._latent, self._stack[:] = self._start(self.num_envs)
+            mask = np.ones(self.num_envs, dtype=bool)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+                raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask.dtype} "
+                                 f"{mask.shape}")
+            if self._state is None:
+                raise RuntimeError("a partial reset needs a full reset() first")
+            if mask.any():
+                with self._model_rng():
+                    rows = torch.as_tensor(np.flatnonzero(mask), device=self.device)
+                    state, latent, self._stack[mask] = self._start(len(rows))
+                    self._state = _scatter(self._state, rows, state)
+                    self._latent = self._latent.index_copy(0, rows, latent)
+        self._steps[mask] = 0
+        self._ended[mask] = False
         return self._observation(), {}
 
     @torch.no_grad()

@@ -203,12 +203,12 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
 
 def cmd_eval_world_model(args: argparse.Namespace) -> None:
     """`mbrl eval-world-model`: metrics of the trained world model on held-out episodes."""
+    from envs.registration import load_world_model
     from mbrl.atomic import write_atomic
     from mbrl.eval_world_model import evaluate
-    from mbrl.replay import ReplayBuffer
+    from mbrl.replay import ReplayBuffer, split_episodes
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_config, resolve_device
-    from mbrl.train_world_model import load_world_model, split_episodes
 
     run = RunDir(args.run)
     config = resolve_config(None, [f"device={args.device}"] if args.device else [], base=run.read_config())
@@ -247,11 +247,11 @@ def cmd_dream(args: argparse.Namespace) -> None:
     """`mbrl dream`: open-loop imagination vs the real game, as a GIF."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from envs.registration import load_world_model
     from mbrl.dream_video import open_loop
-    from mbrl.replay import ReplayBuffer
+    from mbrl.replay import ReplayBuffer, split_episodes
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_config, resolve_device
-    from mbrl.train_world_model import load_world_model, split_episodes
     from mbrl.video import save_gif, side_by_side
 
     run = RunDir(args.run)

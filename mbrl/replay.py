@@ -70,6 +70,16 @@ class SequenceBatch(NamedTuple):
     episodes: np.ndarray
 
 
+def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) episode ids: ids that are multiples of `holdout_every` are held out.
+
+    The rule depends on the id alone, so the split never changes as the buffer grows.
+    """
+    ids = buffer.episode_ids()
+    held = ids % holdout_every == 0
+    return ids[~held], ids[held]
+
+
 def record_dtype(frame_shape: tuple[int, int], ram_size: int) -> np.dtype:
     """The packed record of one row, in memory and on disk."""
     return np.dtype(

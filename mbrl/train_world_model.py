@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mbrl.checkpoint import Checkpoint, load_checkpoint, load_state_dict, save_checkpoint
+from envs.registration import WORLD_MODEL_CHECKPOINT
+from mbrl.checkpoint import Checkpoint, load_state_dict, save_checkpoint
 from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer, SequenceBatch
+from mbrl.replay import ReplayBuffer, SequenceBatch, split_episodes
 from mbrl.run import RunDir
 from world_models.base import TrainBatch, WorldModel
-from world_models.registry import build, describe
+from world_models.registry import describe
 
 STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
-CHECKPOINT = "world_model"
+CHECKPOINT = WORLD_MODEL_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,6 @@ class WorldModelTrainConfig:
     val_batches: int = 4
     patience: int = 4
     holdout_every: int = 10
-
-
-def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) episode ids; the split never changes as the buffer grows."""
-    ids = buffer.episode_ids()
-    held = ids % holdout_every == 0
-    return ids[~held], ids[held]
 
 
 def to_train_batch(batch: SequenceBatch, device: torch.device) -> TrainBatch:
@@ -205,18 +199,6 @@ class Trainer:
                     _, index, name = key.split(".", 2)
                     state["state"].setdefault(int(index), {})[name] = value.to(self.device)
             self.optimizer.load_state_dict(state)
-
-
-def load_world_model(run: RunDir, device: torch.device) -> tuple[WorldModel, Checkpoint]:
-    """The world model saved in a run, ready for inference.
-
-    Raises:
-        UserError: no or a broken world-model checkpoint.
-    """
-    ckpt = load_checkpoint(run.checkpoint_dir, CHECKPOINT)
-    model = build(ckpt.metadata["family"], ckpt.metadata["config"])
-    load_state_dict(model, ckpt, prefix="model.")
-    return model.to(device).eval(), ckpt
 
 
 def model_config(family_config: Any, num_actions: int) -> Any:

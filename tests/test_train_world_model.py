@@ -15,9 +15,9 @@ from replay_data import fill
 from test_cli import assert_user_error, mbrl_cli
 
 from mbrl.checkpoint import load_checkpoint
-from mbrl.replay import ReplayBuffer
+from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
-from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, split_episodes
+from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,

@@ -1,0 +1,127 @@
+"""Gymnasium ids for the dream: `gymnasium.make("mbrl/Dream-v0", checkpoint="runs/NAME")`.
+
+Importing `envs` registers the ids. The dream made from a run directory imagines with the
+run's world model (checkpoint "world_model") and starts its episodes from real contexts of
+the run's replay buffer, taken from the training episodes only (the held-out ones stay unseen):
+
+    import envs, gymnasium
+    env = gymnasium.make("mbrl/Dream-v0", checkpoint="runs/NAME", horizon=20)
+    vec = gymnasium.make_vec("mbrl/Dream-v0", num_envs=64, vectorization_mode="vector_entry_point",
+                             checkpoint="runs/NAME")
+
+Keyword arguments other than `checkpoint`, `seed`, `render_mode` (and `num_envs`) are
+`DreamConfig` fields; `device="auto"` picks cuda when available, else cpu.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv
+from mbrl.checkpoint import Checkpoint, load_checkpoint, load_state_dict
+from mbrl.errors import UserError
+from mbrl.replay import ReplayBuffer, split_episodes
+from mbrl.run import RunDir
+from world_models.base import WorldModel
+from world_models.registry import build
+
+DREAM_ID = "mbrl/Dream-v0"
+WORLD_MODEL_CHECKPOINT = "world_model"  # the name mbrl train-world-model saves under
+DEFAULT_HOLDOUT_EVERY = 10  # WorldModelTrainConfig.holdout_every's default
+
+
+def make_dream_env(checkpoint: str | Path, render_mode: str | None = None, seed: int | None = None,
+                   **dream_config_fields: Any) -> DreamEnv:
+    """A single dream env imagining with the world model of the run directory `checkpoint`.
+
+    Args:
+        checkpoint: a run directory (runs/NAME) holding a world-model checkpoint and a replay buffer.
+        render_mode: None or "rgb_array".
+        seed: seeds context sampling and imagination (also `reset(seed=...)`).
+        **dream_config_fields: `DreamConfig` fields, e.g. horizon=20, observation="pixels".
+
+    Raises:
+        TypeError: an unknown `DreamConfig` field (the message lists the valid ones).
+        UserError: no run at `checkpoint`, no replay buffer in it, or no training episode to start from.
+        CheckpointError: the world-model checkpoint is missing, corrupted or does not match its model.
+    """
+    config = dream_config(**dream_config_fields)
+    model, buffer, episodes = load_run(checkpoint, config.device)
+    return DreamEnv(model, buffer, config, seed=seed, episodes=episodes, render_mode=render_mode)
+
+
+def make_dream_vector_env(num_envs: int, checkpoint: str | Path, seed: int | None = None,
+                          render_mode: str | None = None, **dream_config_fields: Any) -> DreamVectorEnv:
+    """`num_envs` batched dream envs (next-step autoreset); the arguments are `make_dream_env`'s."""
+    config = dream_config(**dream_config_fields)
+    model, buffer, episodes = load_run(checkpoint, config.device)
+    return DreamVectorEnv(model, buffer, num_envs, config, seed=seed, episodes=episodes, render_mode=render_mode)
+
+
+def dream_config(**fields: Any) -> DreamConfig:
+    """A `DreamConfig` from keyword fields; `device="auto"` becomes "cuda" if available, else "cpu".
+
+    Raises:
+        TypeError: a field `DreamConfig` does not have (the message lists the valid ones).
+        ValueError: a field value `DreamConfig` rejects.
+    """
+    valid = [f.name for f in dataclasses.fields(DreamConfig)]
+    unknown = sorted(set(fields) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown dream option {unknown[0]!r}; valid DreamConfig fields: {', '.join(valid)}")
+    if fields.get("device") == "auto":
+        fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return DreamConfig(**fields)
+
+
+def load_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, ReplayBuffer, np.ndarray]:
+    """A run's world model (on `device`, in eval mode), its replay buffer (read-only) and its training episode ids.
+
+    Raises:
+        UserError: no run at `checkpoint`, no replay buffer in it, or no training episode in the buffer.
+        CheckpointError: the world-model checkpoint is missing, corrupted or does not match its model.
+    """
+    run = RunDir(Path(checkpoint))
+    holdout_every = _holdout_every(run.read_config())
+    model, _ = load_world_model(run, torch.device(device))
+    buffer = ReplayBuffer.load(run.replay_dir)
+    episodes, _ = split_episodes(buffer, holdout_every)
+    if len(episodes) == 0:
+        raise UserError(f"replay buffer {run.replay_dir} has no training episode to start a dream from "
+                        f"({len(buffer.episode_ids())} episodes, every {holdout_every}th held out)")
+    return model, buffer, episodes
+
+
+def load_world_model(run: RunDir, device: torch.device) -> tuple[WorldModel, Checkpoint]:
+    """The world model a run saved (`mbrl train-world-model`), on `device`, in eval mode, and its checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, corrupted or does not match its model.
+    """
+    ckpt = load_checkpoint(run.checkpoint_dir, WORLD_MODEL_CHECKPOINT)
+    model = build(ckpt.metadata["family"], ckpt.metadata["config"])
+    load_state_dict(model, ckpt, prefix="model.")
+    return model.to(device).eval(), ckpt
+
+
+def _holdout_every(run_config: dict[str, Any]) -> int:
+    """world_model_training.holdout_every of a run's config (the training default when absent)."""
+    training = run_config.get("world_model_training") or {}
+    value = training.get("holdout_every", DEFAULT_HOLDOUT_EVERY) if isinstance(training, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"world_model_training.holdout_every must be a positive integer, got {value!r}")
+    return value
+
+
+if DREAM_ID not in gymnasium.registry:  # importing this module again (e.g. a reload) keeps the one registration
+    gymnasium.register(
+        DREAM_ID,
+        entry_point="envs.registration:make_dream_env",
+        vector_entry_point="envs.registration:make_dream_vector_env",
+    )

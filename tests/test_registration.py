@@ -1,0 +1,159 @@
+"""Gymnasium registration of the dream: make/make_vec from a run directory, config pass-through, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import warnings
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+import yaml
+from replay_data import fill
+from test_jepa import TINY
+
+import envs
+import envs.registration
+from envs import DreamConfig, DreamEnv, DreamVectorEnv
+from envs.registration import DREAM_ID, dream_config, make_dream_vector_env
+from mbrl.checkpoint import CheckpointError, save_checkpoint
+from mbrl.errors import UserError
+from mbrl.replay import ReplayBuffer, SequenceBatch
+from mbrl.run import RunDir
+from world_models.jepa import JEPAWorldModel
+
+HOLDOUT_EVERY = 3
+
+
+def make_run(path: Path, checkpoint: bool = True) -> JEPAWorldModel:
+    """A run with a (64, 64) x4 replay buffer of random episodes, a config and (optionally) a tiny JEPA checkpoint."""
+    run = RunDir(path)
+    run.create(yaml.safe_dump({"seed": 0, "world_model_training": {"holdout_every": HOLDOUT_EVERY}}))
+    with ReplayBuffer.open(run.replay_dir, (64, 64), 4, ram_size=8) as buffer:
+        fill(buffer, num_streams=4, vector_steps=80, seed=0)
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY)
+    if checkpoint:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        metadata = {"family": "jepa", "config": dataclasses.asdict(TINY)}
+        save_checkpoint(run.checkpoint_dir, "world_model", tensors, metadata, step=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    make_run(path)
+    return path
+
+
+def test_make_gives_a_dream_env_with_the_saved_world_model(run_path: Path) -> None:
+    assert DREAM_ID in gymnasium.registry and envs.DREAM_ID == DREAM_ID
+    env = gymnasium.make(DREAM_ID, checkpoint=str(run_path))
+    dream = env.unwrapped
+    assert isinstance(dream, DreamEnv) and env.spec is not None and env.spec.id == DREAM_ID
+    assert env.spec.max_episode_steps is None  # the dream truncates itself at its horizon
+    model = dream.vector.world_model
+    assert not model.training and dream.vector.config == DreamConfig()
+    torch.manual_seed(0)
+    saved = JEPAWorldModel(TINY).state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (2, 32) and obs.dtype == np.float32 and obs in env.observation_space
+    obs, reward, terminated, truncated, info = env.step(1)
+    assert obs.shape == (2, 32) and isinstance(reward, float) and set(info) == {"cont", "life_loss", "expected_reward"}
+    env.close()
+
+
+def test_make_vec_gives_a_batched_dream(run_path: Path) -> None:
+    vec = gymnasium.make_vec(DREAM_ID, num_envs=4, vectorization_mode="vector_entry_point", checkpoint=run_path)
+    assert isinstance(vec, DreamVectorEnv) and vec.num_envs == 4
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (4, 2, 32)
+    obs, reward, terminated, truncated, _ = vec.step(np.array([0, 1, 2, 3]))
+    assert obs.shape == (4, 2, 32) and reward.shape == terminated.shape == truncated.shape == (4,)
+    # without a vectorization mode, make_vec uses the vector entry point too
+    assert isinstance(gymnasium.make_vec(DREAM_ID, num_envs=2, checkpoint=run_path), DreamVectorEnv)
+
+
+def test_dream_config_fields_pass_through(run_path: Path) -> None:
+    # threshold 1.0: the random tiny model never terminates, so only the horizon ends episodes
+    env = gymnasium.make(DREAM_ID, checkpoint=run_path, horizon=3, termination_threshold=1.0, seed=5)
+    assert env.unwrapped.vector.config == DreamConfig(horizon=3, termination_threshold=1.0)
+    env.reset()
+    assert [env.step(0)[3] for _ in range(3)] == [False, False, True]
+
+    vec = gymnasium.make_vec(DREAM_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=run_path,
+                             observation="pixels", horizon=2, termination_threshold=1.0, render_mode="rgb_array")
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (2, 4, 64, 64) and obs.dtype == np.uint8
+    vec.step(np.array([0, 0]))
+    np.testing.assert_array_equal(vec.step(np.array([0, 0]))[3], [True, True])
+    frames = vec.render()
+    assert frames is not None and frames.shape == (2, 64, 64, 3)
+
+
+def test_contexts_come_only_from_training_episodes(run_path: Path) -> None:
+    vec = make_dream_vector_env(16, run_path, seed=0, horizon=1, termination_threshold=1.0)
+    buffer = vec.buffer
+    ids = buffer.episode_ids()
+    held_out = ids[ids % HOLDOUT_EVERY == 0]
+    np.testing.assert_array_equal(vec.episodes, ids[ids % HOLDOUT_EVERY != 0])
+    buffer.sample(1, vec.context - 1, np.random.default_rng(0), held_out)  # held-out episodes could start contexts
+
+    sampled: list[np.ndarray] = []
+    sample = buffer.sample
+
+    def spy(*args: object, **kwargs: object) -> SequenceBatch:
+        batch = sample(*args, **kwargs)  # type: ignore[arg-type]
+        sampled.append(batch.episodes)
+        return batch
+
+    buffer.sample = spy  # type: ignore[method-assign]
+    vec.reset()
+    for _ in range(5):  # horizon 1: every sub-env restarts every other step
+        vec.step(np.zeros(16, np.int64))
+    starts = np.concatenate(sampled)
+    assert len(starts) >= 16 * 3 and len(np.unique(starts)) > 3
+    assert (starts % HOLDOUT_EVERY != 0).all()
+
+
+def test_missing_run_or_checkpoint_raises_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no run at") as missing_run:
+        gymnasium.make(DREAM_ID, checkpoint=tmp_path / "nowhere")
+    assert "\n" not in str(missing_run.value)
+
+    make_run(tmp_path / "untrained", checkpoint=False)
+    expected = tmp_path / "untrained" / "checkpoints" / "world_model.json"
+    with pytest.raises(CheckpointError, match="checkpoint not found") as missing_checkpoint:
+        gymnasium.make(DREAM_ID, checkpoint=tmp_path / "untrained")
+    assert str(expected) in str(missing_checkpoint.value) and "\n" not in str(missing_checkpoint.value)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        gymnasium.make_vec(DREAM_ID, num_envs=2, checkpoint=tmp_path / "untrained")
+
+
+def test_unknown_dream_options_are_named(run_path: Path) -> None:
+    with pytest.raises(TypeError, match="'horizn'.*horizon, context, observation"):
+        gymnasium.make(DREAM_ID, checkpoint=run_path, horizn=3)
+    with pytest.raises(TypeError, match="'horizn'"):
+        make_dream_vector_env(2, run_path, horizn=3)
+    with pytest.raises(ValueError, match="observation"):
+        gymnasium.make(DREAM_ID, checkpoint=run_path, observation="rgb")
+
+
+def test_device_auto_picks_an_available_device() -> None:
+    assert dream_config(device="auto").device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert dream_config(device="cpu", horizon=4) == DreamConfig(device="cpu", horizon=4)
+
+
+def test_importing_again_registers_once() -> None:
+    spec = gymnasium.spec(DREAM_ID)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when an id is overridden
+        importlib.reload(envs.registration)
+    assert gymnasium.spec(DREAM_ID) is spec
