@@ -40,32 +40,30 @@ def random_buffer(episodes: int, length: int, seed: int) -> ReplayBuffer:
     return buffer
 
 
+def steps_per_second(env: object, num_envs: int, steps: int, warmup: int = 5) -> float:
+    """Sub-env steps per second of random actions on an env that was reset."""
+    rng = np.random.default_rng(0)
+    for _ in range(warmup):
+        env.step(rng.integers(0, 4, num_envs))  # type: ignore[attr-defined]
+    count = max(3, steps // num_envs)
+    start = time.perf_counter()
+    for _ in range(count):
+        env.step(rng.integers(0, 4, num_envs))  # type: ignore[attr-defined]
+    return count * num_envs / (time.perf_counter() - start)
+
+
 def real_steps_per_second(num_envs: int, steps: int) -> float:
     env = ale_py.AtariVectorEnv("breakout", num_envs, img_height=64, img_width=64, repeat_action_probability=0.25)
     env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        env.step(rng.integers(0, 4, num_envs))
-    count = max(1, steps // num_envs)
-    start = time.perf_counter()
-    for _ in range(count):
-        env.step(rng.integers(0, 4, num_envs))
-    seconds = time.perf_counter() - start
+    speed = steps_per_second(env, num_envs, steps)
     env.close()
-    return count * num_envs / seconds
+    return speed
 
 
 def dream_steps_per_second(model: JEPAWorldModel, buffer: ReplayBuffer, num_envs: int, mode: str, steps: int) -> float:
     env = DreamVectorEnv(model, buffer, num_envs, DreamConfig(observation=mode), seed=0)
     env.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        env.step(rng.integers(0, 4, num_envs))
-    count = max(3, steps // num_envs)
-    start = time.perf_counter()
-    for _ in range(count):
-        env.step(rng.integers(0, 4, num_envs))
-    return count * num_envs / (time.perf_counter() - start)
+    return steps_per_second(env, num_envs, steps, warmup=3)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -203,26 +203,15 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
 
 def cmd_eval_world_model(args: argparse.Namespace) -> None:
     """`mbrl eval-world-model`: metrics of the trained world model on held-out episodes."""
-    from envs.registration import load_world_model
     from mbrl.atomic import write_atomic
     from mbrl.eval_world_model import evaluate
-    from mbrl.replay import ReplayBuffer, split_episodes
-    from mbrl.run import RunDir
-    from mbrl.run_config import resolve_config, resolve_device
 
-    run = RunDir(args.run)
-    config = resolve_config(None, [f"device={args.device}"] if args.device else [], base=run.read_config())
-    device = resolve_device(config.device)
-    model, _ = load_world_model(run, device)
-    buffer = ReplayBuffer.load(run.replay_dir)
-    train_ids, val_ids = split_episodes(buffer, config.world_model_training.holdout_every)
-    if len(val_ids) == 0 or len(train_ids) == 0:
-        raise UserError(f"{run.replay_dir} has no held-out episodes to evaluate on; collect more first")
+    t = _trained_run(args)
     try:
-        result = evaluate(model, buffer, train_ids, val_ids, config.env.id, device, windows=args.windows)
+        result = evaluate(t.model, t.buffer, t.train_ids, t.held_out, t.config.env.id, t.device, windows=args.windows)
     except ValueError as exc:  # held-out episodes too short for the windows
-        raise UserError(f"cannot evaluate on {run.replay_dir}: {exc}") from None
-    out = run.path / "world_model_eval.json"
+        raise UserError(f"cannot evaluate on {t.run.replay_dir}: {exc}") from None
+    out = t.run.path / "world_model_eval.json"
     write_atomic(out, json.dumps(result, indent=1).encode())
     print(format_eval(result))
     print(f"written to {out}")
@@ -247,33 +236,54 @@ def cmd_dream(args: argparse.Namespace) -> None:
     """`mbrl dream`: open-loop imagination vs the real game, as a GIF."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from envs.registration import load_world_model
     from mbrl.dream_video import open_loop
-    from mbrl.replay import ReplayBuffer, split_episodes
-    from mbrl.run import RunDir
-    from mbrl.run_config import resolve_config, resolve_device
     from mbrl.video import save_gif, side_by_side
 
-    run = RunDir(args.run)
-    config = resolve_config(None, [f"device={args.device}"] if args.device else [], base=run.read_config())
-    device = resolve_device(config.device)
-    model, ckpt = load_world_model(run, device)
-    buffer = ReplayBuffer.load(run.replay_dir)
-    _, held_out = split_episodes(buffer, config.world_model_training.holdout_every)
+    t = _trained_run(args)
+    run = t.run
     try:
-        real, imagined = open_loop(model, buffer, held_out, args.steps, args.context, np.random.default_rng(args.seed),
-                                   device)
+        real, imagined = open_loop(t.model, t.buffer, t.held_out, args.steps, args.context,
+                                   np.random.default_rng(args.seed), t.device)
     except ValueError as exc:
         raise UserError(f"no held-out episode in {run.replay_dir} is long enough: {exc}") from None
     out = args.out or run.path / "dream.gif"
     video = side_by_side(real, imagined)
     save_gif(video, out)
     with SummaryWriter(str(run.tb_dir)) as writer:
-        writer.add_images("dream/real_vs_imagined", video[:: max(1, len(video) // 8), None], ckpt.step,
+        writer.add_images("dream/real_vs_imagined", video[:: max(1, len(video) // 8), None], t.checkpoint.step,
                           dataformats="NCHW")
     error = np.abs(real.astype(np.float32) - imagined.astype(np.float32)).mean(axis=(1, 2)) / 255
     print(f"wrote {out}: {len(video)} frames, real | imagined; mean pixel error {error[0]:.3f} at step 1, "
           f"{error[-1]:.3f} at step {len(error)}")
+
+
+class _TrainedRun(NamedTuple):
+    run: Any
+    config: Any
+    device: Any
+    model: Any
+    checkpoint: Any
+    buffer: Any
+    train_ids: np.ndarray
+    held_out: np.ndarray
+
+
+def _trained_run(args: argparse.Namespace) -> _TrainedRun:
+    """A run with its trained world model, replay buffer and episode split, for the commands that use them."""
+    from envs.registration import load_world_model
+    from mbrl.replay import ReplayBuffer, split_episodes
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_config, resolve_device
+
+    run = RunDir(args.run)
+    config = resolve_config(None, [f"device={args.device}"] if args.device else [], base=run.read_config())
+    device = resolve_device(config.device)
+    model, checkpoint = load_world_model(run, device)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    train_ids, held_out = split_episodes(buffer, config.world_model_training.holdout_every)
+    if len(train_ids) == 0 or len(held_out) == 0:
+        raise UserError(f"{run.replay_dir} has too few episodes for a held-out split; collect more first")
+    return _TrainedRun(run, config, device, model, checkpoint, buffer, train_ids, held_out)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
