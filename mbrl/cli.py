@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_wm.add_argument("--steps", type=_positive_int, help="updates per stage (default: from the config)")
     train_wm.add_argument("--resume", action="store_true",
                           help="continue from the run's world-model checkpoint instead of starting anew")
-    train_wm.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
+    _add_device_option(train_wm)
     train_wm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key, e.g. --set world_model_training.lr=1e-3 (repeatable)")
     train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "writes runs/NAME/world_model_eval.json.")
     eval_wm.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
     eval_wm.add_argument("--windows", type=_positive_int, default=1024, help="held-out windows to score (default 1024)")
-    eval_wm.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
+    _add_device_option(eval_wm)
     eval_wm.set_defaults(func=cmd_eval_world_model)
 
     dream = sub.add_parser("dream", help="GIF of the world model's imagination next to the real game",
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--context", type=_positive_int, default=4, help="real observations given first (default 4)")
     dream.add_argument("--out", type=Path, help="GIF path (default: runs/NAME/dream.gif)")
     dream.add_argument("--seed", type=int, default=0, help="picks the window (default 0)")
-    dream.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
+    _add_device_option(dream)
     dream.set_defaults(func=cmd_dream)
 
     inspect = sub.add_parser("inspect", help="summarise a run: config, replay buffer, checkpoints",
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=cmd_inspect)
     return parser
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel
+from world_models.base import WorldModel, imagine
 
 
 @torch.no_grad()
@@ -26,12 +26,7 @@ def open_loop(
     window = buffer.sample(1, context - 1 + steps, rng, episodes=episodes)
     frames = torch.from_numpy(window.frames).to(device)  # (1, context + steps, S, H, W)
     actions = torch.from_numpy(window.actions).to(device)  # (1, context - 1 + steps)
-    state = model.observe(model.encode(frames[:, :context]), actions[:, : context - 1])
-    imagined = []
-    for t in range(steps):
-        out = model.step(state, actions[:, context - 1 + t])
-        state = out.state
-        imagined.append(out.latent)
-    decoded = model.decode(torch.stack(imagined, dim=1))[0]  # (steps, H, W) in [0, 1]
+    imagined = imagine(model, model.encode(frames[:, :context]), actions).latent  # (1, steps, *latent_shape)
+    decoded = model.decode(imagined)[0]  # (steps, H, W) in [0, 1]
     real = window.frames[0, context:, -1]  # (steps, H, W) newest frames of the same steps
     return real, (decoded.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel
+from world_models.base import WorldModel, imagine
 
 RAM_PROBES = {"ALE/Breakout-v5": {"paddle_x": 72, "ball_x": 99, "ball_y": 101}}
 """Per game, RAM bytes worth probing for (name -> index)."""
@@ -92,20 +92,13 @@ def evaluate(
     # held-out windows: a real context of `context` observations, then max_h steps under the real actions
     data = buffer.sample(windows, context - 1 + max_h, rng, episodes=val_ids)
     z_real = encode(data.frames)  # (W, context + max_h, F)
-    predicted, rewards, cont, life = [], [], [], []
+    predicted, rewards, life = [], [], []
     for i in range(0, windows, batch):
         z = model.encode(torch.from_numpy(data.frames[i : i + batch, :context]).to(device))
-        actions = torch.from_numpy(data.actions[i : i + batch]).to(device)
-        state = model.observe(z, actions[:, : context - 1])
-        steps = []
-        for h in range(max_h):
-            out = model.step(state, actions[:, context - 1 + h])
-            state = out.state
-            steps.append((out.latent, out.reward, out.cont, out.life_loss))
-        predicted.append(torch.stack([s[0] for s in steps], 1).cpu())
-        rewards.append(torch.stack([s[1] for s in steps], 1).cpu())
-        cont.append(torch.stack([s[2] for s in steps], 1).cpu())
-        life.append(torch.stack([s[3] for s in steps], 1).cpu())
+        out = imagine(model, z, torch.from_numpy(data.actions[i : i + batch]).to(device))
+        predicted.append(out.latent.cpu())
+        rewards.append(out.reward.cpu())
+        life.append(out.life_loss.cpu())
     z_pred = torch.cat(predicted)  # (W, max_h, *latent_shape)
     reward_pred, life_pred = torch.cat(rewards), torch.cat(life)
 

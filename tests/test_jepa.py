@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from world_models.base import TrainBatch
+from world_models.base import TrainBatch, imagine
 from world_models.blocks import apply_rope, rope_angles
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
@@ -135,3 +135,16 @@ def test_training_reduces_each_stage_loss() -> None:
             if stage == "encoder":
                 model.update_target()
         assert model.loss(data, stage)["total"].item() < 0.7 * first, stage
+
+
+def test_imagine_equals_stepping_by_hand(model: JEPAWorldModel) -> None:
+    data = batch(b=2, steps=6)
+    z = model.encode(data.frames[:, :3])
+    out = imagine(model, z, data.actions)  # 2 context actions, then 4 imagined steps
+    assert out.latent.shape == (2, 4, 2, 32) and out.reward.shape == (2, 4)
+    state = model.observe(z, data.actions[:, :2])
+    for t in range(4):
+        step = model.step(state, data.actions[:, 2 + t])
+        state = step.state
+        torch.testing.assert_close(out.latent[:, t], step.latent, rtol=0, atol=0)
+        torch.testing.assert_close(out.life_loss[:, t], step.life_loss, rtol=0, atol=0)

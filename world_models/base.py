@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 
@@ -85,3 +86,25 @@ class WorldModel(nn.Module, ABC):
     @abstractmethod
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         """Named loss parts of a training stage for a batch; the key "total" is what is minimised."""
+
+
+@torch.no_grad()
+def imagine(model: WorldModel, latents: Tensor, actions: Tensor) -> StepOutput:
+    """Open-loop imagination from a real context under given actions.
+
+    Args:
+        latents: (B, C, *latent_shape) encoded real observations o_1 .. o_C.
+        actions: (B, C - 1 + H) the C - 1 actions between them, then the H actions to imagine.
+
+    Returns:
+        StepOutput whose latent is (B, H, *latent_shape), reward / cont / life_loss (B, H), and
+        state the imagination state after the last step.
+    """
+    context = latents.shape[1]
+    state = model.observe(latents, actions[:, : context - 1])
+    outs = []
+    for t in range(context - 1, actions.shape[1]):
+        out = model.step(state, actions[:, t])
+        state = out.state
+        outs.append(out)
+    return StepOutput(state, *(torch.stack(parts, dim=1) for parts in list(zip(*outs))[1:]))
