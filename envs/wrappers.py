@@ -32,10 +32,8 @@ class LatentObservation(gym.ObservationWrapper):
         self.world_model, self.device = world_model, torch.device(device)
         self.observation_space = latent_space(world_model)
 
-    @torch.no_grad()
     def observation(self, observation: Any) -> np.ndarray:
-        frames = torch.as_tensor(np.asarray(observation), device=self.device)[None, None]  # (1, 1, S, H, W)
-        return self.world_model.encode(frames)[0, 0].float().cpu().numpy()
+        return encode_observations(self.world_model, np.asarray(observation)[None], self.device)[0]
 
 
 class LatentObservationVector(gym.vector.VectorObservationWrapper):
@@ -54,10 +52,15 @@ class LatentObservationVector(gym.vector.VectorObservationWrapper):
         self.single_observation_space = latent_space(world_model)
         self.observation_space = batch_space(self.single_observation_space, env.num_envs)
 
-    @torch.no_grad()
     def observations(self, observations: Any) -> np.ndarray:
-        frames = torch.as_tensor(np.asarray(observations), device=self.device)[:, None]  # (N, 1, S, H, W)
-        return self.world_model.encode(frames)[:, 0].float().cpu().numpy()
+        return encode_observations(self.world_model, np.asarray(observations), self.device)
+
+
+@torch.no_grad()
+def encode_observations(world_model: WorldModel, observations: np.ndarray, device: torch.device) -> np.ndarray:
+    """uint8 frame stacks (N, S, H, W) -> float32 latents (N, *latent_shape), one batched encode."""
+    frames = torch.as_tensor(observations, device=device)[:, None]  # (N, 1, S, H, W)
+    return world_model.encode(frames)[:, 0].float().cpu().numpy()
 
 
 def _check_frames(space: gym.Space) -> None:

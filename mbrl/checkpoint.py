@@ -156,6 +156,39 @@ def load_state_dict(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str
     module.load_state_dict(saved)
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as checkpoint tensors (`prefix` + "INDEX.NAME") and JSON metadata (its param groups).
+
+    Non-tensor per-parameter state (e.g. a Python step count) goes into the metadata.
+    """
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint, prefix: str, meta: dict[str, Any],
+                   device: torch.device) -> None:
+    """Restore an optimizer saved with `optimizer_tensors(optimizer, prefix)`; `meta` is the metadata it returned."""
+    state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+    for index, values in meta.get("scalars", {}).items():
+        state["state"].setdefault(int(index), {}).update(values)
+    for key, value in checkpoint.tensors.items():
+        if key.startswith(prefix):
+            index, name = key[len(prefix):].split(".", 1)
+            state["state"].setdefault(int(index), {})[name] = value.to(device)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint.path} does not match the optimizer: {exc}") from None
+
+
 def _package_versions() -> dict[str, str]:
     versions = {}
     for package in _PACKAGES:

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 STAGE_NAMES = ("1", "2", "3", "all")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -51,15 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "replay buffer of a run directory (created if missing, appended to if it exists).")
     collect.add_argument("--env", help="ALE game id, e.g. ALE/Breakout-v5 or ALE/Pong-v5 (default: the preset's, "
                          "or the existing run's)")
-    collect.add_argument("--steps", type=_positive_int, required=True,
+    collect.add_argument("--steps", type=positive_int, required=True,
                          help="transitions to collect (all envs together; may overshoot by < num-envs)")
     collect.add_argument("--run", type=Path, required=True, help="run directory, e.g. runs/demo")
-    collect.add_argument("--num-envs", type=_positive_int,
+    collect.add_argument("--num-envs", type=positive_int,
                          help="environments stepped together (config collect.num_envs)")
     collect.add_argument("--workers", type=int, help="processes stepping them: -1 one per core, 0 in this process "
                          "(config collect.num_workers)")
     collect.add_argument("--seed", type=int, help="random seed (config seed)")
-    _add_config_options(collect)
+    add_config_options(collect)
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.set_defaults(func=cmd_collect)
 
@@ -71,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_wm.add_argument("--run", type=Path, required=True, help="run directory with a replay buffer")
     train_wm.add_argument("--stage", choices=sorted(STAGE_NAMES), default="all",
                           help="1 encoder, 2 dynamics, 3 finetune, or all in order (default: all)")
-    train_wm.add_argument("--steps", type=_positive_int, help="updates per stage (default: from the config)")
+    train_wm.add_argument("--steps", type=positive_int, help="updates per stage (default: from the config)")
     train_wm.add_argument("--resume", action="store_true",
                           help="continue from the run's world-model checkpoint instead of starting anew")
-    _add_device_option(train_wm)
+    add_device_option(train_wm)
     train_wm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key, e.g. --set world_model_training.lr=1e-3 (repeatable)")
     train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "decoder PSNR of the run's world model on episodes never trained on; prints them and "
                              "writes runs/NAME/world_model_eval.json.")
     eval_wm.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
-    eval_wm.add_argument("--windows", type=_positive_int, default=1024, help="held-out windows to score (default 1024)")
-    _add_device_option(eval_wm)
+    eval_wm.add_argument("--windows", type=positive_int, default=1024, help="held-out windows to score (default 1024)")
+    add_device_option(eval_wm)
     eval_wm.set_defaults(func=cmd_eval_world_model)
 
     dream = sub.add_parser("dream", help="GIF of the world model's imagination next to the real game",
@@ -94,11 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "observations, let it imagine the rest under the actions really taken, and write a GIF: "
                            "real frames | decoded imagined frames. Also logged to tensorboard.")
     dream.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
-    dream.add_argument("--steps", type=_positive_int, default=60, help="imagined steps (default 60)")
-    dream.add_argument("--context", type=_positive_int, default=4, help="real observations given first (default 4)")
+    dream.add_argument("--steps", type=positive_int, default=60, help="imagined steps (default 60)")
+    dream.add_argument("--context", type=positive_int, default=4, help="real observations given first (default 4)")
     dream.add_argument("--out", type=Path, help="GIF path (default: runs/NAME/dream.gif)")
     dream.add_argument("--seed", type=int, default=0, help="picks the window (default 0)")
-    _add_device_option(dream)
+    add_device_option(dream)
     dream.set_defaults(func=cmd_dream)
 
     inspect = sub.add_parser("inspect", help="summarise a run: config, replay buffer, checkpoints",
@@ -106,19 +106,44 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--run", type=Path, required=True, help="run directory")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=cmd_inspect)
+
+    from mbrl.cli_agents import add_agent_commands  # the commands that train, score and plan with agents
+
+    add_agent_commands(sub)
     return parser
 
 
-def _add_device_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (config device)")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="breakout",
-                        help="config preset: a name from configs/ (e.g. breakout, smoke) or a YAML path; "
-                        "ignored when the run exists (its saved config is used)")
+def add_config_options(parser: argparse.ArgumentParser, preset: str = "breakout") -> None:
+    parser.add_argument("--preset", default=preset,
+                        help=f"config preset: a name from configs/ (e.g. {preset}, smoke) or a YAML path; "
+                        f"ignored when the run exists (its saved config is used) (default: {preset})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set env.sticky_action_prob=0.0 (repeatable)")
+
+
+def config_for_run(run: Any, preset: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
+    """An existing run's saved config, or the preset's for a new run, with `--set` overrides and flags applied.
+
+    `flags` maps config keys to command-line values (None: not given).
+
+    Raises:
+        UserError: a bad preset, key or value, or an env id other than the one the run was created with.
+    """
+    from mbrl.run_config import resolve_config
+
+    overrides = overrides + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if not run.exists():
+        return resolve_config(preset, overrides)
+    saved = run.read_config()
+    config = resolve_config(None, overrides, base=saved)
+    saved_id = saved.get("env", {}).get("id")
+    if saved_id and config.env.id != saved_id:
+        raise UserError(f"run {run.path} was created with env {saved_id}, not {config.env.id}")
+    return config
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -128,20 +153,11 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from mbrl.config import dump_yaml
     from mbrl.replay import ReplayBuffer
     from mbrl.run import RunDir
-    from mbrl.run_config import resolve_config
 
     run = RunDir(args.run)
     flags = {"env.id": args.env, "collect.num_envs": args.num_envs, "collect.num_workers": args.workers,
              "seed": args.seed}
-    overrides = args.set + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if run.exists():
-        saved = run.read_config()
-        config = resolve_config(None, overrides, base=saved)
-        saved_id = saved.get("env", {}).get("id")
-        if saved_id and config.env.id != saved_id:
-            raise UserError(f"run {run.path} was created with env {saved_id}, not {config.env.id}")
-    else:
-        config = resolve_config(args.preset, overrides)
+    config = config_for_run(run, args.preset, args.set, flags)
     check_env_id(config.env.id)
     run.create(dump_yaml(config))
 

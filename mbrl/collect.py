@@ -6,6 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -43,6 +44,11 @@ class RandomPolicy:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self.rng.integers(0, self.n, size=len(obs))
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, None]:
+        """SB3's `predict` signature (for `mbrl.evaluate`): random actions whatever the arguments."""
+        return self(observation), None
 
 
 @dataclass

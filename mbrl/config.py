@@ -51,7 +51,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             values[name] = from_dict(kind, value, f"{where}{name}.")  # type: ignore[arg-type]
         else:
             values[name] = _coerce(value, kind, f"{where}{name}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a component config's own check (its __post_init__)
+        raise UserError(str(exc)) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -11,10 +11,14 @@ from typing import Any
 
 import torch
 
+from agents.sb3_agent import AgentConfig
 from envs.atari import AtariConfig
+from envs.dream import DreamConfig
 from mbrl.collect import CollectConfig
 from mbrl.config import apply_overrides, from_dict, load_yaml, preset_path
 from mbrl.errors import UserError
+from mbrl.evaluate import EvalConfig
+from mbrl.loop import LoopConfig
 from mbrl.replay import ReplayConfig
 from mbrl.train_world_model import WorldModelTrainConfig
 from world_models.jepa import JEPAConfig
@@ -30,6 +34,10 @@ class RunConfig:
         collect: real-env collection settings.
         world_model: the JEPA world model (num_actions is set from the env).
         world_model_training: how the world model is trained.
+        dream: the imagined episodes the agent learns in (its device is the run's).
+        agent: the SB3 learner.
+        loop: the Dyna schedule of `mbrl train-agent`.
+        eval: how agents are scored on the real game.
         seed: seeds envs, policies and models.
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
     """
@@ -39,6 +47,10 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     world_model: JEPAConfig = field(default_factory=JEPAConfig)
     world_model_training: WorldModelTrainConfig = field(default_factory=WorldModelTrainConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"
 

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from envs.registration import WORLD_MODEL_CHECKPOINT
-from mbrl.checkpoint import Checkpoint, load_state_dict, save_checkpoint
+from mbrl.checkpoint import Checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
 from mbrl.errors import UserError
 from mbrl.replay import ReplayBuffer, SequenceBatch, split_episodes
 from mbrl.run import RunDir
@@ -113,6 +113,28 @@ class Trainer:
             self.progress["done"].append(stage)
             self.save()
 
+    def run_updates(self, stage: str, updates: int, writer: Any) -> dict[str, float]:
+        """`updates` more updates of `stage`, without validation or early stopping (the Dyna loop's refits).
+
+        Continues the stage's optimizer when the stage is the current one. Counts them in
+        `progress["dyna_updates"]`, which the loop uses as its milestone; returns the last losses.
+        """
+        if self.progress["stage"] != stage or self.optimizer is None:
+            self.progress.update(stage=stage, step=0, best=None, bad_checks=0)
+            self.optimizer = self._optimizer(stage)
+        losses: dict[str, float] = {}
+        for _ in range(updates):
+            losses = self._update(stage)
+            self.progress["step"] += 1
+            self.progress["dyna_updates"] = self.progress.get("dyna_updates", 0) + 1
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{stage}/{name}", value, self.progress["step"])
+        return losses
+
+    def refresh_split(self) -> None:
+        """Re-split the (grown) buffer's episodes into training and held-out ones."""
+        self.train_ids, self.val_ids = split_episodes(self.buffer, self.cfg.holdout_every)
+
     def _update(self, stage: str) -> dict[str, float]:
         self.model.train()
         batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, self.rng, episodes=self.train_ids)
@@ -174,11 +196,8 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim_meta: dict[str, Any] = {}
         if self.optimizer is not None:
-            state = self.optimizer.state_dict()
-            for index, values in state["state"].items():
-                for name, value in values.items():
-                    tensors[f"optim.{index}.{name}"] = value
-            optim_meta = {"param_groups": state["param_groups"]}
+            optim_tensors, optim_meta = optimizer_tensors(self.optimizer, "optim.")
+            tensors.update(optim_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         metadata = {**describe(self.cfg.family, self.model), "progress": self.progress, "optimizer": optim_meta,
                     "rng_numpy": self.rng.bit_generator.state, "replay_rows": len(self.buffer)}
@@ -193,12 +212,7 @@ class Trainer:
         stage = self.progress["stage"]
         if stage is not None and ckpt.metadata["optimizer"]:
             self.optimizer = self._optimizer(stage)
-            state: dict[str, Any] = {"state": {}, "param_groups": ckpt.metadata["optimizer"]["param_groups"]}
-            for key, value in ckpt.tensors.items():
-                if key.startswith("optim."):
-                    _, index, name = key.split(".", 2)
-                    state["state"].setdefault(int(index), {})[name] = value.to(self.device)
-            self.optimizer.load_state_dict(state)
+            load_optimizer(self.optimizer, ckpt, "optim.", ckpt.metadata["optimizer"], self.device)
 
 
 def model_config(family_config: Any, num_actions: int) -> Any:

@@ -1,0 +1,123 @@
+"""Breakout at the Atari-100k budget: mbrl vs SB3 PPO on the real game vs the random policy.
+
+For each seed, with the same evaluation code (`mbrl.evaluate.evaluate_agent`: full games,
+sticky actions, 108k-frame cap, raw score) and the same number of games:
+  mbrl    `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-sSEED, resumed if it exists)
+  ppo     SB3 PPO (CnnPolicy) trained directly on real Breakout for the same real-step budget,
+          checkpointed every chunk and resumed if killed
+  random  the uniformly random policy
+Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
+seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
+
+    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl ppo random] [--real-steps 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from report import HERE, save_result
+
+RESULT = HERE / "results" / "breakout_100k.json"
+REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
+              "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
+PPO_CHUNK = 10_000
+
+
+def run_mbrl(seed: int, real_steps: int, runs: Path) -> dict[str, Any]:
+    """`mbrl train-agent --preset atari100k`, resuming the seed's run directory if it exists."""
+    from mbrl.cli import main
+
+    run = runs / f"mbrl-s{seed}"
+    args = ["train-agent", "--preset", "atari100k", "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
+    args += ["--resume", str(run)] if (run / "config.yaml").exists() else ["--run", str(run)]
+    if main(args) != 0:
+        raise SystemExit(f"mbrl train-agent failed for seed {seed}")
+    return json.loads((run / "eval.json").read_text())
+
+
+def run_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> dict[str, Any]:
+    """SB3 PPO with a CNN on real Breakout (episodic life and clipped rewards for training), checkpointed per chunk."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
+
+    from agents.sb3_agent import agent_tensors, restore_agent
+    from envs.atari import make_env
+    from mbrl.checkpoint import load_checkpoint, save_checkpoint
+    from mbrl.evaluate import evaluate_agent
+
+    train_env = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
+    venv = VecMonitor(SubprocVecEnv([lambda: make_env(train_env)] * 8))
+    model = PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01,
+                clip_range=0.1, seed=seed, device="cpu", verbose=0)
+    directory = runs / f"ppo-s{seed}"
+    if (directory / "ppo.json").exists():
+        ckpt = load_checkpoint(directory, "ppo")
+        restore_agent(model, ckpt, ckpt.metadata)
+    while model.num_timesteps < real_steps:
+        model.learn(min(PPO_CHUNK, real_steps - model.num_timesteps), reset_num_timesteps=False)
+        tensors, meta = agent_tensors(model)
+        save_checkpoint(directory, "ppo", tensors, meta, step=model.num_timesteps)
+        print(f"ppo seed {seed}: {model.num_timesteps} real steps", file=sys.stderr)
+    venv.close()
+    return evaluate_agent(model, config.env, config.eval, seed=_eval_seed(seed))
+
+
+def run_random(seed: int, config: Any) -> dict[str, Any]:
+    from envs.atari import make_env
+    from mbrl.collect import RandomPolicy
+    from mbrl.evaluate import evaluate_agent
+
+    policy = RandomPolicy(make_env(config.env).action_space, seed=seed)
+    return evaluate_agent(policy, config.env, config.eval, seed=_eval_seed(seed))
+
+
+def _eval_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([seed, 1000]).generate_state(1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", choices=("mbrl", "ppo", "random"), default=["mbrl", "ppo", "random"])
+    parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
+    args = parser.parse_args()
+    from mbrl.run_config import resolve_config
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    config = resolve_config("atari100k", [])
+    saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "breakout_100k", "runs": []}
+    for seed in args.seeds:
+        for method in args.methods:
+            if any(r["method"] == method and r["seed"] == seed and r["real_steps"] == args.real_steps
+                   for r in saved["runs"]):
+                continue
+            start = time.perf_counter()
+            if method == "mbrl":
+                result = run_mbrl(seed, args.real_steps, args.runs)
+            elif method == "ppo":
+                result = run_ppo(seed, args.real_steps, args.runs, config)
+            else:
+                result = run_random(seed, config)
+            hours = (time.perf_counter() - start) / 3600  # this sitting's wall clock (a resumed run adds up)
+            saved["runs"].append({"method": method, "seed": seed, "real_steps": args.real_steps, "hours": hours,
+                                  "mean": result["mean"], "std": result["std"], "scores": result["scores"],
+                                  "date": time.strftime("%Y-%m-%d")})
+            saved.update(command=" ".join(["python", "benchmarks/breakout_100k.py", *sys.argv[1:]]),
+                         references=REFERENCES, episodes=config.eval.episodes)
+            save_result(dict(saved), RESULT)
+            saved = json.loads(RESULT.read_text())
+
+
+if __name__ == "__main__":
+    main()

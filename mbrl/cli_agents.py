@@ -1,0 +1,132 @@
+"""The `mbrl` subcommands that train, score and plan with agents: train-agent, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mbrl.cli import add_config_options, add_device_option, config_for_run, positive_int
+from mbrl.errors import UserError
+
+ALGO_NAMES = ("ppo", "a2c", "dqn")
+
+
+def add_agent_commands(sub: Any) -> None:
+    """Add train-agent and evaluate to the `mbrl` subcommand parsers."""
+    train = sub.add_parser(
+        "train-agent", help="the Dyna loop: real play, world model, agent trained in the dream, real score",
+        description="Alternate real play (random at first, then the agent), world-model fitting and agent "
+        "training in the batched dream until the real-step budget is spent, scoring the agent on full real games "
+        "every few iterations. Writes runs/NAME/eval.json (scores), eval.gif (one game of the final agent), "
+        "tb/ (tensorboard) and checkpoints/; a killed run continues with --resume.")
+    train.add_argument("--env", help="ALE game id, e.g. ALE/Breakout-v5 (default: the preset's)")
+    train.add_argument("--algo", choices=ALGO_NAMES, help="SB3 algorithm trained in the dream (config agent.algo)")
+    add_config_options(train, preset="quick")
+    train.add_argument("--real-steps", type=positive_int,
+                       help="budget of real agent steps, warm-up included (config loop.real_steps)")
+    train.add_argument("--run", type=Path, help="new run directory (default: runs/GAME-PRESET)")
+    train.add_argument("--resume", type=Path, metavar="RUN",
+                       help="continue the run in this directory from its last checkpoints (its saved config is used; "
+                       "--real-steps and --set still apply)")
+    train.add_argument("--seed", type=int, help="random seed (config seed)")
+    add_device_option(train)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train_agent)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="score a run's agent (or the random policy) on full real games",
+        description="Play full games of the run's game (no episodic life, sticky actions, the 108k-frame cap, raw "
+        "score) with the agent of a train-agent run, or with the random policy; print mean, median, std and "
+        "per-game scores; write them as JSON and to tensorboard (eval/*).")
+    evaluate.add_argument("--run", type=Path, required=True, help="run directory")
+    evaluate.add_argument("--episodes", type=positive_int, help="games to play (config eval.episodes)")
+    evaluate.add_argument("--agent", choices=("trained", "random"), default="trained",
+                          help="the run's trained agent, or the uniformly random policy (default: trained)")
+    evaluate.add_argument("--deterministic", action="store_true",
+                          help="greedy actions instead of sampled ones (config eval.deterministic)")
+    evaluate.add_argument("--gif", type=Path, help="write the first game as a GIF here")
+    evaluate.add_argument("--out", type=Path,
+                          help="JSON result path (default: runs/NAME/eval.json, eval-random.json for --agent random)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds the games (default 0)")
+    add_device_option(evaluate)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train_agent(args: argparse.Namespace) -> None:
+    """`mbrl train-agent`: the Dyna loop, new or resumed."""
+    from envs.atari import check_env_id
+    from mbrl.config import dump_yaml
+    from mbrl.loop import train_agent, with_num_actions
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_device
+
+    flags = {"env.id": args.env, "agent.algo": args.algo, "loop.real_steps": args.real_steps, "seed": args.seed,
+             "device": args.device}
+    if args.resume is not None:
+        if args.run is not None and Path(args.run) != Path(args.resume):
+            raise UserError("give either --run (a new run) or --resume (an existing one), not both")
+        run = RunDir(args.resume)
+        run.read_config()  # a one-line error when there is no run there
+    else:
+        game = (args.env or "ALE/Breakout-v5").split("/")[-1].split("-")[0].lower()
+        run = RunDir(args.run or Path("runs") / f"{game}-{Path(args.preset).stem}")
+        if run.exists():
+            raise UserError(f"{run.path} already holds a run; continue it with --resume {run.path} "
+                            f"or choose another --run")
+    config = config_for_run(run, args.preset, args.set, flags)
+    check_env_id(config.env.id)
+    config = with_num_actions(config)
+    run.create(dump_yaml(config))
+    result = train_agent(run, config, resolve_device(config.device), resume=args.resume is not None,
+                         show_progress=False if args.quiet else None)
+    print(f"{config.env.id}: mean score {result['mean']:.2f} +- {result['std']:.2f} over {result['episodes']} "
+          f"games after {result['real_steps']} real steps and {result['dream_steps']} dream steps")
+    print(f"scores: {run.eval_path}; one game of the agent: {run.path / 'eval.gif'}; "
+          f"tensorboard: tensorboard --logdir {run.tb_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """`mbrl evaluate`: full real games with the run's agent or the random policy."""
+    import dataclasses
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mbrl.atomic import write_atomic
+    from mbrl.collect import RandomPolicy
+    from mbrl.evaluate import evaluate_agent
+    from mbrl.loop import load_trained_agent, with_num_actions
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_config, resolve_device
+
+    run = RunDir(args.run)
+    overrides = [f"device={args.device}"] if args.device else []
+    config = resolve_config(None, overrides, base=run.read_config())
+    eval_config = dataclasses.replace(config.eval, episodes=args.episodes or config.eval.episodes,
+                                      deterministic=args.deterministic or config.eval.deterministic)
+    agent: Any
+    if args.agent == "random":
+        from envs.atari import make_env
+
+        agent = RandomPolicy(make_env(config.env).action_space, seed=args.seed)
+    else:
+        agent = load_trained_agent(run, with_num_actions(config), resolve_device(config.device))
+    result = evaluate_agent(agent, config.env, eval_config, args.seed, gif_path=args.gif,
+                            progress=False if args.quiet else None)
+    result["agent"] = args.agent if args.agent == "random" else config.agent.algo
+    out = args.out or (run.eval_path if args.agent == "trained" else run.path / "eval-random.json")
+    write_atomic(Path(out), json.dumps(result, indent=1).encode())
+    with SummaryWriter(str(run.tb_dir)) as writer:
+        for key in ("mean", "median", "std"):
+            writer.add_scalar(f"eval/{args.agent}/{key}", result[key], run.read_progress().get("replay_steps", 0))
+    print(format_scores(result))
+    print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """One line of an evaluation: mean, median, std and the per-game scores."""
+    scores = ", ".join(f"{s:g}" for s in result["scores"])
+    return (f"{result['env']} [{result['agent']}]: mean {result['mean']:.2f}, median {result['median']:.1f}, "
+            f"std {result['std']:.2f} over {result['episodes']} games ({scores})")

@@ -1,0 +1,254 @@
+"""`mbrl train-agent`: the Dyna loop. Real play -> world model -> agent in the dream -> real score.
+
+    warm-up: random play (loop.warmup_steps), then the world model's first full fit
+             (stage 1 encoder, stage 2 predictor + heads + decoder, with early stopping)
+    iteration k = 1, 2, ...:
+        collect   the agent plays the real game (epsilon-random) until the buffer holds
+                  warmup_steps + k * collect_steps steps
+        fit       stage-2 updates of the world model until it has had k * world_model_updates
+        imagine   the agent learns in the batched dream until it has taken k * dream_steps steps
+        evaluate  every eval_every iterations and at the end: full real games (mbrl.evaluate)
+
+The encoder is trained once, in the warm-up: it defines the latent space the agent observes,
+so refitting it later would change the agent's inputs under its feet; the iterations refit
+the predictor and the heads on the growing buffer.
+
+Every phase runs until a cumulative milestone of iteration k, computed from counters that
+live with the data they count (replay steps in the buffer, world-model updates in its
+checkpoint, agent steps in the agent's checkpoint). So a run killed at any moment resumes
+with `--resume` by catching each counter up to its milestone: nothing flushed is lost, no
+phase is done twice. The replay buffer is flushed every `replay.flush_every` vector steps;
+the world model and the agent are checkpointed after each of their phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecMonitor
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents.sb3 import DreamVecEnv
+from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
+from envs.atari import RAM_SIZE, make_env, make_vector_env
+from envs.dream import DreamVectorEnv
+from mbrl.atomic import write_atomic
+from mbrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mbrl.collect import Collector, Policy, RandomPolicy
+from mbrl.evaluate import evaluate_agent
+from mbrl.replay import ReplayBuffer
+from mbrl.run import RunDir
+from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
+from mbrl.train_world_model import Trainer, model_config
+from world_models.registry import build
+
+if TYPE_CHECKING:
+    from mbrl.run_config import RunConfig
+
+AGENT = "agent"  # checkpoint name of the SB3 learner and the loop's own state
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The Dyna schedule: how real play, world-model fitting and dream training alternate.
+
+    Attributes:
+        real_steps: the budget of real agent steps (each is `env.frame_skip` frames), warm-up included.
+        warmup_steps: random-policy real steps before the world model is first fitted.
+        collect_steps: real steps the agent plays per iteration.
+        collect_epsilon: probability of a uniformly random action while collecting.
+        world_model_updates: stage-2 world-model updates per iteration.
+        dream_steps: agent steps in the dream per iteration (all dream envs together).
+        dream_envs: imagined episodes run in parallel (one batched world-model step for all).
+        eval_every: iterations between real evaluations (the last iteration is always evaluated).
+    """
+
+    real_steps: int = 100_000
+    warmup_steps: int = 5_000
+    collect_steps: int = 5_000
+    collect_epsilon: float = 0.05
+    world_model_updates: int = 200
+    dream_steps: int = 50_000
+    dream_envs: int = 64
+    eval_every: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warmup_steps <= self.real_steps:
+            raise ValueError(f"loop.warmup_steps must be in (0, real_steps], got {self.warmup_steps}")
+        if min(self.collect_steps, self.dream_envs, self.eval_every) < 1:
+            raise ValueError("loop.collect_steps, loop.dream_envs and loop.eval_every must be >= 1")
+
+    @property
+    def iterations(self) -> int:
+        return math.ceil((self.real_steps - self.warmup_steps) / self.collect_steps)
+
+
+def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bool,
+                show_progress: bool | None = None) -> dict[str, Any]:
+    """Run (or, with `resume`, continue) the Dyna loop of `run` to the end of its real-step budget.
+
+    Returns:
+        The final evaluation (see `mbrl.evaluate.evaluate_agent`), with the loop's counters.
+    """
+    loop = config.loop
+    size = config.env.frame_size
+    buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
+    workers = None if config.collect.num_workers < 0 else config.collect.num_workers
+    first_stream = buffer.num_streams  # a resumed run plays new streams
+    env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
+    collector = Collector(make_vector_env(config.env, config.collect.num_envs, workers), buffer, seed=env_seed)
+    writer = SummaryWriter(str(run.tb_dir))
+    bar = tqdm(total=loop.real_steps, initial=min(buffer.num_steps, loop.real_steps), unit="step",
+               desc="real steps", disable=None if show_progress is None else not show_progress)
+
+    def collect_until(target: int, policy: Policy) -> None:
+        before = buffer.num_steps
+        if before < target:
+            bar.set_postfix_str(f"collecting to {target}")
+            stats = collector.run(target - before, policy, config.replay.flush_every, progress=False,
+                                  on_flush=lambda: run.update_progress(replay_steps=buffer.num_steps))
+            for score in stats.episode_returns:
+                writer.add_scalar("collect/episode_score", score, buffer.num_steps)
+            bar.update(min(buffer.num_steps, loop.real_steps) - min(before, loop.real_steps))
+
+    try:
+        # ---- warm-up: random play, then the world model's first fit ---------------------
+        collect_until(loop.warmup_steps, RandomPolicy(collector.env.single_action_space, [config.seed, first_stream]))
+        model = build(config.world_model_training.family, config.world_model)
+        trainer = Trainer(run, model, buffer, config.world_model_training, device, config.seed)
+        if resume and (run.checkpoint_dir / f"{WORLD_MODEL}.json").exists():
+            trainer.restore(load_checkpoint(run.checkpoint_dir, WORLD_MODEL))
+        bar.set_postfix_str("fitting the world model")
+        trainer.train(["encoder", "dynamics"], None, writer, show_progress=False)
+
+        # ---- the agent, in the dream --------------------------------------------------
+        agent = build_agent(config.agent, _dream(model, buffer, trainer, config, device, 0), config.seed, device)
+        agent.set_logger(configure(str(run.tb_dir / "agent"), ["tensorboard"]))
+        state = _restore(run, agent) if resume else {}
+        latent_agent = LatentAgent(agent, model, device, loop.collect_epsilon, [config.seed, first_stream, 1])
+        if "explore_rng" in state:
+            latent_agent.rng.bit_generator.state = state["explore_rng"]
+        history: list[dict[str, Any]] = state.get("evals", [])
+        result: dict[str, Any] = history[-1] if history else {}
+
+        # ---- Dyna iterations ----------------------------------------------------------
+        for k in range(1, loop.iterations + 1):
+            collect_until(min(loop.warmup_steps + k * loop.collect_steps, loop.real_steps), latent_agent)
+
+            missing = k * loop.world_model_updates - trainer.progress.get("dyna_updates", 0)
+            if missing > 0:
+                bar.set_postfix_str(f"iteration {k}: world model")
+                trainer.refresh_split()
+                losses = trainer.run_updates("dynamics", missing, writer)
+                trainer.save()
+                bar.set_postfix(wm_loss=f"{losses['total']:.4f}")
+
+            missing = k * loop.dream_steps - agent.num_timesteps
+            if missing > 0:
+                bar.set_postfix_str(f"iteration {k}: agent in the dream")
+                agent.set_env(_dream(model, buffer, trainer, config, device, k))
+                agent.learn(missing, reset_num_timesteps=False, progress_bar=False)
+                _save(run, agent, history, latent_agent)
+
+            evaluated = {e["iteration"] for e in history}
+            if (k % loop.eval_every == 0 or k == loop.iterations) and k not in evaluated:
+                bar.set_postfix_str(f"iteration {k}: evaluating")
+                result = _evaluate(run, config, latent_agent, k, buffer.num_steps, agent.num_timesteps,
+                                   last=k == loop.iterations)
+                history.append({key: result[key] for key in ("iteration", "real_steps", "dream_steps", "mean",
+                                                               "median", "std")})
+                for key in ("mean", "median", "std"):
+                    writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
+                _save(run, agent, history, latent_agent)
+                bar.set_postfix(score=f"{result['mean']:.1f}")
+            run.update_progress(replay_steps=buffer.num_steps, iteration=k, dream_steps=agent.num_timesteps,
+                                world_model_updates=trainer.progress.get("dyna_updates", 0))
+    finally:
+        bar.close()
+        collector.close()
+        buffer.close()
+        writer.close()
+    return {**result, "history": history}
+
+
+def _dream(model: Any, buffer: ReplayBuffer, trainer: Trainer, config: RunConfig, device: torch.device,
+           iteration: int) -> VecMonitor:
+    """The batched dream of iteration `iteration` as an SB3 VecEnv, starting from training episodes."""
+    dream_config = dataclasses.replace(config.dream, device=str(device))
+    seed = int(np.random.SeedSequence([config.seed, iteration, 2]).generate_state(1)[0])
+    vector = DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=seed,
+                            episodes=trainer.train_ids)
+    return VecMonitor(DreamVecEnv(vector))  # dream episode returns -> the agent's rollout/ep_rew_mean
+
+
+def _evaluate(run: RunDir, config: RunConfig, agent: LatentAgent, iteration: int, real_steps: int,
+              dream_steps: int, last: bool) -> dict[str, Any]:
+    """Full real games with the agent; eval.json holds the latest result (and a GIF of the last)."""
+    gif = run.path / "eval.gif" if last else None
+    seed = int(np.random.SeedSequence([config.seed, iteration, 3]).generate_state(1)[0])
+    result = evaluate_agent(agent, config.env, config.eval, seed, gif_path=gif, progress=False)
+    result.update(iteration=iteration, real_steps=real_steps, dream_steps=dream_steps, agent=config.agent.algo)
+    write_atomic(run.eval_path, json.dumps(result, indent=1).encode())
+    return result
+
+
+def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], latent_agent: LatentAgent) -> None:
+    """The learner, its counters, the evaluation history and the RNG states, atomically."""
+    tensors, meta = agent_tensors(agent)
+    tensors["rng.torch"] = torch.get_rng_state()
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # SB3 draws DQN's exploration from it
+    meta.update(evals=history, explore_rng=latent_agent.rng.bit_generator.state,
+                rng_numpy_global=[name, np.asarray(keys).tolist(), pos, has_gauss, gauss])
+    save_checkpoint(run.checkpoint_dir, AGENT, tensors, meta, step=agent.num_timesteps)
+
+
+def _restore(run: RunDir, agent: BaseAlgorithm) -> dict[str, Any]:
+    """Load the learner saved by `_save` (if any); returns its metadata."""
+    if not (run.checkpoint_dir / f"{AGENT}.json").exists():
+        return {}
+    ckpt = load_checkpoint(run.checkpoint_dir, AGENT)
+    restore_agent(agent, ckpt, ckpt.metadata)
+    torch.set_rng_state(ckpt.tensors["rng.torch"])
+    name, keys, *rest = ckpt.metadata["rng_numpy_global"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    return ckpt.metadata
+
+
+def num_actions(config: RunConfig) -> int:
+    """The real game's action count."""
+    return int(make_env(config.env).action_space.n)  # type: ignore[attr-defined]
+
+
+def with_num_actions(config: RunConfig) -> RunConfig:
+    """The run config with the world model's num_actions set from the game."""
+    return dataclasses.replace(config, world_model=model_config(config.world_model, num_actions(config)))
+
+
+def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> LatentAgent:
+    """The agent a `train-agent` run saved, with its world model, ready to play real frames (no exploration).
+
+    Raises:
+        CheckpointError: the world-model or agent checkpoint is missing, corrupted or does not match.
+        UserError: the run's replay buffer is missing (it gives the dream the agent was built on).
+    """
+    from envs.registration import load_world_model
+    from mbrl.replay import split_episodes
+
+    model, _ = load_world_model(run, device)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    episodes, _ = split_episodes(buffer, config.world_model_training.holdout_every)
+    dream_config = dataclasses.replace(config.dream, device=str(device))
+    venv = DreamVecEnv(DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=0, episodes=episodes))
+    agent = build_agent(config.agent, venv, config.seed, device)
+    if not _restore(run, agent):
+        raise CheckpointError(f"no agent checkpoint in {run.checkpoint_dir}; train one with mbrl train-agent")
+    return LatentAgent(agent, model, device)
