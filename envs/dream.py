@@ -70,6 +70,52 @@ class DreamConfig:
             raise ValueError(f"DreamConfig.termination_threshold must be in [0, 1], got {self.termination_threshold}")
 
 
+class LatentCache:
+    """Latents of replay-buffer rows, each encoded once, on the world model's device.
+
+    Restarting rollouts encode real start contexts; with a cache, a row seen before costs an
+    index instead of an encoder pass. Valid only while the world model's encoder stays as it
+    was: whoever trains the encoder while a cache lives must `clear()` it (the Dyna loop
+    freezes the encoder after its warm-up, so one cache serves the whole run).
+
+    Args:
+        world_model: encodes rows not yet cached.
+    """
+
+    def __init__(self, world_model: WorldModel) -> None:
+        self.world_model = world_model
+        self._latents: Tensor | None = None  # (capacity, *latent_shape)
+        self._known = np.zeros(0, dtype=bool)
+
+    def clear(self) -> None:
+        """Forget every cached latent."""
+        self._latents, self._known = None, np.zeros(0, dtype=bool)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray, rows: np.ndarray, device: torch.device) -> Tensor:
+        """Latents (B, T, *latent_shape) of the observations, uint8 frames (B, T, S, H, W) at buffer rows (B, T)."""
+        flat = rows.reshape(-1)
+        self._grow(int(flat.max()) + 1, device)
+        assert self._latents is not None
+        new, first = np.unique(flat[~self._known[flat]], return_index=True)
+        if len(new):
+            where = np.flatnonzero(~self._known[flat])[first]  # one occurrence of each row not cached yet
+            obs = torch.as_tensor(frames.reshape(-1, *frames.shape[2:])[where], device=device)
+            self._latents[torch.as_tensor(new, device=device)] = self.world_model.encode(obs[:, None])[:, 0]
+            self._known[new] = True
+        return self._latents[torch.as_tensor(flat, device=device)].view(*rows.shape, *self._latents.shape[1:])
+
+    def _grow(self, size: int, device: torch.device) -> None:
+        if size <= len(self._known):
+            return
+        capacity = max(size, 2 * len(self._known), 1024)
+        latents = torch.zeros(capacity, *self.world_model.latent_shape, device=device)
+        if self._latents is not None:
+            latents[: len(self._known)] = self._latents
+        self._latents = latents
+        self._known = np.concatenate([self._known, np.zeros(capacity - len(self._known), dtype=bool)])
+
+
 def latent_space(world_model: WorldModel) -> gym.spaces.Box:
     """The observation space of one latent: unbounded float32 `latent_shape`."""
     return gym.spaces.Box(-np.inf, np.inf, tuple(world_model.latent_shape), np.float32)
@@ -92,13 +138,17 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         seed: seeds the context sampling and torch's generator (also `reset(seed=...)`).
         episodes: if given, contexts come only from these episode ids (e.g. a training split).
         render_mode: None or "rgb_array".
+        latent_cache: latents of the buffer's rows, shared between envs over the same buffer and
+            world model (None: the env keeps its own); see `LatentCache` for when it is valid.
     """
 
     def __init__(self, world_model: WorldModel, buffer: ReplayBuffer, num_envs: int, config: DreamConfig,
-                 seed: int | None = None, episodes: np.ndarray | None = None, render_mode: str | None = None) -> None:
+                 seed: int | None = None, episodes: np.ndarray | None = None, render_mode: str | None = None,
+                 latent_cache: LatentCache | None = None) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.world_model, self.buffer, self.config, self.episodes = world_model, buffer, config, episodes
+        self.latent_cache = latent_cache if latent_cache is not None else LatentCache(world_model)
         self.num_envs, self.render_mode, self.device = num_envs, render_mode, torch.device(config.device)
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
         self.frame_shape = (buffer.frame_stack, *buffer.frame_shape)  # (S, H, W) of a pixel observation
@@ -239,7 +289,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         oldest repeated when the context is shorter than S; it is zeros in latent mode.
         """
         batch = self.buffer.sample(n, self.context - 1, self.np_random, self.episodes)
-        latents = self.world_model.encode(torch.as_tensor(batch.frames, device=self.device))  # (n, T, *latent)
+        latents = self.latent_cache.encode(batch.frames, batch.rows, self.device)  # (n, T, *latent)
         _check_finite(None, latent=latents)
         state = self.world_model.observe(latents, torch.as_tensor(batch.actions, device=self.device))
         stack = np.zeros((n, *self.frame_shape), np.uint8)

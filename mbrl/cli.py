@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--context", type=positive_int, default=4, help="real observations given first (default 4)")
     dream.add_argument("--out", type=Path, help="GIF path (default: runs/NAME/dream.gif)")
     dream.add_argument("--seed", type=int, default=0, help="picks the window (default 0)")
+    dream.add_argument("--agent", action="store_true",
+                       help="instead: imagined frames that follow the run's trained agent (from mbrl train-agent), "
+                       "acting on imagined latents, restarting from held-out real contexts when an episode ends")
     add_device_option(dream)
     dream.set_defaults(func=cmd_dream)
 
@@ -261,12 +264,26 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
     t = _trained_run(args)
     run = t.run
+    out = args.out or run.path / ("dream-agent.gif" if args.agent else "dream.gif")
+    if args.agent:
+        from mbrl.dream_video import agent_dream
+        from mbrl.loop import load_trained_agent, with_num_actions
+
+        agent = load_trained_agent(run, with_num_actions(t.config), t.device)
+        frames, rewards = agent_dream(t.model, t.buffer, t.held_out, agent.model, args.steps,
+                                      dataclasses.replace(t.config.dream, device=str(t.device)), args.seed)
+        save_gif(frames, out)
+        with SummaryWriter(str(run.tb_dir)) as writer:
+            writer.add_images("dream/agent", frames[:: max(1, len(frames) // 8), None], t.checkpoint.step,
+                              dataformats="NCHW")
+        print(f"wrote {out}: {len(frames)} imagined frames following the {t.config.agent.algo} agent; "
+              f"dream reward {rewards.sum():g}")
+        return
     try:
         real, imagined = open_loop(t.model, t.buffer, t.held_out, args.steps, args.context,
                                    np.random.default_rng(args.seed), t.device)
     except ValueError as exc:
         raise UserError(f"no held-out episode in {run.replay_dir} is long enough: {exc}") from None
-    out = args.out or run.path / "dream.gif"
     video = side_by_side(real, imagined)
     save_gif(video, out)
     with SummaryWriter(str(run.tb_dir)) as writer:

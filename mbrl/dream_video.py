@@ -1,10 +1,14 @@
-"""`mbrl dream`: the world model's imagination next to the real game, under the same real actions."""
+"""`mbrl dream`: the world model's imagination next to the real game, or following an agent."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
 
+from envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.replay import ReplayBuffer
 from world_models.base import WorldModel, imagine
 
@@ -30,3 +34,32 @@ def open_loop(
     decoded = model.decode(imagined)[0]  # (steps, H, W) in [0, 1]
     real = window.frames[0, context:, -1]  # (steps, H, W) newest frames of the same steps
     return real, (decoded.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def agent_dream(
+    model: WorldModel, buffer: ReplayBuffer, episodes: np.ndarray, policy: Any, steps: int, config: DreamConfig,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Imagined frames that follow an agent: the dream env under `policy`, restarting when an episode ends.
+
+    Args:
+        policy: acts on latents, with SB3's `predict(obs, deterministic=...)` (e.g. a learner from train-agent).
+        config: the dream's settings (latent observations are used whatever `config.observation` says).
+
+    Returns:
+        uint8 frames (steps, H, W) decoded from the imagined latents, and float32 rewards (steps,)
+        the dream gave.
+    """
+    env = DreamVectorEnv(model, buffer, 1, dataclasses.replace(config, observation="latent"), seed=seed,
+                         episodes=episodes, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [], []
+    for _ in range(steps):
+        action, _ = policy.predict(obs, deterministic=False)
+        obs, reward, _, _, _ = env.step(np.asarray(action, dtype=np.int64).reshape(1))
+        frame = env.render()
+        assert frame is not None
+        frames.append(frame[0, :, :, 0])
+        rewards.append(float(reward[0]))
+    return np.stack(frames), np.asarray(rewards, dtype=np.float32)

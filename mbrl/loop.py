@@ -40,7 +40,7 @@ from tqdm import tqdm
 from agents.sb3 import DreamVecEnv
 from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from envs.atari import RAM_SIZE, make_env, make_vector_env
-from envs.dream import DreamVectorEnv
+from envs.dream import DreamVectorEnv, LatentCache
 from mbrl.atomic import write_atomic
 from mbrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mbrl.collect import Collector, Policy, RandomPolicy
@@ -131,7 +131,9 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         trainer.train(["encoder", "dynamics"], None, writer, show_progress=False)
 
         # ---- the agent, in the dream --------------------------------------------------
-        agent = build_agent(config.agent, _dream(model, buffer, trainer, config, device, 0), config.seed, device)
+        cache = LatentCache(model)  # the encoder is frozen from here on: each row is encoded once
+        agent = build_agent(config.agent, _dream(model, buffer, trainer, config, device, 0, cache), config.seed,
+                            device)
         agent.set_logger(configure(str(run.tb_dir / "agent"), ["tensorboard"]))
         state = _restore(run, agent) if resume else {}
         latent_agent = LatentAgent(agent, model, device, loop.collect_epsilon, [config.seed, first_stream, 1])
@@ -155,7 +157,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
             missing = k * loop.dream_steps - agent.num_timesteps
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: agent in the dream")
-                agent.set_env(_dream(model, buffer, trainer, config, device, k))
+                agent.set_env(_dream(model, buffer, trainer, config, device, k, cache))
                 agent.learn(missing, reset_num_timesteps=False, progress_bar=False)
                 _save(run, agent, history, latent_agent)
 
@@ -181,12 +183,12 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
 
 
 def _dream(model: Any, buffer: ReplayBuffer, trainer: Trainer, config: RunConfig, device: torch.device,
-           iteration: int) -> VecMonitor:
+           iteration: int, cache: LatentCache | None = None) -> VecMonitor:
     """The batched dream of iteration `iteration` as an SB3 VecEnv, starting from training episodes."""
     dream_config = dataclasses.replace(config.dream, device=str(device))
     seed = int(np.random.SeedSequence([config.seed, iteration, 2]).generate_state(1)[0])
     vector = DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=seed,
-                            episodes=trainer.train_ids)
+                            episodes=trainer.train_ids, latent_cache=cache)
     return VecMonitor(DreamVecEnv(vector))  # dream episode returns -> the agent's rollout/ep_rew_mean
 
 

@@ -57,6 +57,7 @@ class SequenceBatch(NamedTuple):
         truncated: bool (B, L) the episode was cut (time limit) with transition t.
         life_loss: bool (B, L) a life was lost in transition t.
         episodes: int64 (B,) episode id of each window.
+        rows: int64 (B, L+1) buffer rows of o_0 .. o_L (e.g. to cache per-observation results).
     """
 
     frames: np.ndarray
@@ -68,6 +69,7 @@ class SequenceBatch(NamedTuple):
     truncated: np.ndarray
     life_loss: np.ndarray
     episodes: np.ndarray
+    rows: np.ndarray
 
 
 def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,6 +358,7 @@ class ReplayBuffer:
             truncated=(flags & TRUNCATED) != 0,
             life_loss=(flags & LIFE_LOSS) != 0,
             episodes=self._rows["episode"][ends].astype(np.int64),
+            rows=chain[:, self.frame_stack - 1 :].copy(),
         )
 
     # ---- bookkeeping --------------------------------------------------------------------

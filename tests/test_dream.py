@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_jepa import TINY
 from torch import Tensor
 
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, LatentCache, latent_space
 from envs.wrappers import LatentObservation, LatentObservationVector
 from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
 from world_models.base import StepOutput, TrainBatch, WorldModel
@@ -239,6 +239,39 @@ def test_same_seed_and_actions_give_the_same_dream() -> None:
         np.testing.assert_array_equal(a, b)
     other = rollout(env, seed=8)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+class CountingJEPA(JEPAWorldModel):
+    """A JEPA model that counts the observations it encodes."""
+
+    encoded = 0
+
+    def encode(self, frames: Tensor) -> Tensor:
+        self.encoded += frames.shape[0] * frames.shape[1]
+        return super().encode(frames)
+
+
+def test_latent_cache_encodes_each_row_once_and_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = CountingJEPA(TINY).eval()
+    buffer = make_buffer(random_frames=True)
+    config = DreamConfig(horizon=3)
+    cache = LatentCache(model)
+    cached = rollout(DreamVectorEnv(model, buffer, 4, config, latent_cache=cache), seed=3)
+    encoded = model.encoded
+    rows = len(buffer)
+    assert 0 < encoded <= rows  # never a row twice (context windows overlap and repeat)
+    again = rollout(DreamVectorEnv(model, buffer, 4, config, latent_cache=cache), seed=3)
+    assert model.encoded == encoded  # a second env on the same cache encodes nothing new
+    cache.clear()
+    fresh = rollout(DreamVectorEnv(model, buffer, 4, config, latent_cache=cache), seed=3)
+    assert model.encoded == 2 * encoded
+    for a, b, c in zip(cached, again, fresh):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    batch = buffer.sample(6, 3, np.random.default_rng(0))
+    direct = model.encode(torch.as_tensor(batch.frames))
+    torch.testing.assert_close(cache.encode(batch.frames, batch.rows, torch.device("cpu")), direct)
 
 
 def test_dream_leaves_torch_global_generator_alone() -> None:

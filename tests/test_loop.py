@@ -66,6 +66,11 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
     proc = mbrl_cli("evaluate", "--run", str(run), "--agent", "random", "--episodes", "1", "--quiet")
     assert proc.returncode == 0 and (run / "eval-random.json").exists()
 
+    # and imagined frames follow it in the dream
+    proc = mbrl_cli("dream", "--run", str(run), "--agent", "--steps", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "dream-agent.gif").stat().st_size > 0 and "following the ppo agent" in proc.stdout
+
 
 @pytest.mark.slow
 def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def test_windows_stay_inside_one_episode_in_order(filled: tuple[ReplayBuffer, di
     batch = buffer.sample(512, 6, np.random.default_rng(1))
     newest = decode(batch.frames[:, :, -1])  # (B, L+1) ids of o_0 .. o_L
     assert newest.shape == (512, 7)
+    np.testing.assert_array_equal(batch.rows + 1, newest)  # the rows the observations were read from (ids 1-based)
     for window in newest:
         episode = rows[window[0]].episode
         assert all(rows[i].episode == episode for i in window)
