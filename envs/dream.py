@@ -45,8 +45,11 @@ class DreamConfig:
         reward: "clipped" (the predicted expected reward rounded to -1, 0 or 1) or "expected"
             (the expected reward as predicted).
         terminate_on: "game_over", or "life_loss" (a lost life or a game over ends the episode).
-        termination_threshold: an episode terminates when the predicted probability of its end
-            event exceeds this.
+        termination: "threshold" (an episode terminates when the predicted probability of its end
+            event exceeds `termination_threshold`) or "sample" (it terminates with that
+            probability, drawn from the env's seeded generator: rare events a head predicts
+            with a probability below one half still end some episodes).
+        termination_threshold: see `termination`.
         device: torch device of the world model and of imagination.
     """
 
@@ -55,12 +58,13 @@ class DreamConfig:
     observation: str = "latent"
     reward: str = "clipped"
     terminate_on: str = "game_over"
+    termination: str = "threshold"
     termination_threshold: float = 0.5
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         choices = {"observation": ("latent", "pixels"), "reward": ("clipped", "expected"),
-                   "terminate_on": ("game_over", "life_loss")}
+                   "terminate_on": ("game_over", "life_loss"), "termination": ("threshold", "sample")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DreamConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -236,7 +240,10 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         clipped = np.clip(np.round(expected), -1, 1) + 0.0  # round half to even; + 0.0 turns -0.0 into 0.0
         reward = clipped if self.config.reward == "clipped" else expected
         end = 1.0 - cont if self.config.terminate_on == "game_over" else np.maximum(1.0 - cont, life_loss)
-        terminated = live & (end > self.config.termination_threshold)
+        if self.config.termination == "sample":
+            terminated = live & (self.np_random.random(self.num_envs) < end)
+        else:
+            terminated = live & (end > self.config.termination_threshold)
         self._steps = np.where(live, self._steps + 1, 0)
         truncated = live & (self._steps >= self.config.horizon)
         self._ended = terminated | truncated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def add_agent_commands(sub: Any) -> None:
     add_config_options(train, preset="quick")
     train.add_argument("--real-steps", type=positive_int,
                        help="budget of real agent steps, warm-up included (config loop.real_steps)")
-    train.add_argument("--run", type=Path, help="new run directory (default: runs/GAME-PRESET)")
+    train.add_argument("--run", type=Path, help="new run directory (default: runs/GAME-PRESET-DATE-TIME)")
     train.add_argument("--resume", type=Path, metavar="RUN",
                        help="continue the run in this directory from its last checkpoints (its saved config is used; "
                        "--real-steps and --set still apply)")
@@ -72,7 +73,8 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
         run.read_config()  # a one-line error when there is no run there
     else:
         game = (args.env or "ALE/Breakout-v5").split("/")[-1].split("-")[0].lower()
-        run = RunDir(args.run or Path("runs") / f"{game}-{Path(args.preset).stem}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run = RunDir(args.run or Path("runs") / f"{game}-{Path(args.preset).stem}-{stamp}")
         if run.exists():
             raise UserError(f"{run.path} already holds a run; continue it with --resume {run.path} "
                             f"or choose another --run")
@@ -80,6 +82,8 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     check_env_id(config.env.id)
     config = with_num_actions(config)
     run.create(dump_yaml(config))
+    print(f"run directory: {run.path} (continue it after an interruption with: mbrl train-agent --resume {run.path})",
+          flush=True)
     result = train_agent(run, config, resolve_device(config.device), resume=args.resume is not None,
                          show_progress=False if args.quiet else None)
     print(f"{config.env.id}: mean score {result['mean']:.2f} +- {result['std']:.2f} over {result['episodes']} "

@@ -139,6 +139,11 @@ def test_termination_and_reward_modes() -> None:
                                                                      termination_threshold=0.7), seed=0)
     strict.reset()
     assert not strict.step(np.array([2]))[2].any()  # probability 0.6 does not exceed 0.7
+    sampled = DreamVectorEnv(Walker(), make_buffer(), 4000, DreamConfig(terminate_on="life_loss",
+                                                                        termination="sample"), seed=0)
+    sampled.reset()
+    ended = sampled.step(np.repeat([0, 2], 2000))[2]
+    assert not ended[:2000].any() and abs(ended[2000:].mean() - 0.6) < 0.04  # Bernoulli(0.6): 4 sigma is 0.044
 
 
 def test_vector_env_autoresets_on_the_next_step() -> None:
