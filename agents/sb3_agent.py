@@ -9,6 +9,7 @@ checkpoint never unpickles anything (SB3's own `save` zips pickles).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.wrappers import encode_observations
@@ -148,3 +150,22 @@ def restore_agent(model: BaseAlgorithm, ckpt: Checkpoint, meta: dict[str, Any]) 
             model._n_calls = int(meta["n_calls"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt.path} lacks the agent's counters: {exc}") from None
+
+
+def value_function(model: BaseAlgorithm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The learner's critic as a planner's terminal value: latents (M, *latent_shape) -> values (M,).
+
+    PPO and A2C: the value head; DQN: the largest Q-value.
+    """
+    policy = model.policy
+
+    @torch.no_grad()
+    def value(latents: torch.Tensor) -> torch.Tensor:
+        obs = latents.to(policy.device, torch.float32)
+        if isinstance(policy, ActorCriticPolicy):
+            return policy.predict_values(obs).reshape(-1).to(latents.device)
+        q_net = policy.q_net  # DQN
+        assert isinstance(q_net, torch.nn.Module)
+        return q_net(obs).max(dim=-1).values.to(latents.device)
+
+    return value

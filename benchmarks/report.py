@@ -126,11 +126,47 @@ def _world_model_quality(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _planning(r: dict[str, Any]) -> list[str]:
+    p = r["step_profile"]
+    best = r["largest_cem_within_target"]
+    lines = [
+        "## Latent MPC speed (`benchmarks/planning.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}, load average {r['load_average']:.1f} at the "
+        f"end (the machine is shared). Date: {r['date']}. Command: `{r['command']}`.",
+        "Default JEPA world model (random weights: same compute), one env, `MPCAgent.predict` per real action "
+        "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
+        f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4.",
+        "",
+        "| planner | N | H | I | actions timed | median ms | p95 ms | imagined steps per action | without dedupe |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        lines.append(f"| {row['planner']} | {row['candidates']} | {row['horizon']} | {row['iterations']} | "
+                     f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {row['imagined_steps']:.0f} | "
+                     f"{row['imagined_steps_without_dedupe']} |")
+    lines += [
+        "",
+        f"One imagined step of {p['batch']} rollouts with a full context window: {p['step_ms']:.0f} ms (predictor "
+        f"over the whole window {p['predictor_full_window_ms']:.0f} ms, over the newest latent only, the most a "
+        f"KV-cached step would cost, {p['predictor_newest_only_ms']:.0f} ms; reward and termination heads "
+        f"{p['heads_ms']:.0f} ms). Encoding one observation: {p['encode_one_obs_ms']:.1f} ms.",
+        "",
+        "Largest CEM budget within the target (p95): "
+        + ("none measured." if best is None else
+           f"N={best['candidates']}, H={best['horizon']}, I={best['iterations']} "
+           f"(median {best['median_ms']:.0f} ms, p95 {best['p95_ms']:.0f} ms)."),
+        "",
+    ]
+    return lines
+
+
 RENDERERS = {
     "world_model_quality": _world_model_quality,
     "collect_throughput": _collect_throughput,
     "dream_throughput": _dream_throughput,
     "world_model_train": _world_model_train,
+    "planning": _planning,
 }
 
 

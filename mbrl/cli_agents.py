@@ -1,4 +1,4 @@
-"""The `mbrl` subcommands that train, score and plan with agents: train-agent, evaluate."""
+"""The `mbrl` subcommands that train, score and plan with agents: train-agent, evaluate, plan."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ALGO_NAMES = ("ppo", "a2c", "dqn")
 
 
 def add_agent_commands(sub: Any) -> None:
-    """Add train-agent and evaluate to the `mbrl` subcommand parsers."""
+    """Add train-agent, evaluate and plan to the `mbrl` subcommand parsers."""
     train = sub.add_parser(
         "train-agent", help="the Dyna loop: real play, world model, agent trained in the dream, real score",
         description="Alternate real play (random at first, then the agent), world-model fitting and agent "
@@ -54,6 +54,30 @@ def add_agent_commands(sub: Any) -> None:
     add_device_option(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    plan = sub.add_parser(
+        "plan", help="play the real game with model-predictive control in the run's world model",
+        description="At every real step, encode the recent frames with the run's world model, search action "
+        "sequences in imagination (CEM, MPPI or random shooting; all candidates in one batch), act the first action "
+        "and keep the shifted plan as the next warm start. Scored with the same code as mbrl evaluate; writes "
+        "runs/NAME/plan-PLANNER.json. Settings live in the config's mpc section; the options below override them.")
+    plan.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
+    plan.add_argument("--planner", choices=("cem", "mppi", "shooting"), help="search method (config mpc.planner)")
+    plan.add_argument("--env", help="ALE game id; must be the run's (default: the run's)")
+    plan.add_argument("--episodes", type=positive_int, help="full games to play (config eval.episodes)")
+    plan.add_argument("--horizon", type=positive_int, help="imagined steps per candidate (config mpc.search.horizon)")
+    plan.add_argument("--candidates", type=positive_int,
+                      help="candidate sequences per round (config mpc.search.candidates)")
+    plan.add_argument("--iterations", type=positive_int, help="search rounds (config mpc.search.iterations)")
+    plan.add_argument("--value-from-agent", action="store_true",
+                      help="add the run's trained agent's value of the last imagined latent (sees past the horizon)")
+    plan.add_argument("--gif", type=Path, help="write the first game as a GIF here")
+    plan.add_argument("--seed", type=int, default=0, help="seeds the games and the planner (default 0)")
+    add_device_option(plan)
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set mpc.life_loss_penalty=0 (repeatable)")
+    plan.add_argument("--quiet", action="store_true", help="no progress bar")
+    plan.set_defaults(func=cmd_plan)
 
 
 def cmd_train_agent(args: argparse.Namespace) -> None:
@@ -134,3 +158,37 @@ def format_scores(result: dict[str, Any]) -> str:
     scores = ", ".join(f"{s:g}" for s in result["scores"])
     return (f"{result['env']} [{result['agent']}]: mean {result['mean']:.2f}, median {result['median']:.1f}, "
             f"std {result['std']:.2f} over {result['episodes']} games ({scores})")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """`mbrl plan`: MPC with the run's world model on full real games."""
+    from agents.mpc import MPCAgent
+    from agents.sb3_agent import value_function
+    from envs.registration import load_world_model
+    from mbrl.atomic import write_atomic
+    from mbrl.evaluate import evaluate_agent
+    from mbrl.loop import load_trained_agent, with_num_actions
+    from mbrl.run import RunDir
+    from mbrl.run_config import resolve_device
+
+    run = RunDir(args.run)
+    run.read_config()  # a one-line error when there is no run there
+    flags = {"env.id": args.env, "mpc.planner": args.planner, "mpc.search.horizon": args.horizon,
+             "mpc.search.candidates": args.candidates, "mpc.search.iterations": args.iterations,
+             "eval.episodes": args.episodes, "device": args.device}
+    config = config_for_run(run, None, args.set, flags)
+    device = resolve_device(config.device)
+    model, _ = load_world_model(run, device)
+    value = None
+    if args.value_from_agent:
+        value = value_function(load_trained_agent(run, with_num_actions(config), device).model)
+    agent = MPCAgent(model, config.mpc, device, seed=args.seed, value_fn=value)
+    result = evaluate_agent(agent, config.env, config.eval, args.seed, gif_path=args.gif,
+                            progress=False if args.quiet else None)
+    search = config.mpc.search
+    result.update(agent=f"mpc-{config.mpc.planner}", horizon=search.horizon, candidates=search.candidates,
+                  iterations=search.iterations, value_from_agent=args.value_from_agent)
+    out = run.path / f"plan-{config.mpc.planner}.json"
+    write_atomic(out, json.dumps(result, indent=1).encode())
+    print(format_scores(result))
+    print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from agents.mpc import MPCConfig
 from agents.sb3_agent import AgentConfig
 from envs.atari import AtariConfig
 from envs.dream import DreamConfig
@@ -38,6 +39,7 @@ class RunConfig:
         agent: the SB3 learner.
         loop: the Dyna schedule of `mbrl train-agent`.
         eval: how agents are scored on the real game.
+        mpc: the model-predictive-control agent of `mbrl plan`.
         seed: seeds envs, policies and models.
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
     """
@@ -51,6 +53,7 @@ class RunConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mpc: MPCConfig = field(default_factory=MPCConfig)
     seed: int = 0
     device: str = "auto"
 

@@ -66,6 +66,15 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
     proc = mbrl_cli("evaluate", "--run", str(run), "--agent", "random", "--episodes", "1", "--quiet")
     assert proc.returncode == 0 and (run / "eval-random.json").exists()
 
+    # MPC in the same world model plays too, scored by the same code
+    proc = mbrl_cli("plan", "--run", str(run), "--planner", "mppi", "--horizon", "3", "--candidates", "8",
+                    "--iterations", "1", "--value-from-agent", "--quiet", "--set", "eval.max_episode_frames=200")
+    assert proc.returncode == 0, proc.stderr
+    planned = json.loads((run / "plan-mppi.json").read_text())
+    assert planned["agent"] == "mpc-mppi" and planned["horizon"] == 3 and planned["episodes"] == 1
+    assert planned["lengths"][0] <= 50  # 200 frames
+    assert_user_error(mbrl_cli("plan", "--run", str(run), "--env", "ALE/Pong-v5"), r"created with env ALE/Breakout")
+
     # and imagined frames follow it in the dream
     proc = mbrl_cli("dream", "--run", str(run), "--agent", "--steps", "8")
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,33 @@
+"""Planners that optimise action sequences against an objective: CEM, MPPI and random shooting.
+
+They see only tensors and an objective callable `(state, action_sequences) -> returns`
+(`agents.planners.objective.world_model_objective` builds one from a world model); choose one
+by name from `PLANNERS`.
+"""
+
+from __future__ import annotations
+
+from agents.planners.base import (
+    ActionSpace,
+    BoxSpace,
+    Categorical,
+    DiscreteSpace,
+    Distribution,
+    Gaussian,
+    Objective,
+    Plan,
+    Planner,
+    PlannerConfig,
+)
+from agents.planners.cem import CEM
+from agents.planners.mppi import MPPI
+from agents.planners.objective import world_model_objective
+from agents.planners.shooting import RandomShooting
+
+PLANNERS: dict[str, type[Planner]] = {"cem": CEM, "mppi": MPPI, "shooting": RandomShooting}
+"""Planner classes by name: PLANNERS[name](space, config, device)."""
+
+__all__ = [
+    "CEM", "MPPI", "PLANNERS", "ActionSpace", "BoxSpace", "Categorical", "DiscreteSpace", "Distribution", "Gaussian",
+    "Objective", "Plan", "Planner", "PlannerConfig", "RandomShooting", "world_model_objective",
+]

@@ -1,0 +1,97 @@
+"""The planning objective of a world model: discounted imagined return of every candidate, in one batch.
+
+For a candidate a_0 .. a_{H-1} imagined from a real context, with per-step predicted reward
+r_t, continue probability c_t and life-loss probability l_t:
+
+    return = sum_t discount^t * (prod_{s<t} c_s) * (r_t - life_loss_penalty * l_t)
+             + discount^H * (prod_{s<H} c_s) * value_fn(z_H)      (if a value_fn is given)
+
+The life-loss penalty charges an expected lost life like a negative reward. In Breakout a
+lost life is far easier to foresee (the ball passes the paddle) than a brick hit is to score
+with a weak reward head, so a penalty of ~1 makes the planner keep the ball in play.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from agents.planners.base import Objective
+from world_models.base import WorldModel
+
+ValueFn = Callable[[Tensor], Tensor]
+"""latents (M, *latent_shape) -> values (M,): a critic to see past the horizon."""
+
+
+def world_model_objective(world_model: WorldModel, discount: float = 0.99, value_fn: ValueFn | None = None,
+                          life_loss_penalty: float = 0.0, dedupe: bool = True) -> Objective:
+    """Build `objective(state, action_sequences) -> returns` from the WorldModel interface.
+
+    `state` is the world model's imagination state of B problems (`observe` of their real
+    contexts; tensors, or dicts / tuples of tensors, with the batch dim first). All B x N
+    candidates are imagined together, one `world_model.step` per timestep.
+
+    Discrete candidates (int64 (B, N, H)) that share a prefix share its imagination: each
+    step is taken only for the distinct (prefix, action) pairs, which is exact for a
+    deterministic world model and saves most of the early steps (at most A^(t+1) distinct
+    prefixes at step t) and much more once a planner's distribution has narrowed. Continuous
+    candidates (B, N, H, D), or `dedupe=False`, imagine every candidate.
+
+    Args:
+        world_model: the model to imagine with.
+        discount: per-step discount.
+        value_fn: optional terminal value of the last imagined latent.
+        life_loss_penalty: return charged per expected lost life (0: none).
+        dedupe: imagine shared discrete prefixes once.
+    """
+
+    @torch.no_grad()
+    def objective(state: Any, action_sequences: Tensor) -> Tensor:
+        b, n, horizon = action_sequences.shape[:3]
+        flat = action_sequences.flatten(0, 1)  # (B*N, H[, D])
+        discrete = not flat.is_floating_point()
+        shared = dedupe and discrete and flat.ndim == 2
+        # node: (B*N,) the row of `state` each candidate's imagination is at
+        node = torch.arange(b, device=flat.device).repeat_interleave(n)
+        if not shared:
+            state, node = _select(state, node), torch.arange(b * n, device=flat.device)
+        total = torch.zeros(b * n, device=flat.device)
+        alive = torch.ones(b * n, device=flat.device)
+        weight = 1.0
+        latent = None
+        for t in range(horizon):
+            if shared:
+                pairs = node * world_model.num_actions + flat[:, t]
+                unique, node = torch.unique(pairs, return_inverse=True)  # node: (B*N,) into unique
+                out = world_model.step(_select(state, unique // world_model.num_actions),
+                                       unique % world_model.num_actions)
+            else:
+                out = world_model.step(state, flat[:, t])
+            state = out.state
+            gain = out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
+            total = total + weight * alive * gain[node]
+            alive = alive * out.cont[node]
+            weight *= discount
+            latent = out.latent
+        if value_fn is not None and latent is not None:
+            total = total + weight * alive * value_fn(latent)[node]
+        return total.view(b, n)
+
+    return objective
+
+
+def _select(state: Any, index: Tensor) -> Any:
+    """Rows `index` of every tensor in a (nested) imagination state, batch dim first."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {key: _select(value, index) for key, value in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple
+        return type(state)(*(_select(value, index) for value in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(_select(value, index) for value in state)
+    raise TypeError(f"cannot batch an imagination state of type {type(state).__name__}; "
+                    "expected tensors, or dicts, tuples or lists of them")
