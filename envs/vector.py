@@ -11,9 +11,10 @@ works on one shard's results while the other workers keep playing.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -247,6 +248,24 @@ def _worker(conn: Any, env_fns: list, shared: dict[str, Any], layout: dict[str, 
         if shard is not None:
             shard.close()
         conn.close()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread in the calling process while worker processes step envs.
+
+    The workers keep the cores busy, and torch's thread pool waiting for a core it does not get
+    makes small forward passes 10-20x slower (measured: encoding 4 observations took 107-310 ms
+    with 2 threads next to a busy core, 15 ms with 1). The previous thread count is restored after.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _single_threaded() -> None:

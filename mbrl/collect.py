@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from envs.vector import ShardedVectorEnv
+from envs.vector import ShardedVectorEnv, one_torch_thread
 from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -106,6 +106,11 @@ class Collector:
             on_flush: called after each flush (e.g. to write progress.json).
             progress: show a tqdm bar (None: only when stderr is a terminal).
         """
+        with one_torch_thread():  # a torch policy shares the cores with the env workers
+            return self._run(steps, policy, flush_every, on_flush, progress)
+
+    def _run(self, steps: int, policy: Policy, flush_every: int, on_flush: Callable[[], None] | None,
+             progress: bool | None) -> CollectStats:
         stats = CollectStats()
         start = time.perf_counter()
         bar = tqdm(total=steps, unit="step", desc="collect", disable=None if progress is None else not progress)

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.atari import AtariConfig, make_vector_env
+from envs.vector import one_torch_thread
 
 MAX_GIF_FRAMES = 3000
 
@@ -89,29 +90,30 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
     frames: list[np.ndarray] = []
     bar = tqdm(total=config.episodes, desc="evaluate", unit="game", disable=None if progress is None else not progress)
     try:
-        obs, _ = venv.reset(seed=seed)
-        starting = np.ones(k, dtype=bool)  # the observation starts a game (after reset or autoreset)
-        returns, steps, done = np.zeros(k), np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
-        recording = gif_path is not None
-        while (done < quota).any():
-            if recording:
-                frames.append(obs[0, -1].copy())
-            actions, _ = agent.predict(obs, None, starting.copy(), deterministic=config.deterministic)
-            obs, _, terminated, truncated, info = venv.step(np.asarray(actions, dtype=np.int64))
-            playing = ~starting  # a step right after a game ended is the autoreset: no game move
-            returns[playing] += np.asarray(info["raw_reward"])[playing]
-            steps[playing] += 1
-            ended = playing & (terminated | truncated)
-            for i in np.flatnonzero(ended):
-                if done[i] < quota[i]:
-                    scores.append(float(returns[i]))
-                    lengths.append(int(steps[i]))
-                    bar.update(1)
-                    bar.set_postfix(mean=f"{np.mean(scores):.1f}")
-                done[i] += 1
-            recording = recording and not ended[0] and len(frames) < MAX_GIF_FRAMES
-            returns[ended], steps[ended] = 0.0, 0
-            starting = ended
+        with one_torch_thread():  # a torch agent shares the cores with the env workers
+            obs, _ = venv.reset(seed=seed)
+            starting = np.ones(k, dtype=bool)  # the observation starts a game (after reset or autoreset)
+            returns, steps, done = np.zeros(k), np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+            recording = gif_path is not None
+            while (done < quota).any():
+                if recording:
+                    frames.append(obs[0, -1].copy())
+                actions, _ = agent.predict(obs, None, starting.copy(), deterministic=config.deterministic)
+                obs, _, terminated, truncated, info = venv.step(np.asarray(actions, dtype=np.int64))
+                playing = ~starting  # a step right after a game ended is the autoreset: no game move
+                returns[playing] += np.asarray(info["raw_reward"])[playing]
+                steps[playing] += 1
+                ended = playing & (terminated | truncated)
+                for i in np.flatnonzero(ended):
+                    if done[i] < quota[i]:
+                        scores.append(float(returns[i]))
+                        lengths.append(int(steps[i]))
+                        bar.update(1)
+                        bar.set_postfix(mean=f"{np.mean(scores):.1f}")
+                    done[i] += 1
+                recording = recording and not ended[0] and len(frames) < MAX_GIF_FRAMES
+                returns[ended], steps[ended] = 0.0, 0
+                starting = ended
     finally:
         bar.close()
         venv.close()
