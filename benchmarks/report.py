@@ -102,20 +102,30 @@ def _world_model_quality(r: dict[str, Any]) -> list[str]:
     probes = e.get("probes", {})
     names = list(next(iter(probes.values()), {}))
     lines = [
-        "## World-model quality on held-out Breakout episodes (`mbrl eval-world-model`)",
+        "## World-model quality on held-out Breakout episodes (`mbrl eval-world-model`)"
+        + (f": {r['model']}" if "model" in r else ""),
         "",
         f"Machine: {r['machine']}. Date: {r['date']}. Buffer: {r['buffer']}. Training: "
         f"{r['train_seconds'] / 60:.0f} min wall clock ({r['train_note']}). Final held-out losses: stage 1 "
         f"{r['final_validation']['encoder']:.4f}, stage 2 {r['final_validation']['dynamics']:.4f}.",
         "Commands: " + "; ".join(f"`{c}`" for c in r["commands"]) + ".",
         "",
-        "| latents | " + " | ".join(f"{n} R^2" for n in names) + " | latent L1 | cosine | decoder PSNR dB |",
-        "| --- |" + " --- |" * (len(names) + 3),
+        "Ball probes " + ("count only observations with the ball on screen (RAM[101] in 1..184); "
+                          if "probe_frames" in e else "count all observations; ")
+        + "latent R^2 and 'L1 / copy' (the error of predicting the last real latent again) compare across "
+        "latent scales, L1 and cosine do not.",
+        "",
+        "| latents | " + " | ".join(f"{n} R^2" for n in names)
+        + " | latent L1 | cosine | latent R^2 | L1 / copy | decoder PSNR dB |",
+        "| --- |" + " --- |" * (len(names) + 5),
     ]
+    nan = float("nan")
     for where in probes:
-        d = e["dynamics"].get(where, {"l1": float("nan"), "cosine": float("nan")})
+        d = {"l1": nan, "cosine": nan, "r2": nan, "l1_vs_copy": nan, **e["dynamics"].get(where, {})}
         cells = " | ".join(f"{probes[where][n]['r2']:.3f}" for n in names)
-        lines.append(f"| {where} | {cells} | {d['l1']:.4f} | {d['cosine']:.3f} | {e['decoder_psnr'][where]:.1f} |")
+        numbers = " | ".join("-" if x != x else f"{x:{fmt}}" for x, fmt in
+                             ((d["l1"], ".4f"), (d["cosine"], ".3f"), (d["r2"], ".3f"), (d["l1_vs_copy"], ".3f")))
+        lines.append(f"| {where} | {cells} | {numbers} | {e['decoder_psnr'][where]:.1f} |")
     lines += ["", "| head | horizon | precision | recall | F1 | positives |", "| --- | --- | --- | --- | --- | --- |"]
     for head in ("reward", "life_loss"):
         for h, d in e[head].items():

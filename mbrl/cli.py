@@ -247,7 +247,8 @@ def format_eval(result: dict[str, Any]) -> str:
     for where, scores in result.get("probes", {}).items():
         lines.append(f"probe R^2 [{where}]: " + ", ".join(f"{k} {v['r2']:.3f}" for k, v in scores.items()))
     for h, d in result["dynamics"].items():
-        lines.append(f"latent [{h}]: L1 {d['l1']:.4f}, cosine {d['cosine']:.3f}")
+        extra = f", R^2 {d['r2']:.3f}, L1 / copying the last latent {d['l1_vs_copy']:.3f}" if "r2" in d else ""
+        lines.append(f"latent [{h}]: L1 {d['l1']:.4f}, cosine {d['cosine']:.3f}{extra}")
     for head in ("reward", "life_loss"):
         lines.append(f"{head} F1: " + ", ".join(f"{h} {d['f1']:.3f} ({d['positives']} positives)"
                                                 for h, d in result[head].items()))

@@ -9,11 +9,16 @@ import torch
 
 from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
 from world_models.base import TrainBatch, imagine
-from world_models.blocks import apply_rope, rope_angles
-from world_models.jepa import JEPAConfig, JEPAWorldModel
+from world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
+from world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
+from world_models.registry import build
 
 TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_predictor_depth=1, predictor_dim=32,
                   predictor_depth=2, context=4, decoder_dim=16, rollout_steps=2)
+
+
+PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
+                            standardize_latents=False, mask_ratio=0.4)  # the masked-token JEPA without the fixes
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -80,7 +85,8 @@ def test_ema_target_gets_no_gradients_and_follows_the_ema_rule(model: JEPAWorldM
         torch.testing.assert_close(new, TINY.ema_decay * old + (1 - TINY.ema_decay) * o)
 
 
-def test_mask_ratio_is_honoured(model: JEPAWorldModel) -> None:
+def test_mask_ratio_is_honoured() -> None:
+    model = JEPAWorldModel(PLAIN)
     mask = model.random_mask(50, torch.Generator().manual_seed(0))
     assert mask.shape == (50, 16)
     assert (mask.sum(1) == round(0.4 * 16)).all()
@@ -119,11 +125,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(model: JEPAWorldModel, tm
     torch.testing.assert_close(model.decode(z), fresh.decode(z), rtol=0, atol=0)
 
 
-def test_training_reduces_each_stage_loss() -> None:
+@pytest.mark.parametrize("config", [PLAIN, TINY], ids=["plain", "default"])
+def test_training_reduces_each_stage_loss(config: JEPAConfig) -> None:
+    """On noise frames; the default's pixel targets of noise cannot be learnt (see the texture test for them)."""
     torch.manual_seed(0)
-    model = JEPAWorldModel(TINY).train()
+    model = JEPAWorldModel(config).train()
     data = batch(b=4, steps=4, seed=3)
-    for stage in ("encoder", "dynamics"):
+    model.loss(data, "encoder")  # sets the latent statistics when latents are standardised
+    for stage in ("encoder", "dynamics") if config is PLAIN else ("dynamics",):
         params = model.parameter_groups(stage)
         opt = torch.optim.Adam(params, lr=3e-3)
         first = model.loss(data, stage)["total"].item()
@@ -148,3 +157,164 @@ def test_imagine_equals_stepping_by_hand(model: JEPAWorldModel) -> None:
         state = step.state
         torch.testing.assert_close(out.latent[:, t], step.latent, rtol=0, atol=0)
         torch.testing.assert_close(out.life_loss[:, t], step.life_loss, rtol=0, atol=0)
+
+
+# ---- the mechanisms against a collapsed latent -------------------------------------------
+
+ANTI_COLLAPSE = dataclasses.replace(TINY, jepa_bottleneck=True, jepa_positions="all", jepa_target="pixels",
+                                    variance_weight=1.0, covariance_weight=0.01, standardize_latents=True)
+
+
+def test_variance_covariance_closed_form() -> None:
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(20_000, 3, generator=g) * 2.0  # independent features with std 2
+    variance, covariance = variance_covariance(spread)
+    assert variance.item() == 0.0 and covariance.item() < 1e-2
+    variance, _ = variance_covariance(torch.ones(64, 3) * 5.0)  # collapsed: every sample the same
+    assert variance.item() == pytest.approx(1.0 - 1e-2, abs=1e-6)  # relu(1 - sqrt(0 + eps))
+    x = torch.randn(20_000, 1, generator=g)
+    _, covariance = variance_covariance(torch.cat([x, x], dim=1))  # one feature twice: cov 1 off the diagonal
+    assert covariance.item() == pytest.approx(1.0, rel=0.05)  # (1^2 + 1^2) / 2 features
+
+
+def test_bottleneck_predictor_sees_only_the_summary_tokens() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    online = torch.randn(2, 2 + 16, 32, generator=g)  # K=2 summary tokens, 16 patch tokens
+    changed = online.clone()
+    changed[:, 2:] += torch.randn(2, 16, 32, generator=g)
+    bottleneck = JEPAWorldModel(dataclasses.replace(TINY, jepa_bottleneck=True)).eval()
+    torch.testing.assert_close(bottleneck._jepa_predict(changed), bottleneck._jepa_predict(online), rtol=0, atol=0)
+    changed[:, 0] += 1.0
+    assert not torch.allclose(bottleneck._jepa_predict(changed)[:, 2:], bottleneck._jepa_predict(online)[:, 2:])
+    plain = JEPAWorldModel(dataclasses.replace(TINY, jepa_bottleneck=False)).eval()
+    changed = online.clone()
+    changed[:, 2:] += 1.0
+    assert not torch.allclose(plain._jepa_predict(changed), plain._jepa_predict(online))
+
+
+def test_patchify_matches_the_patch_embedding_order() -> None:
+    embed = PatchEmbed(4, 8, 16)
+    x = torch.rand(2, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = patchify(x, 16) @ embed.proj.weight.flatten(1).T + embed.proj.bias  # (2, 16, 8)
+    torch.testing.assert_close(embed(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pixel_targets_are_normalised_per_patch() -> None:
+    model = JEPAWorldModel(dataclasses.replace(TINY, jepa_target="pixels"))
+    obs = torch.zeros(1, 4, 64, 64, dtype=torch.uint8)
+    obs[0, :, 3, 5] = 255  # a one-pixel "ball" in patch 0, the same in all four frames
+    obs[0, :, 16:32, 16:32] = 90  # a flat grey patch 5
+    targets = model._pixel_targets(obs)  # (1, 16 patches, 4 * 16 * 16)
+    assert targets.shape == (1, 16, 1024)
+    assert targets[0, 1:].abs().max() < 1e-6, "flat patches (black or grey) give zero targets"
+    ball = targets[0, 0]
+    assert ball.mean().abs() < 1e-5 and 0.5 < ball.std() <= 1.0, "a tiny object stands out as a full-size target"
+    assert ball.argmax() == 3 * 16 + 5
+
+
+def test_motion_targets_add_normalised_frame_differences() -> None:
+    model = JEPAWorldModel(dataclasses.replace(TINY, jepa_target="motion"))
+    obs = torch.zeros(1, 4, 64, 64, dtype=torch.uint8)
+    for t in range(4):
+        obs[0, t, 3, 5 + t] = 255  # a ball moving right one pixel per frame, in patch 0
+    obs[0, :, 20:24, 16:32] = 90  # a static brick in patch 5
+    targets = model._pixel_targets(obs)  # (1, 16, 4 * 256 pixels + 3 * 256 differences)
+    assert targets.shape == (1, 16, 7 * 256)
+    pixels, motion = targets[0, :, :1024], targets[0, :, 1024:]
+    assert pixels[5].abs().max() > 0.5 and motion[5].abs().max() < 1e-6, "a static brick does not move"
+    assert motion[0].abs().max() > 5 and pixels[0].abs().max() > 5, "the moving ball stands out in both parts"
+    torch.testing.assert_close(pixels, JEPAWorldModel(dataclasses.replace(TINY, jepa_target="pixels"))
+                               ._pixel_targets(obs)[0])
+
+
+def test_standardised_latents_have_zero_mean_unit_variance_on_the_batch_that_set_them() -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY)  # standardize_latents is the default
+    assert TINY.standardize_latents
+    data = batch(b=4)
+    model.eval()
+    model.loss(data, "encoder")
+    assert model.stats_count.item() == 0, "validation does not move the statistics"
+    raw = model.encode(data.frames)  # identity statistics so far
+    model.train()
+    model.loss(data, "encoder")  # the first update takes the batch's statistics exactly
+    model.loss(data, "dynamics")
+    assert model.stats_count.item() == 1, "only stage-1 (and stage-3) training moves them"
+    z = model.encode(data.frames).flatten(0, 1)  # (N, K, dim)
+    torch.testing.assert_close(z.mean(0), torch.zeros_like(z[0]), rtol=0, atol=1e-4)
+    assert ((z.var(0, correction=0) - 1).abs() < 1e-2).all()
+    assert not torch.allclose(raw.flatten(0, 1), z)
+
+
+def test_anti_collapse_training_passes_the_image_through_the_summary_tokens() -> None:
+    """Two textures, checkerboard and stripes, in every patch. A predictor blind to which one it sees can do no
+    better than their mean: per-patch normalised pixels are +-1, half of them differ, so MSE 0.5. Below that,
+    the summary tokens carry the image."""
+    torch.manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker, stripes = ((rows + cols) % 2) * 255, (cols % 2) * 255
+    images = torch.stack([checker, stripes, checker, stripes]).to(torch.uint8)  # one texture per window
+    data = batch(b=4, steps=3)._replace(frames=images[:, None, None].expand(4, 4, 4, 64, 64).contiguous())
+    model = JEPAWorldModel(ANTI_COLLAPSE).train()
+    opt = torch.optim.Adam(model.parameter_groups("encoder"), lr=3e-3)
+    first = model.loss(data, "encoder")
+    for _ in range(40):
+        loss = model.loss(data, "encoder")["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target()
+    last = model.loss(data, "encoder")
+    assert last["jepa_patches"] < 0.25, "the texture passes through the summary tokens (blind floor 0.5)"
+    assert last["variance"] < 0.7 * first["variance"], "the summary features spread across the batch"
+
+
+def test_parameter_groups_and_option_checks() -> None:
+    model = JEPAWorldModel(ANTI_COLLAPSE)
+    encoder = {id(p) for p in model.parameter_groups("encoder")}
+    dynamics = {id(p) for p in model.parameter_groups("dynamics")}
+    for p in (model.patch_queries, *model.pixel_head.parameters()):
+        assert id(p) in encoder and id(p) not in dynamics
+    trained = {id(p) for p in model.parameter_groups("finetune")}
+    assert trained == {id(p) for p in model.parameters()} - {id(p) for p in model.target.parameters()}
+    with pytest.raises(ValueError, match="jepa_target"):
+        JEPAWorldModel(dataclasses.replace(TINY, jepa_target="pixel"))  # "pixels", "motion" or "tokens"
+    with pytest.raises(ValueError, match="jepa_positions"):
+        JEPAWorldModel(dataclasses.replace(TINY, jepa_positions="some"))
+
+
+def test_anti_collapse_model_round_trips_through_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(ANTI_COLLAPSE).train()
+    data = batch()
+    model.loss(data, "encoder")  # sets the latent statistics
+    model.eval()
+    save_checkpoint(tmp_path, "world_model", model.state_dict(), {"config": dataclasses.asdict(ANTI_COLLAPSE)}, step=1)
+    ckpt = load_checkpoint(tmp_path, "world_model")
+    assert "latent_mean" in ckpt.tensors and "patch_queries" in ckpt.tensors
+    fresh = JEPAWorldModel(JEPAConfig(**ckpt.metadata["config"])).eval()
+    load_state_dict(fresh, ckpt)
+    z = model.encode(data.frames)
+    torch.testing.assert_close(fresh.encode(data.frames), z, rtol=0, atol=0)
+    a = model.step(model.observe(z, data.actions), data.actions[:, 0])
+    b = fresh.step(fresh.observe(z, data.actions), data.actions[:, 0])
+    torch.testing.assert_close(a.latent, b.latent, rtol=0, atol=0)
+    losses = []
+    for m in (model, fresh):
+        torch.manual_seed(1)  # the same masks
+        losses.append(m.loss(data, "encoder")["total"])
+    torch.testing.assert_close(*losses, rtol=0, atol=0)
+
+
+def test_checkpoint_saved_before_the_new_fields_loads_as_the_plain_model(tmp_path) -> None:
+    torch.manual_seed(0)
+    old = JEPAWorldModel(PLAIN).eval()
+    config = {k: v for k, v in dataclasses.asdict(PLAIN).items() if k not in JEPAConfig.absent_in_old_checkpoints}
+    save_checkpoint(tmp_path, "world_model", old.state_dict(), {"config": config}, step=1)
+    ckpt = load_checkpoint(tmp_path, "world_model")
+    fresh = build("jepa", ckpt.metadata["config"]).eval()
+    assert fresh.config == PLAIN
+    load_state_dict(fresh, ckpt)
+    frames = batch().frames
+    torch.testing.assert_close(fresh.encode(frames), old.encode(frames), rtol=0, atol=0)

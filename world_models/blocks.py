@@ -131,6 +131,11 @@ class PatchEmbed(nn.Module):
         return rearrange(self.proj(x), "b d h w -> b (h w) d")
 
 
+def patchify(x: Tensor, patch: int) -> Tensor:
+    """Pixels of non-overlapping patches, in PatchEmbed's order: (B, C, H, W) -> (B, H/p * W/p, C * p * p)."""
+    return rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=patch, p2=patch)
+
+
 def grid_positions(height: int, width: int, device: torch.device | None = None) -> Tensor:
     """(height * width, 2) row and column of each patch, row-major."""
     rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")

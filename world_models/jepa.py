@@ -3,6 +3,14 @@
 Stage 1 (`loss(batch, "encoder")`): the online encoder sees observations with ~40% of their
 patches replaced by a mask token, the EMA target encoder sees them whole, and a small
 predictor maps online tokens to target tokens (L1 on masked patches and summary tokens).
+Switches against a collapsed latent (see JEPAConfig; measured in runs/jepa_experiments.md): a
+summary-token bottleneck (the predictor sees only the online summary tokens and positional
+queries), patch targets at all positions, as target tokens, per-patch normalised pixels or pixels
+plus frame differences, a VICReg variance/covariance regulariser on the online summary tokens, and
+latents standardised per feature with running statistics of the target encoder. The defaults
+(bottleneck, all positions, "motion" targets, mask ratio 0.15, standardised latents) replaced the
+plain masked-token JEPA, whose latent varied by ~0.002 per feature and whose dynamics did worse
+than copying the last latent.
 Stage 2 (`"dynamics"`): with the encoder frozen, a causal transformer predicts the next latent
 from the history of latents and actions (0.7 teacher forcing + 0.3 open-loop rollout L1), a
 reward and a termination head read (z_t, z_t+1), and a decoder learns pictures from
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from world_models.base import StepOutput, TrainBatch, WorldModel
-from world_models.blocks import Block, CrossBlock, PatchEmbed, grid_positions, rope_angles
+from world_models.blocks import Block, CrossBlock, PatchEmbed, grid_positions, patchify, rope_angles
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,21 @@ class JEPAConfig:
         rollout_steps: open-loop steps of the rollout loss.
         teacher_forcing_weight: weight of the teacher-forcing L1; the rollout L1 gets 1 minus it.
         decoder_dim: width of the pixel decoder.
+        jepa_bottleneck: the stage-1 predictor sees only the online summary tokens and one positional
+            query per patch (not the online patch tokens), so what it predicts about the patches
+            must pass through the latent.
+        jepa_positions: patch positions the stage-1 loss covers, "masked" or "all".
+        jepa_target: what the stage-1 predictor predicts at patch positions: "tokens" (the target
+            encoder's patch tokens, L1), "pixels" (per-patch normalised pixels, MSE, as in MAE) or
+            "motion" (those pixels and, normalised per patch on their own, the differences of
+            consecutive frames of the stack, so a moving 1-pixel ball weighs as much as a brick wall).
+        variance_weight: weight of the VICReg variance hinge, mean(relu(1 - std)) of each online
+            summary-token feature across the batch (0 disables).
+        covariance_weight: weight of the VICReg covariance term, squared off-diagonal covariances of
+            the online summary-token features / their number (0 disables).
+        standardize_latents: latents are the target's summary tokens standardised per feature by
+            running mean and variance (updated in stage-1 and stage-3 training, frozen otherwise).
+        stats_momentum: update rate of those running statistics (the first updates average exactly).
     """
 
     num_actions: int = 4
@@ -61,7 +85,7 @@ class JEPAConfig:
     depth: int = 4
     heads: int = 4
     summary_tokens: int = 4
-    mask_ratio: float = 0.4
+    mask_ratio: float = 0.15
     ema_decay: float = 0.996
     jepa_predictor_depth: int = 2
     predictor_dim: int = 128
@@ -72,6 +96,24 @@ class JEPAConfig:
     rollout_steps: int = 4
     teacher_forcing_weight: float = 0.7
     decoder_dim: int = 64
+    jepa_bottleneck: bool = True
+    jepa_positions: str = "all"
+    jepa_target: str = "motion"
+    variance_weight: float = 0.0
+    covariance_weight: float = 0.0
+    standardize_latents: bool = True
+    stats_momentum: float = 0.01
+
+    absent_in_old_checkpoints: ClassVar[dict[str, Any]] = {
+        "jepa_bottleneck": False, "jepa_positions": "masked", "jepa_target": "tokens", "variance_weight": 0.0,
+        "covariance_weight": 0.0, "standardize_latents": False, "stats_momentum": 0.01}
+    """What a checkpoint saved before these fields existed was trained with (its config lacks them)."""
+
+
+PIXEL_EPS = 1e-3
+"""Added to a patch's pixel variance before normalising it, so flat patches give ~0, not noise."""
+LATENT_EPS = 1e-6
+"""Added to a latent feature's running variance before standardising by it."""
 
 
 class Encoder(nn.Module):
@@ -191,11 +233,33 @@ class Dynamics(nn.Module):
         return out.view(b, t, -1) - x
 
 
+def variance_covariance(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg terms of features z (N, D) across the batch.
+
+    Returns:
+        variance: mean over features of relu(1 - std), zero once every feature varies with std >= 1.
+        covariance: sum of squared off-diagonal covariances / D, zero for decorrelated features.
+    """
+    z = z - z.mean(0)
+    variance = F.relu(1.0 - (z.var(0) + eps).sqrt()).mean()
+    cov = z.T @ z / max(len(z) - 1, 1)  # (D, D)
+    covariance = (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / z.shape[1]
+    return variance, covariance
+
+
 class JEPAWorldModel(WorldModel):
     """The default mbrl world model (see the module docstring)."""
 
+    latent_mean: Tensor
+    latent_var: Tensor
+    stats_count: Tensor
+
     def __init__(self, config: JEPAConfig) -> None:
         super().__init__()
+        for name, value, allowed in (("jepa_positions", config.jepa_positions, ("masked", "all")),
+                                     ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
         self.num_actions = config.num_actions
         self.latent_shape = (config.summary_tokens, config.dim)
@@ -203,6 +267,16 @@ class JEPAWorldModel(WorldModel):
         self.online = Encoder(config)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.jepa_predictor = nn.ModuleList(Block(config.dim, config.heads) for _ in range(config.jepa_predictor_depth))
+        if config.jepa_bottleneck:  # one query per patch; RoPE and this embedding say which patch
+            self.patch_queries = nn.Parameter(torch.randn(self.num_patches, config.dim) * 0.02)
+        if config.jepa_target != "tokens":
+            channels = config.frame_stack if config.jepa_target == "pixels" else 2 * config.frame_stack - 1
+            self.pixel_head = nn.Linear(config.dim, channels * config.patch**2)
+        if config.standardize_latents:
+            k = config.summary_tokens
+            self.register_buffer("latent_mean", torch.zeros(k, config.dim))
+            self.register_buffer("latent_var", torch.ones(k, config.dim))
+            self.register_buffer("stats_count", torch.zeros(()))
         self.dynamics = Dynamics(config)
         self.reward_head = TransitionHead(config.dim, config.heads, 3)  # logits of clipped reward -1, 0, +1
         self.end_head = TransitionHead(config.dim, config.heads, 2)  # logits of game over, life loss
@@ -214,7 +288,7 @@ class JEPAWorldModel(WorldModel):
     def encode(self, frames: Tensor) -> Tensor:
         b = frames.shape[0]
         tokens = self.target(frames.flatten(0, 1))
-        return tokens[:, : self.config.summary_tokens].unflatten(0, (b, -1))
+        return self.standardize(tokens[:, : self.config.summary_tokens]).unflatten(0, (b, -1))
 
     @torch.no_grad()
     def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
@@ -244,6 +318,12 @@ class JEPAWorldModel(WorldModel):
         ends = torch.sigmoid(self.end_head(z, z_next))
         return reward, 1.0 - ends[:, 0], ends[:, 1]
 
+    def standardize(self, summary: Tensor) -> Tensor:
+        """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""
+        if not self.config.standardize_latents:
+            return summary
+        return (summary - self.latent_mean) * (self.latent_var + LATENT_EPS).rsqrt()
+
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         if stage == "encoder":
             return self._encoder_loss(batch)
@@ -267,25 +347,72 @@ class JEPAWorldModel(WorldModel):
         ranks = scores.argsort(dim=1).argsort(dim=1)
         return ranks < count
 
+    @torch.no_grad()
+    def _update_stats(self, summary: Tensor) -> None:
+        """Move the running mean and variance of the latent features towards those of a batch (N, K, dim)."""
+        rate = max(self.config.stats_momentum, 1.0 / (float(self.stats_count) + 1.0))
+        self.latent_mean.lerp_(summary.mean(0), rate)
+        self.latent_var.lerp_(summary.var(0, correction=0), rate)
+        self.stats_count += 1
+
+    def _jepa_predict(self, online: Tensor) -> Tensor:
+        """Online tokens (N, K+P, dim) -> predicted target tokens (N, K+P, dim).
+
+        With the bottleneck, the online patch tokens are replaced by positional queries first.
+        """
+        if not self.config.jepa_bottleneck:
+            x = online
+            for block in self.jepa_predictor:
+                x = block(x)
+            return x
+        k = self.config.summary_tokens
+        queries = self.patch_queries.expand(len(online), -1, -1)  # (N, P, dim)
+        x = torch.cat([online[:, :k], queries], dim=1)
+        rope = (self.online.rope_cos, self.online.rope_sin)
+        for block in self.jepa_predictor:
+            x = block(x, rope=rope)
+        return x
+
+    def _pixel_targets(self, obs: Tensor) -> Tensor:
+        """uint8 (N, C, H, W) -> per-patch normalised pixels (N, P, C * patch^2), for "motion" followed by
+        per-patch normalised differences of consecutive frames (N, P, (2C - 1) * patch^2)."""
+        x = obs.float() / 255.0
+        parts = [x, x[:, 1:] - x[:, :-1]] if self.config.jepa_target == "motion" else [x]
+        patches = [patchify(part, self.config.patch) for part in parts]
+        return torch.cat([(x - x.mean(-1, keepdim=True)) * (x.var(-1, keepdim=True) + PIXEL_EPS).rsqrt()
+                          for x in patches], dim=-1)
+
     def _encoder_loss(self, batch: TrainBatch) -> dict[str, Tensor]:
+        cfg, k = self.config, self.config.summary_tokens
         obs = batch.frames.flatten(0, 1)  # (N, C, H, W), every observation of every window
         mask = self.random_mask(len(obs))
         with torch.no_grad():
             target = self.target(obs)
-        x = self.online(obs, mask)
-        for block in self.jepa_predictor:
-            x = block(x)
-        k = self.config.summary_tokens
-        masked = F.l1_loss(x[:, k:][mask], target[:, k:][mask])
+            if cfg.standardize_latents and self.training:
+                self._update_stats(target[:, :k])
+        online = self.online(obs, mask)
+        x = self._jepa_predict(online)  # (N, K+P, dim)
+        where = mask if cfg.jepa_positions == "masked" else torch.ones_like(mask)
+        if cfg.jepa_target != "tokens":
+            patches = F.mse_loss(self.pixel_head(x[:, k:][where]), self._pixel_targets(obs)[where])
+        else:
+            patches = F.l1_loss(x[:, k:][where], target[:, k:][where])
         summary = F.l1_loss(x[:, :k], target[:, :k])
-        return {"total": masked + summary, "jepa_masked": masked, "jepa_summary": summary,
-                "target_std": target[:, :k].std(dim=0).mean().detach()}
+        total = patches + summary
+        parts = {"jepa_patches": patches, "jepa_summary": summary,
+                 "target_std": target[:, :k].std(dim=0).mean().detach()}
+        if cfg.variance_weight or cfg.covariance_weight:
+            variance, covariance = variance_covariance(online[:, :k].flatten(1))
+            total = total + cfg.variance_weight * variance + cfg.covariance_weight * covariance
+            parts.update(variance=variance, covariance=covariance)
+        return {"total": total, **parts}
 
     def _dynamics_loss(self, batch: TrainBatch, finetune: bool) -> dict[str, Tensor]:
         b, steps = batch.actions.shape
         z = self.encode(batch.frames)  # (B, L+1, K, dim) targets, from the target encoder
         if finetune:  # inputs from the online encoder, so the dynamics loss shapes it too
-            z_in = self.online(batch.frames.flatten(0, 1))[:, : self.config.summary_tokens].unflatten(0, (b, -1))
+            summary = self.online(batch.frames.flatten(0, 1))[:, : self.config.summary_tokens]
+            z_in = self.standardize(summary).unflatten(0, (b, -1))
         else:
             z_in = z
         pred = self.dynamics(z_in[:, :-1], batch.actions)  # (B, L, K, dim) teacher forcing
@@ -327,15 +454,19 @@ class JEPAWorldModel(WorldModel):
 
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
         """The parameters a stage trains."""
+        encoder: list[nn.Module] = [self.online, self.jepa_predictor]
+        if self.config.jepa_target != "tokens":
+            encoder.append(self.pixel_head)
+        extra = [self.patch_queries] if self.config.jepa_bottleneck else []
         if stage == "encoder":
-            modules: list[nn.Module] = [self.online, self.jepa_predictor]
+            modules = encoder
         elif stage == "dynamics":
-            modules = [self.dynamics, self.reward_head, self.end_head, self.decoder]
+            modules, extra = [self.dynamics, self.reward_head, self.end_head, self.decoder], []
         elif stage == "finetune":
-            modules = [self.online, self.jepa_predictor, self.dynamics, self.reward_head, self.end_head, self.decoder]
+            modules = [*encoder, self.dynamics, self.reward_head, self.end_head, self.decoder]
         else:
             raise ValueError(f"unknown stage {stage!r}")
-        return [p for m in modules for p in m.parameters()]
+        return [p for m in modules for p in m.parameters()] + extra
 
 
 def _last(x: Tensor, n: int) -> Tensor:

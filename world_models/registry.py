@@ -18,8 +18,8 @@ def build(family: str, config: Any) -> WorldModel:
     if family not in FAMILIES:
         raise ValueError(f"unknown world-model family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, model_cls = FAMILIES[family]
-    if isinstance(config, dict):
-        config = config_cls(**config)
+    if isinstance(config, dict):  # a checkpoint's saved fields; fields added since take their old meaning
+        config = config_cls(**{**getattr(config_cls, "absent_in_old_checkpoints", {}), **config})
     return model_cls(config)
 
 
