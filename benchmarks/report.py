@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,17 @@ def _world_model_quality(r: dict[str, Any]) -> list[str]:
         numbers = " | ".join("-" if x != x else f"{x:{fmt}}" for x, fmt in
                              ((d["l1"], ".4f"), (d["cosine"], ".3f"), (d["r2"], ".3f"), (d["l1_vs_copy"], ".3f")))
         lines.append(f"| {where} | {cells} | {numbers} | {e['decoder_psnr'][where]:.1f} |")
-    lines += ["", "| head | horizon | precision | recall | F1 | positives |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| head | horizon | precision | recall | F1 | positives | mean predicted | actual rate |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for head in ("reward", "life_loss"):
         for h, d in e[head].items():
             scores = " | ".join(f"{d[k]:.3f}" for k in ("precision", "recall", "f1"))
-            lines.append(f"| {head} | {h} | {scores} | {d['positives']} |")
+            rates = " | ".join(f"{d[k]:.4f}" if k in d else "-" for k in ("mean_predicted", "actual_rate"))
+            lines.append(f"| {head} | {h} | {scores} | {d['positives']} | {rates} |")
+    lines += ["", "Rows h1 / h5 score the heads on imagined next latents (what the dream and the planners use), "
+              "rows 'real' on the encoded real next latent of every transition of the held-out windows (what the "
+              "heads can read when the dynamics is not in the way); threshold 0.5 on |expected reward| and on the "
+              "life-loss probability."]
     lines += ["", "Targets (issue 3): paddle-x R^2 >= 0.9 and ball R^2 >= 0.7 on encoded frames, ball R^2 >= 0.5 at "
               "h5, reward F1 >= 0.8 at h1.", ""]
     return lines
@@ -171,7 +178,35 @@ def _planning(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _breakout_100k(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Breakout at the Atari-100k budget (`benchmarks/breakout_100k.py`)",
+        "",
+        f"Machine: {r['machine']}. Date of the last finished run: {r['date']}. Command: `{r['command']}`.",
+        f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
+        "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on this machine (the sum over sittings "
+        "for a resumed run is not tracked: a resumed run shows its last sitting).",
+        "",
+        "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in r["runs"]:
+        groups.setdefault((run["method"], run["real_steps"]), []).append(run)
+    for (method, steps), runs in sorted(groups.items()):
+        means = [run["mean"] for run in runs]
+        spread = statistics.pstdev(means) if len(means) > 1 else 0.0
+        per_seed = ", ".join(f"s{run['seed']}: {run['mean']:.2f} ({run['std']:.2f})" for run in runs)
+        hours = ", ".join(f"{run['hours']:.2f}" for run in runs)
+        lines.append(f"| {method} | {steps} | {len(runs)} | {statistics.mean(means):.2f} +- {spread:.2f} | "
+                     f"{per_seed} | {hours} |")
+    lines += ["", "Published Atari-100k Breakout scores, for context (not measured here): "
+              + ", ".join(f"{name} {score}" for name, score in r["references"].items()) + ".", ""]
+    return lines
+
+
 RENDERERS = {
+    "breakout_100k": _breakout_100k,
     "world_model_quality": _world_model_quality,
     "collect_throughput": _collect_throughput,
     "dream_throughput": _dream_throughput,

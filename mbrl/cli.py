@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_wm.add_argument("--resume", action="store_true",
                           help="continue from the run's world-model checkpoint instead of starting anew")
     add_device_option(train_wm)
-    train_wm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key, e.g. --set world_model_training.lr=1e-3 (repeatable)")
+    add_set_option(train_wm, "world_model_training.lr=1e-3")
     train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
     train_wm.set_defaults(func=cmd_train_world_model)
 
@@ -124,8 +123,12 @@ def add_config_options(parser: argparse.ArgumentParser, preset: str = "breakout"
     parser.add_argument("--preset", default=preset,
                         help=f"config preset: a name from configs/ (e.g. {preset}, smoke) or a YAML path; "
                         f"ignored when the run exists (its saved config is used) (default: {preset})")
+    add_set_option(parser, "env.sticky_action_prob=0.0")
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set env.sticky_action_prob=0.0 (repeatable)")
+                        help=f"override a config key, e.g. --set {example} (repeatable)")
 
 
 def config_for_run(run: Any, preset: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
@@ -250,8 +253,10 @@ def format_eval(result: dict[str, Any]) -> str:
         extra = f", R^2 {d['r2']:.3f}, L1 / copying the last latent {d['l1_vs_copy']:.3f}" if "r2" in d else ""
         lines.append(f"latent [{h}]: L1 {d['l1']:.4f}, cosine {d['cosine']:.3f}{extra}")
     for head in ("reward", "life_loss"):
-        lines.append(f"{head} F1: " + ", ".join(f"{h} {d['f1']:.3f} ({d['positives']} positives)"
-                                                for h, d in result[head].items()))
+        lines.append(f"{head}: " + ", ".join(
+            f"{h} F1 {d['f1']:.3f} P {d['precision']:.2f} R {d['recall']:.2f} ({d['positives']} positives"
+            + (f"; mean predicted {d['mean_predicted']:.4f} vs rate {d['actual_rate']:.4f})" if "mean_predicted" in d
+               else ")") for h, d in result[head].items()))
     lines.append("decoder PSNR dB: " + ", ".join(f"{k} {v:.1f}" for k, v in result["decoder_psnr"].items()))
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mbrl.cli import add_config_options, add_device_option, config_for_run, positive_int
+from mbrl.cli import add_config_options, add_device_option, add_set_option, config_for_run, positive_int
 from mbrl.errors import UserError
 
 ALGO_NAMES = ("ppo", "a2c", "dqn")
@@ -74,8 +74,7 @@ def add_agent_commands(sub: Any) -> None:
     plan.add_argument("--gif", type=Path, help="write the first game as a GIF here")
     plan.add_argument("--seed", type=int, default=0, help="seeds the games and the planner (default 0)")
     add_device_option(plan)
-    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set mpc.life_loss_penalty=0 (repeatable)")
+    add_set_option(plan, "mpc.life_loss_penalty=0")
     plan.add_argument("--quiet", action="store_true", help="no progress bar")
     plan.set_defaults(func=cmd_plan)
 

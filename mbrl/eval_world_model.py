@@ -8,7 +8,10 @@
 - Dynamics: L1 and cosine similarity of predicted vs encoded latents at those horizons, and two
   scale-free figures that compare across latent scales and families: R^2 (1 - squared error /
   variance of the encoded latents) and the L1 relative to copying the last real latent forward.
-- Reward and life loss: precision, recall and F1 of the heads at horizons 1 and 5.
+- Reward and life loss: precision, recall and F1 of the heads at horizons 1 and 5, and calibration: the
+  heads' mean predicted |reward| or probability against the actual rate of events; for a model with a
+  `transition(z, z_next)` (JEPA's heads) also on real next latents ("real"), which separates what the
+  heads can read from what the dynamics predicts.
 - Decoder: PSNR of decoded frames, from encoded and from predicted latents.
 """
 
@@ -137,7 +140,10 @@ def evaluate(
             probes[f"h{h}"] = score(z_pred[:, h - 1].flatten(1).double(), data.ram[:, context - 1 + h])
         result.update(probes=probes, probe_frames=probe_frames)
 
-    dynamics, reward, life_loss, decoder = {}, {}, {}, {}
+    dynamics: dict[str, Any] = {}
+    reward: dict[str, Any] = {}
+    life_loss: dict[str, Any] = {}
+    decoder: dict[str, float] = {}
     newest = torch.from_numpy(data.frames[:, :, -1]).float() / 255.0  # (W, T, H, W)
     real_latents = z_real.float().view(windows, -1, *model.latent_shape)
     decoder["encoded"] = psnr(_decode(model, real_latents[:, context - 1], device, batch), newest[:, context - 1])
@@ -152,10 +158,24 @@ def evaluate(
                              "l1_vs_copy": l1 / max(float((last_real - target).abs().mean()), 1e-12)}
         decoder[f"h{h}"] = psnr(_decode(model, z_pred[:, h - 1], device, batch), newest[:, at])
         if h <= 5:
-            actual = torch.from_numpy(data.clipped_rewards[:, at - 1] != 0)
-            reward[f"h{h}"] = detection_scores(reward_pred[:, h - 1].abs() > 0.5, actual)
-            actual = torch.from_numpy(data.life_loss[:, at - 1])
-            life_loss[f"h{h}"] = detection_scores(life_pred[:, h - 1] > 0.5, actual)
+            for scores, pred, actual in ((reward, reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0),
+                                         (life_loss, life_pred[:, h - 1], data.life_loss[:, at - 1])):
+                scores[f"h{h}"] = {**detection_scores(pred > 0.5, torch.from_numpy(actual)),
+                                "mean_predicted": float(pred.mean()), "actual_rate": float(actual.mean())}
+    transition: Any = getattr(model, "transition", None)
+    if transition is not None:  # heads on real next latents: what they read when dynamics is not in the way
+        steps = slice(context - 1, context - 1 + max_h)
+        z_t = real_latents[:, steps].flatten(0, 1)
+        z_n = real_latents[:, context : context + max_h].flatten(0, 1)
+        heads = [transition(z_t[i : i + batch].to(device), z_n[i : i + batch].to(device))
+                 for i in range(0, len(z_t), batch)]
+        real_reward = torch.cat([o[0].cpu() for o in heads]).abs()
+        real_life = torch.cat([o[2].cpu() for o in heads])
+        for scores, pred, events in ((reward, real_reward, data.clipped_rewards[:, steps] != 0),
+                                     (life_loss, real_life, data.life_loss[:, steps])):
+            actual = torch.from_numpy(events.reshape(-1))
+            scores["real"] = {**detection_scores(pred > 0.5, actual), "mean_predicted": float(pred.mean()),
+                              "actual_rate": float(actual.float().mean())}
     result.update(dynamics=dynamics, reward=reward, life_loss=life_loss, decoder_psnr=decoder)
     return result
 

@@ -301,7 +301,8 @@ class ReplayBuffer:
         return np.unique(self._rows["episode"][: self._size])
 
     def sample(
-        self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None
+        self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None,
+        event_fraction: float = 0.0,
     ) -> SequenceBatch:
         """Sample `batch_size` windows of `seq_len` transitions, each inside one episode.
 
@@ -310,6 +311,10 @@ class ReplayBuffer:
             seq_len: L, transitions per window (0 gives single observations).
             rng: the source of randomness.
             episodes: if given, only windows from these episode ids (e.g. a held-out split).
+            event_fraction: share of the windows drawn among those whose last transition is an event
+                (a nonzero reward, a life loss or a game over), so that rare events reach the reward and
+                termination heads often enough to learn them (0 samples all windows alike; with no event
+                windows stored, all windows are drawn alike).
 
         Raises:
             ValueError: no episode holds `seq_len` transitions.
@@ -321,7 +326,12 @@ class ReplayBuffer:
         ends = np.flatnonzero(valid)
         if len(ends) == 0:
             raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
-        return self.windows(ends[rng.integers(0, len(ends), size=batch_size)], seq_len)
+        picks = ends[rng.integers(0, len(ends), size=batch_size)]
+        if event_fraction > 0 and seq_len > 0:
+            events = ends[(rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)]
+            count = round(event_fraction * batch_size) if len(events) else 0
+            picks[:count] = events[rng.integers(0, len(events), size=count)]
+        return self.windows(picks, seq_len)
 
     def windows(self, ends: np.ndarray, seq_len: int) -> SequenceBatch:
         """The windows of `seq_len` transitions that end at the given rows.

@@ -18,7 +18,7 @@ TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_pre
 
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
-                            standardize_latents=False, mask_ratio=0.4)  # the masked-token JEPA without the fixes
+                            standardize_latents=False, mask_ratio=0.4, head="attention")  # the first design
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -318,3 +318,18 @@ def test_checkpoint_saved_before_the_new_fields_loads_as_the_plain_model(tmp_pat
     load_state_dict(fresh, ckpt)
     frames = batch().frames
     torch.testing.assert_close(fresh.encode(frames), old.encode(frames), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head", ["mlp", "attention"])
+def test_transition_heads_read_both_latents(head: str) -> None:
+    model = JEPAWorldModel(dataclasses.replace(TINY, head=head)).eval()
+    z = torch.randn(5, *model.latent_shape)
+    z_next = torch.randn(5, *model.latent_shape)
+    reward, cont, life = model.transition(z, z_next)
+    assert reward.shape == cont.shape == life.shape == (5,)
+    assert bool(((reward >= -1) & (reward <= 1)).all() and ((cont >= 0) & (cont <= 1)).all())
+    changed = z_next.clone()
+    changed[0] += 1.0  # only transition 0 changes
+    after = model.transition(z, changed)[0]
+    assert after[0] != reward[0]
+    torch.testing.assert_close(after[1:], reward[1:], rtol=0, atol=0)

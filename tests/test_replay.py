@@ -82,6 +82,28 @@ def test_counts_and_episode_filter(filled: tuple[ReplayBuffer, dict]) -> None:
         buffer.sample(4, 50, np.random.default_rng(0))
 
 
+def test_event_fraction_windows_end_on_an_event(filled: tuple[ReplayBuffer, dict]) -> None:
+    buffer, rows = filled
+    batch = buffer.sample(64, 3, np.random.default_rng(3), event_fraction=0.25)
+    last = decode(batch.frames[:, -1, -1])  # row reached by each window's last transition
+    event = np.array([rows[i].reward != 0 or bool(rows[i].flags & (TERMINATED | LIFE_LOSS)) for i in last])
+    assert event[:16].all()
+    assert not event[16:].all()  # the rest are drawn alike, events or not
+    plain = buffer.sample(64, 3, np.random.default_rng(3))
+    np.testing.assert_array_equal(plain.actions.shape, batch.actions.shape)
+
+
+def test_event_fraction_without_events_draws_all_windows_alike() -> None:
+    buffer = ReplayBuffer(FRAME, STACK, ram_size=4)
+    streams = buffer.new_streams(1)
+    for i in range(6):
+        frame = np.full((1, *FRAME), i, dtype=np.uint8)
+        buffer.append(streams, frame, np.zeros(1, dtype=np.int64), np.zeros(1), np.array([FIRST if i == 0 else 0],
+                      dtype=np.uint8), np.zeros((1, 4), dtype=np.uint8))
+    batch = buffer.sample(4, 2, np.random.default_rng(0), event_fraction=1.0)
+    assert batch.actions.shape == (4, 2)
+
+
 def test_seq_len_zero_gives_single_observations(filled: tuple[ReplayBuffer, dict]) -> None:
     buffer, _ = filled
     batch = buffer.sample(8, 0, np.random.default_rng(0))

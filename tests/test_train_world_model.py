@@ -104,7 +104,10 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     for h in ("h1", "h5", "h10"):
         assert -1.0 <= result["dynamics"][h]["cosine"] <= 1.0
         assert np.isfinite(result["decoder_psnr"][h])
-    assert set(result["reward"]) == {"h1", "h5"} and "f1" in result["life_loss"]["h1"]
+    assert set(result["reward"]) == set(result["life_loss"]) == {"h1", "h5", "real"}
+    real = result["life_loss"]["real"]  # heads on the 10 real transitions after each window's context
+    assert real["positives"] == round(real["actual_rate"] * 32 * 10)
+    assert 0.0 <= real["mean_predicted"] <= 1.0 and 0.0 <= real["f1"] <= 1.0
     assert "probe R^2 [encoded]" in proc.stdout
 
     gif = tmp_path / "dream.gif"

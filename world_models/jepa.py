@@ -75,6 +75,7 @@ class JEPAConfig:
         standardize_latents: latents are the target's summary tokens standardised per feature by
             running mean and variance (updated in stage-1 and stage-3 training, frozen otherwise).
         stats_momentum: update rate of those running statistics (the first updates average exactly).
+        head: the reward and termination heads, "mlp" or "attention" (see TransitionHead).
     """
 
     num_actions: int = 4
@@ -103,10 +104,12 @@ class JEPAConfig:
     covariance_weight: float = 0.0
     standardize_latents: bool = True
     stats_momentum: float = 0.01
+    head: str = "mlp"
 
     absent_in_old_checkpoints: ClassVar[dict[str, Any]] = {
         "jepa_bottleneck": False, "jepa_positions": "masked", "jepa_target": "tokens", "variance_weight": 0.0,
-        "covariance_weight": 0.0, "standardize_latents": False, "stats_momentum": 0.01}
+        "covariance_weight": 0.0, "standardize_latents": False, "stats_momentum": 0.01,
+        "head": "attention"}
     """What a checkpoint saved before these fields existed was trained with (its config lacks them)."""
 
 
@@ -146,19 +149,32 @@ class Encoder(nn.Module):
 
 
 class TransitionHead(nn.Module):
-    """A learnable CLS token attends over (z_t, z_t+1) tokens -> `outputs` logits."""
+    """Reads a transition (z_t, z_t+1), each (N, K, dim), -> (N, outputs) logits.
 
-    def __init__(self, dim: int, heads: int, outputs: int) -> None:
+    "mlp": an MLP over the flattened z_t, z_t+1 and their difference. "attention": a learnable CLS
+    token cross-attends over the tokens of both (the first design; it never learned to fire on
+    Breakout's rare rewards and life losses, see runs/jepa_experiments.md).
+    """
+
+    def __init__(self, cfg: JEPAConfig, outputs: int) -> None:
         super().__init__()
-        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.which = nn.Parameter(torch.randn(2, 1, dim) * 0.02)  # marks tokens of z_t and of z_t+1
-        self.attend = CrossBlock(dim, heads)
-        self.out = nn.Linear(dim, outputs)
+        self.kind = cfg.head
+        if cfg.head == "attention":
+            self.cls = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
+            self.which = nn.Parameter(torch.randn(2, 1, cfg.dim) * 0.02)  # marks tokens of z_t and of z_t+1
+            self.attend = CrossBlock(cfg.dim, cfg.heads)
+            self.out = nn.Linear(cfg.dim, outputs)
+        else:
+            width, hidden = cfg.summary_tokens * cfg.dim, 4 * cfg.dim
+            self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                     nn.Linear(hidden, outputs))
 
     def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
-        """z, z_next: (N, K, dim) -> (N, outputs)."""
-        context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
-        return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
+        if self.kind == "attention":
+            context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
+            return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
+        z, z_next = z.flatten(1), z_next.flatten(1)
+        return self.mlp(torch.cat([z, z_next, z_next - z], dim=1))
 
 
 class Decoder(nn.Module):
@@ -257,7 +273,8 @@ class JEPAWorldModel(WorldModel):
     def __init__(self, config: JEPAConfig) -> None:
         super().__init__()
         for name, value, allowed in (("jepa_positions", config.jepa_positions, ("masked", "all")),
-                                     ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion"))):
+                                     ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion")),
+                                     ("head", config.head, ("mlp", "attention"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
@@ -278,8 +295,8 @@ class JEPAWorldModel(WorldModel):
             self.register_buffer("latent_var", torch.ones(k, config.dim))
             self.register_buffer("stats_count", torch.zeros(()))
         self.dynamics = Dynamics(config)
-        self.reward_head = TransitionHead(config.dim, config.heads, 3)  # logits of clipped reward -1, 0, +1
-        self.end_head = TransitionHead(config.dim, config.heads, 2)  # logits of game over, life loss
+        self.reward_head = TransitionHead(config, 3)  # logits of clipped reward -1, 0, +1
+        self.end_head = TransitionHead(config, 2)  # logits of game over, life loss
         self.decoder = Decoder(config)
 
     # ---- the WorldModel interface --------------------------------------------------------
