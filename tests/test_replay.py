@@ -89,8 +89,6 @@ def test_event_fraction_windows_end_on_an_event(filled: tuple[ReplayBuffer, dict
     event = np.array([rows[i].reward != 0 or bool(rows[i].flags & (TERMINATED | LIFE_LOSS)) for i in last])
     assert event[:16].all()
     assert not event[16:].all()  # the rest are drawn alike, events or not
-    plain = buffer.sample(64, 3, np.random.default_rng(3))
-    np.testing.assert_array_equal(plain.actions.shape, batch.actions.shape)
 
 
 def test_event_fraction_without_events_draws_all_windows_alike() -> None:

@@ -153,7 +153,7 @@ class TransitionHead(nn.Module):
 
     "mlp": an MLP over the flattened z_t, z_t+1 and their difference. "attention": a learnable CLS
     token cross-attends over the tokens of both (the first design; it never learned to fire on
-    Breakout's rare rewards and life losses, see runs/jepa_experiments.md).
+    Breakout's rare rewards and life losses, not even on real latents: benchmarks/RESULTS.md).
     """
 
     def __init__(self, cfg: JEPAConfig, outputs: int) -> None:
