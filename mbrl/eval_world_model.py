@@ -64,13 +64,18 @@ def probe_scores(pred: torch.Tensor, target: torch.Tensor, names: list[str]) -> 
     return out
 
 
-def detection_scores(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, float]:
-    """Precision, recall, F1 of boolean predictions, and how many actual positives there were."""
+def event_scores(score: torch.Tensor, events: np.ndarray) -> dict[str, float]:
+    """How a head's event score (a probability or |expected reward|, (N,)) finds the actual events (bool, any shape
+    with N entries): precision, recall and F1 at threshold 0.5, the number of positives, and calibration (the mean
+    score against the actual rate of events)."""
+    actual = torch.from_numpy(events.reshape(-1))
+    predicted = score > 0.5
     tp = float((predicted & actual).sum())
     precision = tp / max(float(predicted.sum()), 1.0)
     recall = tp / max(float(actual.sum()), 1.0)
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-    return {"precision": precision, "recall": recall, "f1": f1, "positives": int(actual.sum())}
+    return {"precision": precision, "recall": recall, "f1": f1, "positives": int(actual.sum()),
+            "mean_predicted": float(score.mean()), "actual_rate": float(actual.float().mean())}
 
 
 def psnr(decoded: torch.Tensor, real: torch.Tensor) -> float:
@@ -158,10 +163,8 @@ def evaluate(
                              "l1_vs_copy": l1 / max(float((last_real - target).abs().mean()), 1e-12)}
         decoder[f"h{h}"] = psnr(_decode(model, z_pred[:, h - 1], device, batch), newest[:, at])
         if h <= 5:
-            for scores, pred, actual in ((reward, reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0),
-                                         (life_loss, life_pred[:, h - 1], data.life_loss[:, at - 1])):
-                scores[f"h{h}"] = {**detection_scores(pred > 0.5, torch.from_numpy(actual)),
-                                "mean_predicted": float(pred.mean()), "actual_rate": float(actual.mean())}
+            reward[f"h{h}"] = event_scores(reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0)
+            life_loss[f"h{h}"] = event_scores(life_pred[:, h - 1], data.life_loss[:, at - 1])
     transition: Any = getattr(model, "transition", None)
     if transition is not None:  # heads on real next latents: what they read when dynamics is not in the way
         steps = slice(context - 1, context - 1 + max_h)
@@ -169,13 +172,8 @@ def evaluate(
         z_n = real_latents[:, context : context + max_h].flatten(0, 1)
         heads = [transition(z_t[i : i + batch].to(device), z_n[i : i + batch].to(device))
                  for i in range(0, len(z_t), batch)]
-        real_reward = torch.cat([o[0].cpu() for o in heads]).abs()
-        real_life = torch.cat([o[2].cpu() for o in heads])
-        for scores, pred, events in ((reward, real_reward, data.clipped_rewards[:, steps] != 0),
-                                     (life_loss, real_life, data.life_loss[:, steps])):
-            actual = torch.from_numpy(events.reshape(-1))
-            scores["real"] = {**detection_scores(pred > 0.5, actual), "mean_predicted": float(pred.mean()),
-                              "actual_rate": float(actual.float().mean())}
+        reward["real"] = event_scores(torch.cat([o[0].cpu() for o in heads]).abs(), data.clipped_rewards[:, steps] != 0)
+        life_loss["real"] = event_scores(torch.cat([o[2].cpu() for o in heads]), data.life_loss[:, steps])
     result.update(dynamics=dynamics, reward=reward, life_loss=life_loss, decoder_psnr=decoder)
     return result
 
