@@ -67,7 +67,8 @@ def _world_model_train(r: dict[str, Any]) -> list[str]:
         "| --- | --- | --- |",
     ]
     for stage, s in r["stages"].items():
-        lines.append(f"| {stage} | {s['updates_per_second']:.2f} | {s['frames_per_second']:.0f} |")
+        label = "dynamics, latents from the cache" if stage == "dynamics_cached" else stage
+        lines.append(f"| {label} | {s['updates_per_second']:.2f} | {s['frames_per_second']:.0f} |")
     lines += [
         f"| target-encoder inference | | {r['encode_frames_per_second']:.0f} |",
         "",

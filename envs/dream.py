@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mbrl.replay import ReplayBuffer
 from world_models.base import WorldModel
+from world_models.latent_cache import LatentCache
 
 _MAX_EXTRA_CONTEXT = 64  # longest search for a context whose state keeps its shape when stepped
 
@@ -37,9 +38,9 @@ class DreamConfig:
         horizon: imagined steps before an episode is truncated.
         context: real observations encoded to start an imagination: a window of `context`
             observations and the `context - 1` actions between them, sampled from the replay
-            buffer. A world model that keeps a longer history (JEPA keeps its own `context`
-            latents) gets a window as long as that history, so that every rollout's state has
-            one shape and sub-envs can restart independently.
+            buffer. A world model whose state grows with the context gets a window long enough
+            that stepping keeps the state's shape, so that every rollout's state has one shape
+            and sub-envs can restart independently (JEPA's state has one shape for any context).
         observation: "latent" (float32 `latent_shape`) or "pixels" (uint8 (S, H, W) frame
             stacks of decoded frames, like the real env's observations).
         reward: "clipped" (the predicted expected reward rounded to -1, 0 or 1) or "expected"
@@ -72,52 +73,6 @@ class DreamConfig:
             raise ValueError(f"DreamConfig.horizon and .context must be >= 1, got {self.horizon}, {self.context}")
         if not 0.0 <= self.termination_threshold <= 1.0:
             raise ValueError(f"DreamConfig.termination_threshold must be in [0, 1], got {self.termination_threshold}")
-
-
-class LatentCache:
-    """Latents of replay-buffer rows, each encoded once, on the world model's device.
-
-    Restarting rollouts encode real start contexts; with a cache, a row seen before costs an
-    index instead of an encoder pass. Valid only while the world model's encoder stays as it
-    was: whoever trains the encoder while a cache lives must `clear()` it (the Dyna loop
-    freezes the encoder after its warm-up, so one cache serves the whole run).
-
-    Args:
-        world_model: encodes rows not yet cached.
-    """
-
-    def __init__(self, world_model: WorldModel) -> None:
-        self.world_model = world_model
-        self._latents: Tensor | None = None  # (capacity, *latent_shape)
-        self._known = np.zeros(0, dtype=bool)
-
-    def clear(self) -> None:
-        """Forget every cached latent."""
-        self._latents, self._known = None, np.zeros(0, dtype=bool)
-
-    @torch.no_grad()
-    def encode(self, frames: np.ndarray, rows: np.ndarray, device: torch.device) -> Tensor:
-        """Latents (B, T, *latent_shape) of the observations, uint8 frames (B, T, S, H, W) at buffer rows (B, T)."""
-        flat = rows.reshape(-1)
-        self._grow(int(flat.max()) + 1, device)
-        assert self._latents is not None
-        new, first = np.unique(flat[~self._known[flat]], return_index=True)
-        if len(new):
-            where = np.flatnonzero(~self._known[flat])[first]  # one occurrence of each row not cached yet
-            obs = torch.as_tensor(frames.reshape(-1, *frames.shape[2:])[where], device=device)
-            self._latents[torch.as_tensor(new, device=device)] = self.world_model.encode(obs[:, None])[:, 0]
-            self._known[new] = True
-        return self._latents[torch.as_tensor(flat, device=device)].view(*rows.shape, *self._latents.shape[1:])
-
-    def _grow(self, size: int, device: torch.device) -> None:
-        if size <= len(self._known):
-            return
-        capacity = max(size, 2 * len(self._known), 1024)
-        latents = torch.zeros(capacity, *self.world_model.latent_shape, device=device)
-        if self._latents is not None:
-            latents[: len(self._known)] = self._latents
-        self._latents = latents
-        self._known = np.concatenate([self._known, np.zeros(capacity - len(self._known), dtype=bool)])
 
 
 def latent_space(world_model: WorldModel) -> gym.spaces.Box:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from agents.sb3 import DreamVecEnv
 from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from envs.atari import RAM_SIZE, make_env, make_vector_env
-from envs.dream import DreamVectorEnv, LatentCache
+from envs.dream import DreamVectorEnv
 from mbrl.atomic import write_atomic
 from mbrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mbrl.collect import Collector, Policy, RandomPolicy
@@ -49,6 +49,7 @@ from mbrl.replay import ReplayBuffer
 from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
 from mbrl.train_world_model import Trainer, model_config
+from world_models.latent_cache import LatentCache
 from world_models.registry import build
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         trainer.train(["encoder", "dynamics"], None, writer, show_progress=False)
 
         # ---- the agent, in the dream --------------------------------------------------
-        cache = LatentCache(model)  # the encoder is frozen from here on: each row is encoded once
+        cache = trainer.latent_cache  # encoder frozen from here on: each row encoded once, for refits and dreams
         agent = build_agent(config.agent, _dream(model, buffer, trainer, config, device, 0, cache), config.seed,
                             device)
         agent.set_logger(configure(str(run.tb_dir / "agent"), ["tensorboard"]))

@@ -16,9 +16,12 @@ from mbrl.errors import UserError
 from mbrl.replay import ReplayBuffer, SequenceBatch, split_episodes
 from mbrl.run import RunDir
 from world_models.base import TrainBatch, WorldModel
+from world_models.latent_cache import LatentCache
 from world_models.registry import describe
 
 STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
+FROZEN_ENCODER = ("dynamics",)
+"""Stages that leave the encoder as it is, so the latents of replay rows can be cached across updates."""
 CHECKPOINT = WORLD_MODEL_CHECKPOINT
 
 
@@ -61,14 +64,16 @@ class WorldModelTrainConfig:
     event_fraction: float = 0.5
 
 
-def to_train_batch(batch: SequenceBatch, device: torch.device) -> TrainBatch:
-    """Replay windows (numpy) -> a world model's training batch (tensors on `device`)."""
+def to_train_batch(batch: SequenceBatch, device: torch.device, cache: LatentCache | None = None) -> TrainBatch:
+    """Replay windows (numpy) -> a world model's training batch (tensors on `device`), with the latents
+    of its observations when a cache of a frozen encoder is given."""
     return TrainBatch(
         frames=torch.from_numpy(batch.frames).to(device),
         actions=torch.from_numpy(batch.actions).to(device),
         rewards=torch.from_numpy(batch.clipped_rewards).to(device),
         terminated=torch.from_numpy(batch.terminated).to(device),
         life_loss=torch.from_numpy(batch.life_loss).to(device),
+        latents=None if cache is None else cache.encode(batch.frames, batch.rows, device),
     )
 
 
@@ -86,6 +91,8 @@ class Trainer:
         torch.manual_seed(seed)
         self.progress: dict[str, Any] = {"done": [], "stage": None, "step": 0, "best": None, "bad_checks": 0}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.latent_cache = LatentCache(self.model)
+        """Latents of replay rows under the current encoder; cleared whenever the encoder trains."""
 
     # ---- the stage loop -----------------------------------------------------------------
 
@@ -143,14 +150,15 @@ class Trainer:
         self.model.train()
         batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, self.rng, episodes=self.train_ids,
                                    event_fraction=self.cfg.event_fraction if stage != "encoder" else 0.0)
-        losses = self.model.loss(to_train_batch(batch, self.device), stage)
+        losses = self.model.loss(to_train_batch(batch, self.device, self._cache_for(stage)), stage)
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        if stage in ("encoder", "finetune"):
+        if stage not in FROZEN_ENCODER:
             self.model.update_target()  # type: ignore[operator]
+            self.latent_cache.clear()
         return {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
@@ -161,9 +169,13 @@ class Trainer:
         sums: dict[str, float] = {}
         for _ in range(self.cfg.val_batches):
             batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, rng, episodes=self.val_ids)
-            for name, value in self.model.loss(to_train_batch(batch, self.device), stage).items():
+            for name, value in self.model.loss(to_train_batch(batch, self.device, self._cache_for(stage)),
+                                               stage).items():
                 sums[name] = sums.get(name, 0.0) + float(value) / self.cfg.val_batches
         return sums
+
+    def _cache_for(self, stage: str) -> LatentCache | None:
+        return self.latent_cache if stage in FROZEN_ENCODER else None
 
     def _check(self, stage: str, writer: Any) -> bool:
         """Validate, log, checkpoint; True when the stage should stop early."""
@@ -211,6 +223,7 @@ class Trainer:
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint written by `save`."""
         load_state_dict(self.model, ckpt, prefix="model.")
+        self.latent_cache.clear()
         self.progress = ckpt.metadata["progress"]
         self.rng.bit_generator.state = ckpt.metadata["rng_numpy"]
         torch.set_rng_state(ckpt.tensors["rng.torch"])

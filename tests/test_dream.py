@@ -14,11 +14,12 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_jepa import TINY
 from torch import Tensor
 
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, LatentCache, latent_space
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
 from envs.wrappers import LatentObservation, LatentObservationVector
 from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
 from world_models.base import StepOutput, TrainBatch, WorldModel
 from world_models.jepa import JEPAWorldModel
+from world_models.latent_cache import LatentCache
 
 EPISODES, LENGTH = 4, 12  # the toy buffer: frame value of row `pos` of episode `e` is 40 e + 3 pos
 
@@ -201,13 +202,13 @@ class EndOnThree(JEPAWorldModel):
 
 
 def test_a_restart_leaves_the_other_sub_envs_untouched() -> None:
-    """The JEPA state grows from the start context to 8 latents, so a restart gets a window of 8."""
+    """The JEPA state has one shape for every context length, so restarts use the configured context."""
     torch.manual_seed(0)
     model = EndOnThree(dataclasses.replace(TINY, context=8)).eval()
-    config = DreamConfig(terminate_on="life_loss")
+    config = DreamConfig(terminate_on="life_loss", context=3)
     restarting = DreamVectorEnv(model, make_buffer(random_frames=True), 2, config, seed=0)
     steady = DreamVectorEnv(model, make_buffer(random_frames=True), 2, config, seed=0)
-    assert restarting.context == 8
+    assert restarting.context == 3
     restarting.reset()
     steady.reset()
     for first_actions in ([3, 1], [0, 2], [1, 0], [3, 1], [2, 2]):  # env 0 restarts after every 3

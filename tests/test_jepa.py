@@ -50,7 +50,12 @@ def test_shapes(model: JEPAWorldModel) -> None:
     for prob in (out.cont, out.life_loss):
         assert prob.shape == (3,) and ((prob >= 0) & (prob <= 1)).all()
     assert out.reward.shape == (3,) and (out.reward.abs() <= 1).all()
-    assert out.state["latents"].shape == (3, 4, 2, 32) and out.state["actions"].shape == (3, 3)
+    shapes = {key: tuple(value.shape) for key, value in out.state.items()}
+    window = 2 * TINY.context  # a latent and an action token per step
+    assert shapes == {"latent": (3, 2, 32), "actions": (3, TINY.action_history - 1), "keys": (3, 2, 2, window - 1, 16),
+                      "values": (3, 2, 2, window - 1, 16), "valid": (3, window - 1), "position": (3,)}
+    short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
+    assert {key: tuple(value.shape) for key, value in short.items()} == shapes and not short["valid"].any()
     for stage in ("encoder", "dynamics", "finetune"):
         losses = model.loss(data, stage)
         assert torch.isfinite(losses["total"]) and losses["total"].ndim == 0
@@ -109,6 +114,38 @@ def test_predictor_cannot_see_the_future(conditioning: str) -> None:
     a3 = actions.clone()
     a3[:, 2] = (a3[:, 2] + 1) % 4
     assert not torch.allclose(model.dynamics(z, a3)[:, 2], base[:, 2]), "the prediction depends on the action"
+
+
+@pytest.mark.parametrize("conditioning", ["token", "cross"])
+def test_cached_imagination_equals_the_predictor_over_the_whole_history(conditioning: str) -> None:
+    """Stepping with the key/value cache past the window gives what the full forward pass gives."""
+    torch.manual_seed(0)
+    model = JEPAWorldModel(dataclasses.replace(TINY, action_conditioning=conditioning)).eval()
+    g = torch.Generator().manual_seed(3)
+    context, horizon = 3, 3 * TINY.context
+    z = torch.randn(2, context, 2, 32, generator=g)
+    actions = torch.randint(0, 4, (2, context - 1 + horizon), generator=g)
+    out = imagine(model, z, actions)
+    history = torch.cat([z, out.latent], dim=1)
+    torch.testing.assert_close(model.dynamics(history[:, :-1], actions)[:, context - 1 :], out.latent,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_history_is_a_window_of_the_last_context_steps() -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    g = torch.Generator().manual_seed(4)
+    z, actions = torch.randn(2, 10, 2, 32, generator=g), torch.randint(0, 4, (2, 10), generator=g)
+    base = model.dynamics(z, actions)
+    z2, a2 = z.clone(), actions.clone()
+    z2[:, 0] += 5.0
+    a2[:, 0] = (a2[:, 0] + 1) % 4
+    changed = model.dynamics(z2, a2)
+    # step t's action token (2t + 1) reaches back window - 1 tokens per block
+    reach = TINY.predictor_depth * (2 * TINY.context - 1)
+    first_unaffected = reach // 2 + 1
+    assert not torch.allclose(changed[:, first_unaffected - 1], base[:, first_unaffected - 1])
+    torch.testing.assert_close(changed[:, first_unaffected:], base[:, first_unaffected:], rtol=0, atol=0)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(model: JEPAWorldModel, tmp_path) -> None:

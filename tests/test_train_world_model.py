@@ -17,7 +17,7 @@ from test_cli import assert_user_error, mbrl_cli
 from mbrl.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
-from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig
+from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, to_train_batch
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,
@@ -74,6 +74,28 @@ def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path
     assert resumed.progress["done"] == ["encoder", "dynamics"]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_stage_2_reads_cached_latents_and_encoder_updates_clear_them(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    t = trainer(tmp_path)
+    t.run_updates("dynamics", 2, Writer())
+    assert len(t.latent_cache) > 0
+    t.model.eval()
+    batch = t.buffer.sample(4, 3, np.random.default_rng(5), episodes=t.train_ids)
+    cpu = torch.device("cpu")
+    to_train_batch(batch, cpu, t.latent_cache)  # caches this batch's rows
+    calls: list[int] = []
+    encode = t.model.encode
+    monkeypatch.setattr(t.model, "encode", lambda frames: calls.append(1) or encode(frames))
+    cached = t.model.loss(to_train_batch(batch, cpu, t.latent_cache), "dynamics")
+    assert calls == []  # the window's latents came from the cache
+    direct = t.model.loss(to_train_batch(batch, cpu), "dynamics")
+    assert calls == [1]
+    for name in ("total", "teacher_forcing", "rollout", "reward", "decoder"):
+        torch.testing.assert_close(cached[name], direct[name], msg=name)
+    t.run_updates("encoder", 1, Writer())
+    assert len(t.latent_cache) == 0  # the encoder moved: every cached latent is stale
 
 
 @pytest.mark.slow

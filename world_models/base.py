@@ -22,6 +22,8 @@ class TrainBatch(NamedTuple):
         rewards: float32 (B, L) clipped reward of transition t (-1, 0 or 1).
         terminated: bool (B, L) the game ended with transition t.
         life_loss: bool (B, L) a life was lost in transition t.
+        latents: (B, L+1, *latent_shape) `encode(frames)`, when the caller has them cached (the
+            encoder being frozen), else None; a family may use them instead of encoding frames.
     """
 
     frames: Tensor
@@ -29,6 +31,7 @@ class TrainBatch(NamedTuple):
     rewards: Tensor
     terminated: Tensor
     life_loss: Tensor
+    latents: Tensor | None = None
 
 
 class StepOutput(NamedTuple):

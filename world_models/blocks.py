@@ -55,9 +55,18 @@ class Attention(nn.Module):
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, causal: bool = False, mask: Tensor | None = None
     ) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim). `rope`: cos, sin (N, head_dim/2); `mask`: bool (N, N), True = may attend."""
+        q, k, v = self.project(x, rope)
+        return self.attend(q, k, v, causal, mask)
+
+    def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, N, dim) -> queries, keys, values (B, heads, N, head_dim), queries and keys rotated by `rope`."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
+        """Queries (B, heads, Q, d) over keys and values (B, heads, N, d) -> (B, Q, dim)."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -101,6 +110,17 @@ class Block(nn.Module):
     ) -> Tensor:
         x = x + self.attn(self.norm1(x), rope=rope, causal=causal, mask=mask)
         return x + self.mlp(self.norm2(x))
+
+    def forward_cached(self, x: Tensor, rope: tuple[Tensor, Tensor], past_k: Tensor, past_v: Tensor,
+                       mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """New tokens x (B, N, dim) attend to cached keys and values (B, heads, P, d) and to each other.
+
+        `mask`: bool broadcastable to (B, heads, N, P + N), True = may attend. Returns the block's
+        output (B, N, dim) and the new tokens' keys and values (B, heads, N, d), for the cache.
+        """
+        q, k, v = self.attn.project(self.norm1(x), rope)
+        x = x + self.attn.attend(q, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), mask=mask)
+        return x + self.mlp(self.norm2(x)), k, v
 
 
 class CrossBlock(nn.Module):

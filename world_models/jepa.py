@@ -12,7 +12,7 @@ latents standardised per feature with running statistics of the target encoder. 
 plain masked-token JEPA, whose latent varied by ~0.002 per feature and whose dynamics did worse
 than copying the last latent.
 Stage 2 (`"dynamics"`): with the encoder frozen, a causal transformer predicts the next latent
-from the history of latents and actions (0.7 teacher forcing + 0.3 open-loop rollout L1), a
+from a sliding window of the history of latents and actions (0.7 teacher forcing + 0.3 open-loop rollout L1), a
 reward and a termination head read (z_t, z_t+1), and a decoder learns pictures from
 stop-gradient latents. Stage 3 (`"finetune"`) trains all parts together.
 
@@ -53,7 +53,8 @@ class JEPAConfig:
         jepa_predictor_depth: blocks of the stage-1 predictor (online -> target tokens).
         predictor_dim: width of the dynamics predictor.
         predictor_depth: blocks of the dynamics predictor.
-        context: history steps the dynamics predictor sees.
+        context: history steps each token of the dynamics predictor attends to (a sliding window, so
+            imagination keeps the window's keys and values instead of re-reading it every step).
         action_conditioning: "token" (an action token per step in the sequence) or "cross"
             (the latent cross-attends to the embedded last `action_history` actions).
         action_history: actions the "cross" conditioning attends to.
@@ -204,7 +205,13 @@ class Decoder(nn.Module):
 
 
 class Dynamics(nn.Module):
-    """Causal transformer: history of latents and actions -> next latent at every step."""
+    """Causal transformer over the history of latents and actions -> next latent at every step.
+
+    Every token attends to the tokens of the last `context` steps (itself included), so a step's
+    prediction reads a sliding window of history and imagination can keep the window's keys and
+    values instead of recomputing them (`prefill` a real context, then `advance` one step at a
+    time; the result equals `forward` over the whole history).
+    """
 
     def __init__(self, cfg: JEPAConfig) -> None:
         super().__init__()
@@ -220,33 +227,112 @@ class Dynamics(nn.Module):
         self.blocks = nn.ModuleList(Block(width, cfg.heads) for _ in range(cfg.predictor_depth))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, d)
+        self.per_step = 2 if cfg.action_conditioning == "token" else 1  # tokens per step: z_t, a_t or one
+        self.window = self.per_step * cfg.context  # tokens a token attends to, itself included
 
     def forward(self, z: Tensor, actions: Tensor) -> Tensor:
         """z: (B, T, K, dim) latents, actions: (B, T) -> predicted z_t+1 for every t: (B, T, K, dim)."""
-        b, t = actions.shape
-        x = self.inp(z.flatten(2))  # (B, T, width)
-        a = self.action(actions)  # (B, T, width)
-        if self.cfg.action_conditioning == "token":
-            x = rearrange(torch.stack([x, a], dim=2), "b t two w -> b (t two) w")  # z_0, a_0, z_1, a_1, ...
-        else:
-            x = x + self._attend_to_actions(x, actions)
-        cos, sin = rope_angles(torch.arange(x.shape[1], device=x.device)[:, None], x.shape[-1] // self.cfg.heads)
+        x = self._tokens(z, actions)  # (B, T * per_step, width)
+        n = x.shape[1]
+        cos, sin = rope_angles(torch.arange(n, device=x.device)[:, None], x.shape[-1] // self.cfg.heads)
+        offsets = torch.arange(n, device=x.device)
+        offsets = offsets[:, None] - offsets[None]  # query minus key position
+        band = (offsets >= 0) & (offsets < self.window)
         for block in self.blocks:
-            x = block(x, rope=(cos, sin), causal=True)
-        x = self.norm(x)
+            x = block(x, rope=(cos, sin), mask=band)
+        return z + self._predict(x)
+
+    # ---- imagination with a key/value cache ----------------------------------------------
+
+    def prefill(self, z: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """Imagination state of a real context: z (B, T, K, dim) latents and the (B, T-1) actions between them.
+
+        The state holds the newest latent, the last `action_history - 1` actions (left-padded
+        with action 0, as in training), and the keys and values of the `window - 1` tokens before
+        the newest latent's (slots before the context are marked invalid), so it has one shape
+        for every context length.
+        """
+        b, width = z.shape[0], self.cfg.predictor_dim
+        head_dim = width // self.cfg.heads
+        depth, slots = len(self.blocks), self.window - 1
+        empty = z.new_zeros(b, depth, self.cfg.heads, slots, head_dim)
+        state = {"latent": z[:, -1], "actions": _left_pad(actions, self.cfg.action_history - 1),
+                 "keys": empty, "values": empty, "valid": torch.zeros(b, slots, dtype=torch.bool, device=z.device),
+                 "position": torch.zeros(b, dtype=torch.long, device=z.device)}
+        if z.shape[1] > 1:
+            _, state = self._advance(self._tokens(z[:, :-1], actions), state)
+        return state
+
+    def step(self, state: dict[str, Tensor], action: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Action (B,) at the state's newest latent -> the predicted next latent (B, K, dim) and the next state."""
+        z = state["latent"][:, None]
+        history = torch.cat([state["actions"], action[:, None]], dim=1)
+        x, state = self._advance(self._tokens(z, history), state)
+        z_next = z[:, 0] + self._predict(x[:, -self.per_step :])[:, 0]
+        keep = self.cfg.action_history - 1
+        return z_next, {**state, "latent": z_next, "actions": history[:, history.shape[1] - keep :]}
+
+    def _advance(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """New tokens x (B, N, width) through the blocks over the cached ones -> outputs (B, N, width), state."""
+        b, n = x.shape[:2]
+        slots = self.window - 1
+        positions = state["position"][:, None] + torch.arange(n, device=x.device)  # (B, N)
+        cos, sin = rope_angles(positions.reshape(-1, 1), x.shape[-1] // self.cfg.heads)
+        rope = (cos.view(b, 1, n, -1), sin.view(b, 1, n, -1))
+        key_at = torch.cat([torch.arange(-slots, 0, device=x.device), torch.arange(n, device=x.device)])
+        offsets = torch.arange(n, device=x.device)[:, None] - key_at[None]  # (N, slots + N)
+        valid = torch.cat([state["valid"], state["valid"].new_ones(b, n)], dim=1)  # (B, slots + N)
+        mask = ((offsets >= 0) & (offsets < self.window))[None, None] & valid[:, None, None]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)
+            past_k, past_v = state["keys"][:, i], state["values"][:, i]
+            x, k, v = block.forward_cached(x, rope, past_k, past_v, mask)
+            keys.append(torch.cat([past_k, k], dim=2)[:, :, n:])  # the newest `slots` tokens stay
+            values.append(torch.cat([past_v, v], dim=2)[:, :, n:])
+        new = {"keys": torch.stack(keys, dim=1), "values": torch.stack(values, dim=1),
+               "valid": valid[:, n:], "position": state["position"] + n}
+        return x, {**state, **new}
+
+    # ---- shared by both paths ------------------------------------------------------------
+
+    def _tokens(self, z: Tensor, actions: Tensor) -> Tensor:
+        """Latents (B, T, K, dim) and actions (B, T') -> tokens (B, T * per_step, width).
+
+        The last T actions are those taken at the T latents; with "cross" conditioning the
+        earlier ones (T' > T) are history the first latents' tokens attend to.
+        """
+        t = z.shape[1]
+        x = self.inp(z.flatten(2))  # (B, T, width)
         if self.cfg.action_conditioning == "token":
-            x = x[:, 1::2]  # outputs at the action tokens predict the next latent
-        return z + self.out(x).view_as(z)  # residual: predict the change of the latent
+            a = self.action(actions[:, actions.shape[1] - t :])
+            return rearrange(torch.stack([x, a], dim=2), "b t two w -> b (t two) w")  # z_0, a_0, z_1, a_1, ...
+        return x + self._attend_to_actions(x, actions)
+
+    def _predict(self, x: Tensor) -> Tensor:
+        """Block outputs (B, T * per_step, width) -> latent changes (B, T, K, dim), read at each step's last token."""
+        x = self.norm(x[:, self.per_step - 1 :: self.per_step])  # the action token predicts the next latent
+        return self.out(x).unflatten(-1, self.latent_shape)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.cfg.summary_tokens, self.cfg.dim)
 
     def _attend_to_actions(self, x: Tensor, actions: Tensor) -> Tensor:
         """Each step's latent cross-attends to the embeddings of its last `action_history` actions."""
         k = self.cfg.action_history
-        padded = F.pad(actions, (k - 1, 0), value=0)  # (B, T+k-1)
-        window = padded.unfold(1, k, 1)  # (B, T, k): actions t-k+1 .. t
+        padded = F.pad(actions, (k - 1, 0), value=0)  # (B, T'+k-1)
+        window = padded.unfold(1, k, 1)[:, -x.shape[1] :]  # (B, T, k): actions t-k+1 .. t
         history = self.action(window) + self.history_pos  # (B, T, k, width)
-        b, t = actions.shape
+        b, t = window.shape[:2]
         out = self.condition(x.reshape(b * t, 1, -1), history.reshape(b * t, k, -1))
         return out.view(b, t, -1) - x
+
+
+def _left_pad(actions: Tensor, length: int) -> Tensor:
+    """The last `length` actions of (B, T), left-padded with action 0 when T < length."""
+    padded = F.pad(actions, (max(0, length - actions.shape[1]), 0), value=0)
+    return padded[:, padded.shape[1] - length :]
 
 
 def variance_covariance(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -309,18 +395,12 @@ class JEPAWorldModel(WorldModel):
 
     @torch.no_grad()
     def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        keep = self.config.context
-        return {"latents": _last(latents, keep), "actions": _last(actions, keep - 1)}
+        return self.dynamics.prefill(latents, actions)
 
     @torch.no_grad()
     def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
-        latents = state["latents"]
-        actions = torch.cat([state["actions"], action[:, None]], dim=1)  # (B, T)
-        z_next = self.dynamics(latents, actions)[:, -1]
-        reward, cont, life_loss = self.transition(latents[:, -1], z_next)
-        keep = self.config.context
-        history = torch.cat([latents, z_next[:, None]], dim=1)
-        new_state = {"latents": _last(history, keep), "actions": _last(actions, keep - 1)}
+        z_next, new_state = self.dynamics.step(state, action)
+        reward, cont, life_loss = self.transition(state["latent"], z_next)
         return StepOutput(new_state, z_next, reward, cont, life_loss)
 
     @torch.no_grad()
@@ -426,7 +506,7 @@ class JEPAWorldModel(WorldModel):
 
     def _dynamics_loss(self, batch: TrainBatch, finetune: bool) -> dict[str, Tensor]:
         b, steps = batch.actions.shape
-        z = self.encode(batch.frames)  # (B, L+1, K, dim) targets, from the target encoder
+        z = self.encode(batch.frames) if batch.latents is None else batch.latents  # (B, L+1, K, dim) targets
         if finetune:  # inputs from the online encoder, so the dynamics loss shapes it too
             summary = self.online(batch.frames.flatten(0, 1))[:, : self.config.summary_tokens]
             z_in = self.standardize(summary).unflatten(0, (b, -1))
@@ -437,9 +517,9 @@ class JEPAWorldModel(WorldModel):
 
         # open loop: from a real context, feed back predictions for rollout_steps steps
         start = max(1, steps + 1 - self.config.rollout_steps)
-        history, rolled, ctx = z_in[:, :start], [], self.config.context
+        history, rolled = z_in[:, :start], []
         for t in range(start, steps + 1):
-            nxt = self.dynamics(_last(history, ctx), batch.actions[:, max(0, t - ctx) : t])
+            nxt = self.dynamics(history, batch.actions[:, :t])
             rolled.append(nxt[:, -1])
             history = torch.cat([history, nxt[:, -1:]], dim=1)
         rollout = F.l1_loss(torch.stack(rolled, dim=1), z[:, start:])
@@ -484,8 +564,3 @@ class JEPAWorldModel(WorldModel):
         else:
             raise ValueError(f"unknown stage {stage!r}")
         return [p for m in modules for p in m.parameters()] + extra
-
-
-def _last(x: Tensor, n: int) -> Tensor:
-    """The last `n` steps of (B, T, ...) (none for n = 0)."""
-    return x[:, max(0, x.shape[1] - n) :]
