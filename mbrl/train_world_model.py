@@ -45,7 +45,8 @@ class WorldModelTrainConfig:
         holdout_every: episodes whose id is a multiple of this are held out (never trained on).
         event_fraction: share of training windows that end on a reward, life loss or game over
             (see ReplayBuffer.sample); rewards are ~0.7% and life losses ~2.7% of random Breakout
-            steps, too rare for the heads to learn from uniform windows. Validation stays uniform.
+            steps, too rare for the heads (and stage 1's event loss) to learn from uniform windows.
+            Validation stays uniform.
     """
 
     family: str = "jepa"
@@ -149,7 +150,7 @@ class Trainer:
     def _update(self, stage: str) -> dict[str, float]:
         self.model.train()
         batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, self.rng, episodes=self.train_ids,
-                                   event_fraction=self.cfg.event_fraction if stage != "encoder" else 0.0)
+                                   event_fraction=self.cfg.event_fraction)
         losses = self.model.loss(to_train_batch(batch, self.device, self._cache_for(stage)), stage)
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)

@@ -61,6 +61,9 @@ class JEPAConfig:
         rollout_steps: open-loop steps of the rollout loss.
         teacher_forcing_weight: weight of the teacher-forcing L1; the rollout L1 gets 1 minus it.
         decoder_dim: width of the pixel decoder.
+        decoder_batch: observations per stage-2/3 update the decoder learns from, a random subset of
+            the batch's (it serves only pictures, and decoding 64x64 frames cost more than the rest of
+            stage 2 together when it learnt from all of them); 0 = all.
         jepa_bottleneck: the stage-1 predictor sees only the online summary tokens and one positional
             query per patch (not the online patch tokens), so what it predicts about the patches
             must pass through the latent.
@@ -73,6 +76,11 @@ class JEPAConfig:
             summary-token feature across the batch (0 disables).
         covariance_weight: weight of the VICReg covariance term, squared off-diagonal covariances of
             the online summary-token features / their number (0 disables).
+        event_weight: weight of a stage-1 (and stage-3) auxiliary loss: a linear head on the online
+            summary tokens of each observation but a window's first predicts the clipped reward,
+            life loss and game over of the transition that led to it (its frames show the brick
+            vanish or the ball go), so that the latent keeps what the reward and termination
+            heads need (0 disables).
         standardize_latents: latents are the target's summary tokens standardised per feature by
             running mean and variance (updated in stage-1 and stage-3 training, frozen otherwise).
         stats_momentum: update rate of those running statistics (the first updates average exactly).
@@ -98,11 +106,13 @@ class JEPAConfig:
     rollout_steps: int = 4
     teacher_forcing_weight: float = 0.7
     decoder_dim: int = 64
+    decoder_batch: int = 32
     jepa_bottleneck: bool = True
     jepa_positions: str = "all"
     jepa_target: str = "motion"
     variance_weight: float = 0.0
     covariance_weight: float = 0.0
+    event_weight: float = 0.0
     standardize_latents: bool = True
     stats_momentum: float = 0.01
     head: str = "mlp"
@@ -375,6 +385,8 @@ class JEPAWorldModel(WorldModel):
         if config.jepa_target != "tokens":
             channels = config.frame_stack if config.jepa_target == "pixels" else 2 * config.frame_stack - 1
             self.pixel_head = nn.Linear(config.dim, channels * config.patch**2)
+        if config.event_weight:
+            self.event_head = nn.Linear(config.summary_tokens * config.dim, 5)  # reward -1/0/+1, game over, life
         if config.standardize_latents:
             k = config.summary_tokens
             self.register_buffer("latent_mean", torch.zeros(k, config.dim))
@@ -498,11 +510,22 @@ class JEPAWorldModel(WorldModel):
         total = patches + summary
         parts = {"jepa_patches": patches, "jepa_summary": summary,
                  "target_std": target[:, :k].std(dim=0).mean().detach()}
+        if cfg.event_weight:
+            events = self._event_loss(online[:, :k].unflatten(0, batch.frames.shape[:2]), batch)
+            total = total + cfg.event_weight * events
+            parts["events"] = events
         if cfg.variance_weight or cfg.covariance_weight:
             variance, covariance = variance_covariance(online[:, :k].flatten(1))
             total = total + cfg.variance_weight * variance + cfg.covariance_weight * covariance
             parts.update(variance=variance, covariance=covariance)
         return {"total": total, **parts}
+
+    def _event_loss(self, summary: Tensor, batch: TrainBatch) -> Tensor:
+        """Online summary tokens (B, L+1, K, dim) -> loss of predicting each transition's events from its result."""
+        logits = self.event_head(summary[:, 1:].flatten(2))  # (B, L, 5)
+        reward = F.cross_entropy(logits[..., :3].flatten(0, 1), (batch.rewards.sign().long() + 1).flatten())
+        ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float()
+        return reward + F.binary_cross_entropy_with_logits(logits[..., 3:], ends)
 
     def _dynamics_loss(self, batch: TrainBatch, finetune: bool) -> dict[str, Tensor]:
         b, steps = batch.actions.shape
@@ -532,9 +555,11 @@ class JEPAWorldModel(WorldModel):
         ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float().repeat(2, 1, 1).flatten(0, 1)
         end = F.binary_cross_entropy_with_logits(self.end_head(z_t, z_n), ends)
 
-        newest = batch.frames[:, :, -1].flatten(0, 1).float() / 255.0  # (N, H, W)
-        decoded = self.decoder(z.flatten(0, 1).detach())
-        pixels = F.mse_loss(decoded, newest)
+        newest, latents = batch.frames[:, :, -1].flatten(0, 1), z.flatten(0, 1).detach()  # (N, H, W), (N, K, dim)
+        if 0 < self.config.decoder_batch < len(latents):
+            pick = torch.randperm(len(latents), device=latents.device)[: self.config.decoder_batch]
+            newest, latents = newest[pick], latents[pick]
+        pixels = F.mse_loss(self.decoder(latents), newest.float() / 255.0)
 
         w = self.config.teacher_forcing_weight
         parts = {"teacher_forcing": teacher, "rollout": rollout, "reward": reward, "end": end, "decoder": pixels}
@@ -554,6 +579,8 @@ class JEPAWorldModel(WorldModel):
         encoder: list[nn.Module] = [self.online, self.jepa_predictor]
         if self.config.jepa_target != "tokens":
             encoder.append(self.pixel_head)
+        if self.config.event_weight:
+            encoder.append(self.event_head)
         extra = [self.patch_queries] if self.config.jepa_bottleneck else []
         if stage == "encoder":
             modules = encoder
