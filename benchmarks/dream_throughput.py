@@ -3,8 +3,10 @@
 Real: `ale_py.AtariVectorEnv` on Breakout at 64x64x4 with as many envs as dream rollouts
 (capped at 64) and its default thread pool. Dream: `DreamVectorEnv` over the default JEPA world
 model (untrained weights cost the same as trained ones) at N = 1, 16, 64, 256 rollouts, in latent
-and pixel observation mode; start contexts come from a replay buffer of random frames. Steps/s
-counts sub-env steps (N per vector step), autoresets included.
+and pixel observation mode; start contexts come from a replay buffer of random frames, their
+latents read from one LatentCache warmed before timing (as in the Dyna loop, where the encoder
+is frozen and every dream shares the trainer's cache). Steps/s counts sub-env steps (N per
+vector step), autoresets included.
 
     python benchmarks/dream_throughput.py   # -> benchmarks/results/dream_throughput.json, RESULTS.md
 """
@@ -24,6 +26,7 @@ from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
 from mbrl.run_config import RunConfig
 from report import save_result
 from world_models.jepa import JEPAWorldModel
+from world_models.latent_cache import LatentCache
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,8 +63,17 @@ def real_steps_per_second(num_envs: int, steps: int) -> float:
     return speed
 
 
-def dream_steps_per_second(model: JEPAWorldModel, buffer: ReplayBuffer, num_envs: int, mode: str, steps: int) -> float:
-    env = DreamVectorEnv(model, buffer, num_envs, DreamConfig(observation=mode), seed=0)
+def warm_cache(model: JEPAWorldModel, buffer: ReplayBuffer) -> LatentCache:
+    """A cache holding the latent of every row of the buffer."""
+    cache = LatentCache(model)
+    batch = buffer.windows(np.arange(len(buffer)), 0)
+    cache.encode(batch.frames, batch.rows, torch.device("cpu"))
+    return cache
+
+
+def dream_steps_per_second(model: JEPAWorldModel, buffer: ReplayBuffer, cache: LatentCache, num_envs: int, mode: str,
+                           steps: int) -> float:
+    env = DreamVectorEnv(model, buffer, num_envs, DreamConfig(observation=mode), seed=0, latent_cache=cache)
     env.reset()
     return steps_per_second(env, num_envs, steps, warmup=3)
 
@@ -76,11 +88,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = JEPAWorldModel(RunConfig().world_model).eval()
     buffer = random_buffer(episodes=32, length=40, seed=0)
+    cache = warm_cache(model, buffer)
     rows = []
     for n in args.sizes:
         real = real_steps_per_second(min(n, 64), args.steps)
-        latent = dream_steps_per_second(model, buffer, n, "latent", args.steps)
-        pixels = dream_steps_per_second(model, buffer, n, "pixels", args.steps)
+        latent = dream_steps_per_second(model, buffer, cache, n, "latent", args.steps)
+        pixels = dream_steps_per_second(model, buffer, cache, n, "pixels", args.steps)
         rows.append({"num_envs": n, "real_envs": min(n, 64), "real": real, "dream_latent": latent,
                      "dream_pixels": pixels})
         print(f"N={n}: real {real:.0f}, dream latent {latent:.0f} ({latent / real:.2f}x), "

@@ -50,12 +50,16 @@ def test_shapes(model: JEPAWorldModel) -> None:
     for prob in (out.cont, out.life_loss):
         assert prob.shape == (3,) and ((prob >= 0) & (prob <= 1)).all()
     assert out.reward.shape == (3,) and (out.reward.abs() <= 1).all()
-    shapes = {key: tuple(value.shape) for key, value in out.state.items()}
+    def shapes(state: dict) -> dict:
+        return {key: [tuple(v.shape) for v in value] if isinstance(value, list) else tuple(value.shape)
+                for key, value in state.items()}
+
     window = 2 * TINY.context  # a latent and an action token per step
-    assert shapes == {"latent": (3, 2, 32), "actions": (3, TINY.action_history - 1), "keys": (3, 2, 2, window - 1, 16),
-                      "values": (3, 2, 2, window - 1, 16), "valid": (3, window - 1), "position": (3,)}
+    per_block = [(3, 2, window - 1, 16)] * TINY.predictor_depth  # (B, heads, window - 1, head dim)
+    assert shapes(out.state) == {"latent": (3, 2, 32), "actions": (3, TINY.action_history - 1), "keys": per_block,
+                                 "values": per_block, "valid": (3, window - 1), "position": (3,)}
     short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
-    assert {key: tuple(value.shape) for key, value in short.items()} == shapes and not short["valid"].any()
+    assert shapes(short) == shapes(out.state) and not short["valid"].any()
     for stage in ("encoder", "dynamics", "finetune"):
         losses = model.loss(data, stage)
         assert torch.isfinite(losses["total"]) and losses["total"].ndim == 0

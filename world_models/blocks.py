@@ -116,10 +116,11 @@ class Block(nn.Module):
         """New tokens x (B, N, dim) attend to cached keys and values (B, heads, P, d) and to each other.
 
         `mask`: bool broadcastable to (B, heads, N, P + N), True = may attend. Returns the block's
-        output (B, N, dim) and the new tokens' keys and values (B, heads, N, d), for the cache.
+        output (B, N, dim) and the keys and values of the cached and the new tokens (B, heads, P + N, d).
         """
         q, k, v = self.attn.project(self.norm1(x), rope)
-        x = x + self.attn.attend(q, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), mask=mask)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        x = x + self.attn.attend(q, k, v, mask=mask)
         return x + self.mlp(self.norm2(x)), k, v
 
 

@@ -254,18 +254,17 @@ class Dynamics(nn.Module):
 
     # ---- imagination with a key/value cache ----------------------------------------------
 
-    def prefill(self, z: Tensor, actions: Tensor) -> dict[str, Tensor]:
+    def prefill(self, z: Tensor, actions: Tensor) -> dict[str, Any]:
         """Imagination state of a real context: z (B, T, K, dim) latents and the (B, T-1) actions between them.
 
         The state holds the newest latent, the last `action_history - 1` actions (left-padded
-        with action 0, as in training), and the keys and values of the `window - 1` tokens before
+        with action 0, as in training), and per block the keys and values of the `window - 1` tokens before
         the newest latent's (slots before the context are marked invalid), so it has one shape
         for every context length.
         """
         b, width = z.shape[0], self.cfg.predictor_dim
-        head_dim = width // self.cfg.heads
-        depth, slots = len(self.blocks), self.window - 1
-        empty = z.new_zeros(b, depth, self.cfg.heads, slots, head_dim)
+        slots = self.window - 1
+        empty = [z.new_zeros(b, self.cfg.heads, slots, width // self.cfg.heads) for _ in self.blocks]
         state = {"latent": z[:, -1], "actions": _left_pad(actions, self.cfg.action_history - 1),
                  "keys": empty, "values": empty, "valid": torch.zeros(b, slots, dtype=torch.bool, device=z.device),
                  "position": torch.zeros(b, dtype=torch.long, device=z.device)}
@@ -273,7 +272,7 @@ class Dynamics(nn.Module):
             _, state = self._advance(self._tokens(z[:, :-1], actions), state)
         return state
 
-    def step(self, state: dict[str, Tensor], action: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, state: dict[str, Any], action: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """Action (B,) at the state's newest latent -> the predicted next latent (B, K, dim) and the next state."""
         z = state["latent"][:, None]
         history = torch.cat([state["actions"], action[:, None]], dim=1)
@@ -282,7 +281,7 @@ class Dynamics(nn.Module):
         keep = self.cfg.action_history - 1
         return z_next, {**state, "latent": z_next, "actions": history[:, history.shape[1] - keep :]}
 
-    def _advance(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _advance(self, x: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """New tokens x (B, N, width) through the blocks over the cached ones -> outputs (B, N, width), state."""
         b, n = x.shape[:2]
         slots = self.window - 1
@@ -294,14 +293,12 @@ class Dynamics(nn.Module):
         valid = torch.cat([state["valid"], state["valid"].new_ones(b, n)], dim=1)  # (B, slots + N)
         mask = ((offsets >= 0) & (offsets < self.window))[None, None] & valid[:, None, None]
         keys, values = [], []
-        for i, block in enumerate(self.blocks):
+        for block, past_k, past_v in zip(self.blocks, state["keys"], state["values"]):
             assert isinstance(block, Block)
-            past_k, past_v = state["keys"][:, i], state["values"][:, i]
             x, k, v = block.forward_cached(x, rope, past_k, past_v, mask)
-            keys.append(torch.cat([past_k, k], dim=2)[:, :, n:])  # the newest `slots` tokens stay
-            values.append(torch.cat([past_v, v], dim=2)[:, :, n:])
-        new = {"keys": torch.stack(keys, dim=1), "values": torch.stack(values, dim=1),
-               "valid": valid[:, n:], "position": state["position"] + n}
+            keys.append(k[:, :, n:])  # the newest `slots` tokens stay
+            values.append(v[:, :, n:])
+        new = {"keys": keys, "values": values, "valid": valid[:, n:], "position": state["position"] + n}
         return x, {**state, **new}
 
     # ---- shared by both paths ------------------------------------------------------------
@@ -406,11 +403,11 @@ class JEPAWorldModel(WorldModel):
         return self.standardize(tokens[:, : self.config.summary_tokens]).unflatten(0, (b, -1))
 
     @torch.no_grad()
-    def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
+    def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Any]:
         return self.dynamics.prefill(latents, actions)
 
     @torch.no_grad()
-    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+    def step(self, state: dict[str, Any], action: Tensor) -> StepOutput:
         z_next, new_state = self.dynamics.step(state, action)
         reward, cont, life_loss = self.transition(state["latent"], z_next)
         return StepOutput(new_state, z_next, reward, cont, life_loss)
