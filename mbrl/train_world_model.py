@@ -35,7 +35,7 @@ class WorldModelTrainConfig:
         seq_len: transitions per window.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        grad_clip: gradient norm clip.
+        grad_clip: gradient norm clip, applied to each part of the model on its own (see clip_each_part).
         encoder_steps: updates of stage 1 (self-supervised encoder).
         dynamics_steps: updates of stage 2 (predictor, heads, decoder; encoder frozen).
         finetune_steps: updates of stage 3 (everything together; 0 skips it).
@@ -155,7 +155,7 @@ class Trainer:
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        clip_each_part(self.model, self.cfg.grad_clip)
         self.optimizer.step()
         if stage not in FROZEN_ENCODER:
             self.model.update_target()  # type: ignore[operator]
@@ -232,6 +232,19 @@ class Trainer:
         if stage is not None and ckpt.metadata["optimizer"]:
             self.optimizer = self._optimizer(stage)
             load_optimizer(self.optimizer, ckpt, "optim.", ckpt.metadata["optimizer"], self.device)
+
+
+def clip_each_part(model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the gradient norm of each part (child module; the model's own parameters together) on its own.
+
+    One norm over the whole model let the part with the largest gradients set every part's step:
+    at the start of stage 2 the reward and end heads' gradient norms (about 30 and 14) were 30
+    to 60 times the predictor's, so clipping the sum to 1 slowed the predictor about 30-fold.
+    """
+    parts = [list(child.parameters()) for child in model.children()] + [list(model.parameters(recurse=False))]
+    for params in parts:
+        if any(p.grad is not None for p in params):
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def model_config(family_config: Any, num_actions: int) -> Any:

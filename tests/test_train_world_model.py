@@ -17,7 +17,7 @@ from test_cli import assert_user_error, mbrl_cli
 from mbrl.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
-from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, to_train_batch
+from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, clip_each_part, to_train_batch
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,
@@ -74,6 +74,19 @@ def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path
     assert resumed.progress["done"] == ["encoder", "dynamics"]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_each_part_is_clipped_on_its_own() -> None:
+    model = torch.nn.Module()
+    model.small, model.large = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    model.own = torch.nn.Parameter(torch.zeros(2))
+    small, large = [0.1, 0.2, 0.2], [30.0, 40.0, 0.0]
+    model.small.weight.grad, model.large.weight.grad = torch.tensor([small]), torch.tensor([large])
+    model.own.grad = torch.tensor([3.0, 4.0])
+    clip_each_part(model, 1.0)
+    torch.testing.assert_close(model.small.weight.grad, torch.tensor([small]))  # under the limit: untouched
+    torch.testing.assert_close(model.large.weight.grad, torch.tensor([[0.6, 0.8, 0.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.own.grad, torch.tensor([0.6, 0.8]), atol=1e-5, rtol=0)
 
 
 def test_stage_2_reads_cached_latents_and_encoder_updates_clear_them(tmp_path: Path,
