@@ -19,7 +19,7 @@ TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_pre
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",
-                            predictor_skip=False)  # the first design
+                            predictor_skip=False, event_weight=0.0)  # the first design
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -327,16 +327,16 @@ def test_parameter_groups_and_option_checks() -> None:
         JEPAWorldModel(dataclasses.replace(TINY, jepa_positions="some"))
 
 
-def test_event_loss_reaches_the_online_encoder_and_is_off_by_default() -> None:
+def test_event_loss_reaches_the_online_encoder_and_can_be_switched_off() -> None:
     torch.manual_seed(0)
-    model = JEPAWorldModel(dataclasses.replace(TINY, event_weight=1.0)).train()
+    model = JEPAWorldModel(TINY).train()  # event_weight 1 by default
     assert {id(p) for p in model.event_head.parameters()} <= {id(p) for p in model.parameter_groups("encoder")}
     data = batch(b=4, steps=3, seed=5)._replace(rewards=torch.tensor([[0.0, 1, 0]] * 4),
                                                 life_loss=torch.tensor([[False, False, True]] * 4))
     model.loss(data, "encoder")["events"].backward()
     assert model.online.summary.grad is not None and model.online.summary.grad.abs().sum() > 0
     assert model.target.summary.grad is None
-    assert "events" not in JEPAWorldModel(TINY).loss(data, "encoder")
+    assert "events" not in JEPAWorldModel(dataclasses.replace(TINY, event_weight=0.0)).loss(data, "encoder")
 
 
 def test_anti_collapse_model_round_trips_through_a_checkpoint(tmp_path) -> None:

@@ -62,7 +62,7 @@ def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path
     straight.train(["encoder", "dynamics"], None, Writer(), show_progress=False)
 
     broken = trainer(tmp_path / "b")
-    scalars_per_update = 4  # total, jepa_patches, jepa_summary, target_std
+    scalars_per_update = 5  # total, jepa_patches, jepa_summary, target_std, events
     with pytest.raises(KeyboardInterrupt):  # during update 5 of the encoder stage; the checkpoint is at 3
         broken.train(["encoder", "dynamics"], None, Writer(stop_after=scalars_per_update * 5), show_progress=False)
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints", CHECKPOINT)

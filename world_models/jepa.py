@@ -117,7 +117,7 @@ class JEPAConfig:
     jepa_target: str = "motion"
     variance_weight: float = 0.0
     covariance_weight: float = 0.0
-    event_weight: float = 0.0
+    event_weight: float = 1.0
     standardize_latents: bool = True
     stats_momentum: float = 0.01
     head: str = "mlp"
@@ -125,7 +125,7 @@ class JEPAConfig:
     absent_in_old_checkpoints: ClassVar[dict[str, Any]] = {
         "jepa_bottleneck": False, "jepa_positions": "masked", "jepa_target": "tokens", "variance_weight": 0.0,
         "covariance_weight": 0.0, "standardize_latents": False, "stats_momentum": 0.01,
-        "head": "attention", "predictor_skip": False}
+        "head": "attention", "predictor_skip": False, "event_weight": 0.0}
     """What a checkpoint saved before these fields existed was trained with (its config lacks them)."""
 
 
