@@ -5,11 +5,16 @@ shift the warm start) for one env, timed over `--actions` actions after `--warmu
 random frames (untrained weights and random frames cost the same compute as trained ones and
 real frames). Rows: CEM, MPPI and random shooting at the issue's budget N=512, H=12, I=4, and
 CEM at smaller budgets, to find what meets 100 ms per action. Also profiles one imagination
-step at N=512 to show where the time goes: the full `step` (the predictor re-reads its whole
-context window), the predictor over only the newest latent and action (what a step with a KV
-cache would cost, at most), and the reward and termination heads.
+step at N=512 to show where the time goes: the full `step`, its predictor part (two new tokens
+over the cached keys and values of the window), the predictor re-reading the whole window
+(what a step cost before the cache), and the reward and termination heads.
+
+With `--run runs/NAME` it also plays `--episodes` full real games with MPC on that run's trained
+world model (the run's `mpc` settings, `mbrl plan`'s code path) and as many with the random
+policy, through the same `evaluate_agent` and the same seeds.
 
     python benchmarks/planning.py   # -> benchmarks/results/planning.json, RESULTS.md
+    python benchmarks/planning.py --run runs/NAME --episodes 10   # and the scores
 """
 
 from __future__ import annotations
@@ -93,12 +98,38 @@ def step_profile(model: JEPAWorldModel, batch: int, repeats: int = 5) -> dict[st
     return {
         "batch": batch,
         "step_ms": ms(lambda: model.step(state, actions[:, -1])),
+        "predictor_cached_ms": ms(lambda: model.dynamics.step(state, actions[:, -1])),
         "predictor_full_window_ms": ms(lambda: model.dynamics(latents, actions)),
-        "predictor_newest_only_ms": ms(lambda: model.dynamics(latents[:, -1:], actions[:, -1:])),
         "heads_ms": ms(lambda: model.transition(latents[:, -1], latents[:, -2])),
         "encode_one_obs_ms": ms(lambda: model.encode(torch.zeros(1, 1, cfg.frame_stack, cfg.frame_size,
                                                                  cfg.frame_size, dtype=torch.uint8))),
     }
+
+
+def play(run_path: Path, episodes: int, seed: int) -> dict[str, Any]:
+    """Scores of MPC with the run's world model and of the random policy over the same full real games."""
+    from envs.atari import make_env
+    from envs.registration import load_world_model
+    from mbrl.cli import config_for_run
+    from mbrl.collect import RandomPolicy
+    from mbrl.evaluate import evaluate_agent
+    from mbrl.run import RunDir
+
+    run = RunDir(run_path)
+    config = config_for_run(run, None, [], {"eval.episodes": episodes, "device": "cpu"})
+    model, _ = load_world_model(run, torch.device("cpu"))
+    results = {}
+    for name, agent in (("mpc", MPCAgent(model, config.mpc, "cpu", seed=seed)),
+                        ("random", RandomPolicy(make_env(config.env).action_space, seed=seed))):
+        start = time.perf_counter()
+        result = evaluate_agent(agent, config.env, config.eval, seed, progress=False)
+        results[name] = {key: result[key] for key in ("mean", "median", "std", "scores")}
+        results[name]["seconds"] = time.perf_counter() - start
+        print(f"{name}: mean {result['mean']:.2f} +- {result['std']:.2f} over {episodes} games", flush=True)
+    search = config.mpc.search
+    return {"run": str(run_path), "episodes": episodes, "seed": seed, "planner": config.mpc.planner,
+            "candidates": search.candidates, "horizon": search.horizon, "iterations": search.iterations,
+            **results}
 
 
 def main() -> None:
@@ -109,6 +140,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine a second thread waits on the "
                         "other processes and makes small batches up to 40x slower)")
+    parser.add_argument("--run", type=Path, help="also score MPC with this run's trained world model vs random")
+    parser.add_argument("--episodes", type=int, default=10, help="full real games per policy with --run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json")
     args = parser.parse_args()
 
@@ -129,7 +162,9 @@ def main() -> None:
     meets = [r for r in rows if r["planner"] == "cem" and r["p95_ms"] <= TARGET_MS]
     best = max(meets, key=lambda r: r["imagined_steps_without_dedupe"], default=None)
     command = (f"python benchmarks/planning.py --actions {args.actions} --large-actions {args.large_actions} "
-               f"--warmup {args.warmup} --threads {args.threads}")
+               f"--warmup {args.warmup} --threads {args.threads}"
+               + (f" --run {args.run} --episodes {args.episodes}" if args.run else ""))
+    score = play(args.run, args.episodes, seed=0) if args.run else None
     save_result({
         "benchmark": "planning",
         "torch_threads": args.threads,
@@ -140,6 +175,7 @@ def main() -> None:
         "rows": rows,
         "largest_cem_within_target": None if best is None else
         {k: best[k] for k in ("candidates", "horizon", "iterations", "median_ms", "p95_ms")},
+        "score": score,
     }, args.out)
 
 
