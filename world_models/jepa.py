@@ -253,10 +253,9 @@ class Dynamics(nn.Module):
         """z: (B, T, K, dim) latents, actions: (B, T) -> predicted z_t+1 for every t: (B, T, K, dim)."""
         x = self._tokens(z, actions)  # (B, T * per_step, width)
         n = x.shape[1]
-        cos, sin = rope_angles(torch.arange(n, device=x.device)[:, None], x.shape[-1] // self.cfg.heads)
-        offsets = torch.arange(n, device=x.device)
-        offsets = offsets[:, None] - offsets[None]  # query minus key position
-        band = (offsets >= 0) & (offsets < self.window)
+        at = torch.arange(n, device=x.device)
+        cos, sin = rope_angles(at[:, None], x.shape[-1] // self.cfg.heads)
+        band = _window_mask(at, at, self.window)
         for block in self.blocks:
             x = block(x, rope=(cos, sin), mask=band)
         previous = torch.cat([z[:, :1], z[:, :-1]], dim=1)  # the first step has none: no change
@@ -290,9 +289,8 @@ class Dynamics(nn.Module):
         history = torch.cat([state["actions"], action[:, None]], dim=1)
         x, state = self._advance(self._tokens(z, history), state)
         z_next = z[:, 0] + self._predict(x[:, -self.per_step :])[:, 0] + self._skip(z[:, 0], state["previous"])
-        keep = self.cfg.action_history - 1
         return z_next, {**state, "latent": z_next, "previous": z[:, 0],
-                        "actions": history[:, history.shape[1] - keep :]}
+                        "actions": _left_pad(history, self.cfg.action_history - 1)}
 
     def _advance(self, x: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """New tokens x (B, N, width) through the blocks over the cached ones -> outputs (B, N, width), state."""
@@ -301,10 +299,10 @@ class Dynamics(nn.Module):
         positions = state["position"][:, None] + torch.arange(n, device=x.device)  # (B, N)
         cos, sin = rope_angles(positions.reshape(-1, 1), x.shape[-1] // self.cfg.heads)
         rope = (cos.view(b, 1, n, -1), sin.view(b, 1, n, -1))
-        key_at = torch.cat([torch.arange(-slots, 0, device=x.device), torch.arange(n, device=x.device)])
-        offsets = torch.arange(n, device=x.device)[:, None] - key_at[None]  # (N, slots + N)
+        new_at = torch.arange(n, device=x.device)  # positions relative to the first new token
+        key_at = torch.cat([torch.arange(-slots, 0, device=x.device), new_at])  # cached slots, then the new tokens
         valid = torch.cat([state["valid"], state["valid"].new_ones(b, n)], dim=1)  # (B, slots + N)
-        mask = ((offsets >= 0) & (offsets < self.window))[None, None] & valid[:, None, None]
+        mask = _window_mask(new_at, key_at, self.window)[None, None] & valid[:, None, None]
         keys, values = [], []
         for block, past_k, past_v in zip(self.blocks, state["keys"], state["values"]):
             assert isinstance(block, Block)
@@ -354,6 +352,22 @@ class Dynamics(nn.Module):
         b, t = window.shape[:2]
         out = self.condition(x.reshape(b * t, 1, -1), history.reshape(b * t, k, -1))
         return out.view(b, t, -1) - x
+
+
+def _event_losses(reward_logits: Tensor, end_logits: Tensor, batch: TrainBatch,
+                  copies: int = 1) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the clipped-reward logits (C*B, L, 3) and binary cross-entropy of the game-over and
+    life-loss logits (C*B, L, 2) against the batch's transitions, repeated `copies` (C) times along the batch."""
+    reward_class = (batch.rewards.sign().long() + 1).repeat(copies, 1)  # -1, 0, +1 -> 0, 1, 2
+    ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float().repeat(copies, 1, 1)
+    reward = F.cross_entropy(reward_logits.flatten(0, 1), reward_class.flatten())
+    return reward, F.binary_cross_entropy_with_logits(end_logits, ends)
+
+
+def _window_mask(query_at: Tensor, key_at: Tensor, window: int) -> Tensor:
+    """bool (Q, K): a query may attend to the keys of the last `window` positions up to its own."""
+    offsets = query_at[:, None] - key_at[None]
+    return (offsets >= 0) & (offsets < window)
 
 
 def _left_pad(actions: Tensor, length: int) -> Tensor:
@@ -540,9 +554,8 @@ class JEPAWorldModel(WorldModel):
     def _event_loss(self, summary: Tensor, batch: TrainBatch) -> Tensor:
         """Online summary tokens (B, L+1, K, dim) -> loss of predicting each transition's events from its result."""
         logits = self.event_head(summary[:, 1:].flatten(2))  # (B, L, 5)
-        reward = F.cross_entropy(logits[..., :3].flatten(0, 1), (batch.rewards.sign().long() + 1).flatten())
-        ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float()
-        return reward + F.binary_cross_entropy_with_logits(logits[..., 3:], ends)
+        reward, end = _event_losses(logits[..., :3], logits[..., 3:], batch)
+        return reward + end
 
     def _dynamics_loss(self, batch: TrainBatch, finetune: bool) -> dict[str, Tensor]:
         b, steps = batch.actions.shape
@@ -567,10 +580,8 @@ class JEPAWorldModel(WorldModel):
         # heads read real pairs and pairs with a predicted next latent (what imagination gives them)
         z_t = torch.cat([z_in[:, :-1], z_in[:, :-1]]).flatten(0, 1)
         z_n = torch.cat([z[:, 1:], pred.detach()]).flatten(0, 1)
-        reward_class = (batch.rewards.sign().long() + 1).repeat(2, 1).flatten()
-        reward = F.cross_entropy(self.reward_head(z_t, z_n), reward_class)
-        ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float().repeat(2, 1, 1).flatten(0, 1)
-        end = F.binary_cross_entropy_with_logits(self.end_head(z_t, z_n), ends)
+        reward, end = _event_losses(self.reward_head(z_t, z_n).unflatten(0, (2 * b, steps)),
+                                    self.end_head(z_t, z_n).unflatten(0, (2 * b, steps)), batch, copies=2)
 
         newest, latents = batch.frames[:, :, -1].flatten(0, 1), z.flatten(0, 1).detach()  # (N, H, W), (N, K, dim)
         if 0 < self.config.decoder_batch < len(latents):
