@@ -232,10 +232,10 @@ def _world_model_ablation(r: dict[str, Any]) -> list[str]:
         "repeating the last real latent (< 1 beats copying); F1 at threshold 0.5, 'real' = heads on encoded real "
         "next latents.",
         "",
-        "| run | event loss | linear path | clip | TF weight / rollout steps | updates | L1 / copy h1, h5, h10 | "
-        "paddle R^2 enc, h5 | ball x, y R^2 enc | ball x, y R^2 h5 | reward F1 h1, h5, real | "
-        "life-loss F1 h1, h5, real | PSNR dB |",
-        "| --- |" + " --- |" * 12,
+        "| run | event loss | linear path | clip | TF weight / rollout steps | other | updates | "
+        "L1 / copy h1, h5, h10 | paddle R^2 enc, h5 | ball x, y R^2 enc | ball x, y R^2 h5 | "
+        "reward F1 h1, h5, real | life-loss F1 h1, h5, real | PSNR dB |",
+        "| --- |" + " --- |" * 13,
     ]
     for row in r["rows"]:
         def three(d: dict[str, float]) -> str:
@@ -243,7 +243,8 @@ def _world_model_ablation(r: dict[str, Any]) -> list[str]:
         ball = row["ball_r2"]
         lines.append(
             f"| {row['run']} | {row['event_loss']} | {row['linear_path']} | {row['clip']} | "
-            f"{row['tf_weight_rollout_steps']} | {row['updates']} | {three(row['l1_vs_copy'])} | "
+            f"{row['tf_weight_rollout_steps']} | {row.get('other', '')} | {row['updates']} | "
+            f"{three(row['l1_vs_copy'])} | "
             f"{three(row['paddle_r2'])} | {ball['encoded'][0]:.2f}, {ball['encoded'][1]:.2f} | "
             f"{ball['h5'][0]:.2f}, {ball['h5'][1]:.2f} | {three(row['reward_f1'])} | {three(row['life_f1'])} | "
             f"{row['psnr']:.1f} |")
@@ -252,7 +253,28 @@ def _world_model_ablation(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _head_calibration(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Reward and end heads corrected for the event windows' prior (`mbrl eval-world-model`)",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. Model: {r['model']}. Correction: {r['correction']}. "
+        f"Scored with `{r['eval_command']}`; 'mean predicted' is the heads' mean |expected reward| or "
+        "life-loss probability, 'rate' the actual share of events; precision, recall and F1 at threshold 0.5; "
+        "'real' = heads on encoded real next latents, h1 / h5 = after 1 / 5 imagined steps.",
+        "",
+        "| heads | event | latents | mean predicted | rate | precision | recall | F1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        for event in ("reward", "life_loss"):
+            for at, m in row[event].items():
+                lines.append(f"| {row['heads']} | {event.replace('_', ' ')} | {at} | {m['mean_predicted']:.4f} | "
+                             f"{m['actual_rate']:.4f} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} |")
+    return lines + ["", r.get("note", ""), ""]
+
+
 RENDERERS = {
+    "head_calibration": _head_calibration,
     "world_model_ablation": _world_model_ablation,
     "breakout_100k": _breakout_100k,
     "world_model_quality": _world_model_quality,

@@ -142,7 +142,8 @@ def load_state_dict(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str
     """
     own = module.state_dict()
     saved = {k[len(prefix) :]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
-    missing = sorted(set(own) - set(saved))
+    optional = set(getattr(module, "optional_tensors", ()))
+    missing = sorted(set(own) - set(saved) - optional)
     extra = sorted(set(saved) - set(own))
     if missing or extra:
         what = f"missing tensor '{prefix}{missing[0]}'" if missing else f"unexpected tensor '{prefix}{extra[0]}'"
@@ -153,7 +154,7 @@ def load_state_dict(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str
                 f"checkpoint {checkpoint.path} does not match the model: '{prefix}{key}' has shape "
                 f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
             )
-    module.load_state_dict(saved)
+    module.load_state_dict(saved, strict=not optional)  # names already checked, bar the optional ones
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -319,6 +319,38 @@ class ReplayBuffer:
         Raises:
             ValueError: no episode holds `seq_len` transitions.
         """
+        ends, events = self._window_ends(seq_len, episodes)
+        picks = ends[rng.integers(0, len(ends), size=batch_size)]
+        count = _event_count(batch_size, seq_len, event_fraction, len(events))
+        picks[:count] = events[rng.integers(0, len(events), size=count)]
+        return self.windows(picks, seq_len)
+
+    def event_rates(
+        self, batch_size: int, seq_len: int, episodes: np.ndarray | None = None, event_fraction: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """How often each event is a training target under `sample(...)` with these arguments, and under
+        uniform windows: float64 (5,) each, the shares of the windows' transitions with clipped reward -1,
+        0, +1, a game over, a life loss.
+
+        Heads trained on windows oversampled for events learn the first rates as their prior; the second
+        ones are what imagination meets (see world_models/base.py `event_logit_shift`). Exact expectations
+        over the stored windows, not estimates.
+        """
+        ends, events = self._window_ends(seq_len, episodes)
+        chain = self._chains(ends, seq_len)  # (N, L) rows reached by each window's transitions
+        sign, flags = np.sign(self._rows["reward"][chain]), self._rows["flags"][chain]
+        per_window = np.stack([sign == -1, sign == 0, sign == 1, (flags & TERMINATED) != 0,
+                               (flags & LIFE_LOSS) != 0], axis=-1).mean(axis=1)  # (N, 5)
+        uniform = per_window.mean(axis=0)
+        share = _event_count(batch_size, seq_len, event_fraction, len(events)) / batch_size
+        if share == 0:
+            return uniform, uniform
+        is_event = np.isin(ends, events)
+        return (1 - share) * uniform + share * per_window[is_event].mean(axis=0), uniform
+
+    def _window_ends(self, seq_len: int, episodes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows that can end a window of `seq_len` transitions (in `episodes` if given), and those of them
+        whose last transition is an event (a nonzero reward, a life loss or a game over)."""
         rows = self._rows[: self._size]
         valid = rows["pos"] >= seq_len
         if episodes is not None:
@@ -326,12 +358,18 @@ class ReplayBuffer:
         ends = np.flatnonzero(valid)
         if len(ends) == 0:
             raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
-        picks = ends[rng.integers(0, len(ends), size=batch_size)]
-        if event_fraction > 0 and seq_len > 0:
-            events = ends[(rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)]
-            count = round(event_fraction * batch_size) if len(events) else 0
-            picks[:count] = events[rng.integers(0, len(events), size=count)]
-        return self.windows(picks, seq_len)
+        events = ends[(rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)]
+        return ends, events
+
+    def _chains(self, ends: np.ndarray, span: int) -> np.ndarray:
+        """int64 (B, span) the rows of each episode up to the given end rows, oldest first, -1 before the start."""
+        chain = np.empty((len(ends), span), dtype=np.int64)
+        chain[:, -1] = ends
+        prev = self._rows["prev"]
+        for j in range(span - 2, -1, -1):
+            later = chain[:, j + 1]
+            chain[:, j] = np.where(later >= 0, prev[np.maximum(later, 0)], -1)
+        return chain
 
     def windows(self, ends: np.ndarray, seq_len: int) -> SequenceBatch:
         """The windows of `seq_len` transitions that end at the given rows.
@@ -342,13 +380,7 @@ class ReplayBuffer:
         ends = np.asarray(ends, dtype=np.int64)
         if np.any(self._rows["pos"][ends] < seq_len):
             raise ValueError("a window would cross the start of its episode")
-        span = seq_len + self.frame_stack  # rows the window and its first frame stack reach back over
-        chain = np.empty((len(ends), span), dtype=np.int64)  # (B, L+S) row ids, oldest first, -1 before the episode
-        chain[:, -1] = ends
-        prev = self._rows["prev"]
-        for j in range(span - 2, -1, -1):
-            later = chain[:, j + 1]
-            chain[:, j] = np.where(later >= 0, prev[np.maximum(later, 0)], -1)
+        chain = self._chains(ends, seq_len + self.frame_stack)  # (B, L+S): the window and its first frame stack
         inside = chain >= 0
         rows = self._rows[np.maximum(chain, 0)]  # (B, L+S) records
         frames = np.where(inside[..., None, None], rows["frame"], 0)  # zero before the episode start
@@ -380,6 +412,11 @@ class ReplayBuffer:
         rows = np.empty(max(needed, 2 * len(self._rows), 1024), dtype=self.dtype)
         rows[: self._size] = self._rows[: self._size]
         self._rows = rows
+
+
+def _event_count(batch_size: int, seq_len: int, event_fraction: float, events: int) -> int:
+    """Windows of a batch drawn among those that end on an event (none when there are no such windows)."""
+    return round(event_fraction * batch_size) if events and seq_len > 0 else 0
 
 
 def _consistent(rows: np.ndarray) -> bool:

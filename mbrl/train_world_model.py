@@ -46,7 +46,8 @@ class WorldModelTrainConfig:
         event_fraction: share of training windows that end on a reward, life loss or game over
             (see ReplayBuffer.sample); rewards are ~0.7% and life losses ~2.7% of random Breakout
             steps, too rare for the heads (and stage 1's event loss) to learn from uniform windows.
-            Validation stays uniform.
+            Validation stays uniform. The heads learn these windows' event rates as their prior, so
+            the trainer tells the model both rates (`calibrate_events`) and it corrects its heads.
     """
 
     family: str = "jepa"
@@ -99,6 +100,7 @@ class Trainer:
 
     def train(self, stages: list[str], steps: int | None, writer: Any, show_progress: bool | None) -> None:
         """Run `stages` in order, skipping those a resumed checkpoint finished."""
+        self.calibrate_events()
         for stage in stages:
             total = steps if steps is not None else getattr(self.cfg, f"{stage}_steps")
             if stage in self.progress["done"] or total == 0:
@@ -134,6 +136,7 @@ class Trainer:
         if self.progress["stage"] != stage or self.optimizer is None:
             self.progress.update(stage=stage, step=0, best=None, bad_checks=0)
             self.optimizer = self._optimizer(stage)
+        self.calibrate_events()
         losses: dict[str, float] = {}
         for _ in range(updates):
             losses = self._update(stage)
@@ -146,6 +149,13 @@ class Trainer:
     def refresh_split(self) -> None:
         """Re-split the (grown) buffer's episodes into training and held-out ones."""
         self.train_ids, self.val_ids = split_episodes(self.buffer, self.cfg.holdout_every)
+
+    def calibrate_events(self) -> None:
+        """Tell the model how much more often events are training targets than in uniform windows of the
+        training episodes (event_fraction), so its heads predict at the real rates."""
+        trained, natural = self.buffer.event_rates(self.cfg.batch_size, self.cfg.seq_len, self.train_ids,
+                                                   self.cfg.event_fraction)
+        self.model.calibrate_events(torch.from_numpy(trained), torch.from_numpy(natural))
 
     def _update(self, stage: str) -> dict[str, float]:
         self.model.train()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from world_models.base import TrainBatch, imagine
+from world_models.base import TrainBatch, event_logit_shift, imagine
 from world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
 from world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
 from world_models.registry import build
@@ -19,7 +19,7 @@ TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_pre
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",
-                            predictor_skip=False, event_weight=0.0)  # the first design
+                            predictor_skip=False, event_weight=0.0, context_noise=0.0)  # the first design
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -389,3 +389,57 @@ def test_transition_heads_read_both_latents(head: str) -> None:
     after = model.transition(z, changed)[0]
     assert after[0] != reward[0]
     torch.testing.assert_close(after[1:], reward[1:], rtol=0, atol=0)
+
+
+def test_event_logit_shift_moves_the_trained_prior_to_the_natural_one() -> None:
+    trained = torch.tensor([0.1, 0.6, 0.3, 0.2, 0.4], dtype=torch.float64)
+    natural = torch.tensor([0.01, 0.95, 0.04, 0.01, 0.03], dtype=torch.float64)
+    shift = event_logit_shift(trained, natural)
+    # a head that learnt only the prior predicts the trained rates; shifted, it predicts the natural ones
+    torch.testing.assert_close((trained[:3].log() + shift[:3]).softmax(-1), natural[:3])
+    torch.testing.assert_close(torch.sigmoid(torch.logit(trained[3:]) + shift[3:]), natural[3:])
+    torch.testing.assert_close(event_logit_shift(natural, natural), torch.zeros(5, dtype=torch.float64))
+    assert event_logit_shift(torch.zeros(5), torch.zeros(5)).abs().max() == 0  # an event never seen
+
+
+def test_calibrated_heads_predict_fewer_events_and_keep_through_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    z, z_next = torch.randn(6, *model.latent_shape), torch.randn(6, *model.latent_shape)
+    before = model.transition(z, z_next)
+    trained = torch.tensor([0.0, 0.9, 0.1, 0.05, 0.2])
+    model.calibrate_events(trained, torch.tensor([0.0, 0.99, 0.01, 0.005, 0.02]))
+    after = model.transition(z, z_next)
+    assert (after[0] < before[0]).all() and (after[1] > before[1]).all() and (after[2] < before[2]).all()
+    save_checkpoint(tmp_path, "world_model", model.state_dict(), {}, step=1)
+    fresh = JEPAWorldModel(TINY).eval()
+    load_state_dict(fresh, load_checkpoint(tmp_path, "world_model"))
+    torch.testing.assert_close(fresh.event_shift, model.event_shift, rtol=0, atol=0)
+
+    old = {k: v for k, v in model.state_dict().items() if k != "event_shift"}  # saved before calibration existed
+    save_checkpoint(tmp_path, "old", old, {}, step=1)
+    fresh = JEPAWorldModel(TINY).eval()
+    load_state_dict(fresh, load_checkpoint(tmp_path, "old"))
+    assert fresh.event_shift.abs().max() == 0
+    for a, b in zip(fresh.transition(z, z_next), before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_context_noise_perturbs_the_predictors_inputs_in_training_only() -> None:
+    torch.manual_seed(0)
+    noisy = JEPAWorldModel(dataclasses.replace(TINY, context_noise=0.5))
+    quiet = JEPAWorldModel(dataclasses.replace(TINY, context_noise=0.0))
+    quiet.load_state_dict(noisy.state_dict())
+    data = batch()
+    parts = ("teacher_forcing", "rollout", "reward", "end")
+
+    def losses(model: JEPAWorldModel, training: bool) -> dict[str, torch.Tensor]:
+        model.train(training)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return model.loss(data, "dynamics")
+
+    for name in parts:  # evaluation (validation) reads the clean latents
+        torch.testing.assert_close(losses(noisy, False)[name], losses(quiet, False)[name], rtol=0, atol=0)
+    trained, clean = losses(noisy, True), losses(quiet, True)
+    assert trained["teacher_forcing"] != clean["teacher_forcing"] and trained["rollout"] != clean["rollout"]

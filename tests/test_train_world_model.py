@@ -18,6 +18,7 @@ from mbrl.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, clip_each_part, to_train_batch
+from world_models.base import event_logit_shift
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,
@@ -109,6 +110,16 @@ def test_stage_2_reads_cached_latents_and_encoder_updates_clear_them(tmp_path: P
         torch.testing.assert_close(cached[name], direct[name], msg=name)
     t.run_updates("encoder", 1, Writer())
     assert len(t.latent_cache) == 0  # the encoder moved: every cached latent is stale
+
+
+def test_training_calibrates_the_heads_for_the_event_windows(tmp_path: Path) -> None:
+    t = trainer(tmp_path)
+    t.run_updates("dynamics", 1, Writer())
+    trained, natural = t.buffer.event_rates(TRAIN.batch_size, TRAIN.seq_len, t.train_ids, TRAIN.event_fraction)
+    assert trained[4] > natural[4]  # life losses are oversampled
+    expected = event_logit_shift(torch.from_numpy(trained), torch.from_numpy(natural)).float()
+    torch.testing.assert_close(t.model.event_shift, expected)
+    assert t.model.event_shift[4] < 0
 
 
 @pytest.mark.slow

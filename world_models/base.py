@@ -52,6 +52,24 @@ class StepOutput(NamedTuple):
     life_loss: Tensor
 
 
+EVENTS = ("reward -1", "reward 0", "reward +1", "game over", "life loss")
+"""The events whose rates the heads' priors are corrected for, in the order of `event_logit_shift`."""
+
+
+def event_logit_shift(trained: Tensor, natural: Tensor, eps: float = 1e-6) -> Tensor:
+    """What to add to the logits of heads trained where the events (EVENTS, (5,) rates) occur at rates
+    `trained` so that they predict for data where they occur at rates `natural`.
+
+    A classifier learns p(y | x) under its training prior; when only the prior differs (windows drawn
+    by whether they end on an event), Bayes' rule moves a class's log-probability by
+    log(natural / trained): the reward's three classes share one softmax, so each class gets that
+    shift; game over and life loss are two independent Bernoulli outputs, so each logit moves by
+    logit(natural) - logit(trained). Rates of 0 in both give 0.
+    """
+    trained, natural = trained.clamp(eps, 1 - eps), natural.clamp(eps, 1 - eps)
+    return torch.cat([natural[:3].log() - trained[:3].log(), torch.logit(natural[3:]) - torch.logit(trained[3:])])
+
+
 class WorldModel(nn.Module, ABC):
     """A learned model of an environment, used for imagination, planning and pictures.
 
@@ -59,11 +77,26 @@ class WorldModel(nn.Module, ABC):
         latent_shape: shape of one latent.
         num_actions: size of the discrete action space.
         config: the family's frozen dataclass config (saved in checkpoints).
+        event_shift: float (5,) logit corrections of the reward and end heads for the event rates
+            they were trained under (see `calibrate_events`); families add it to their heads' logits
+            when they predict. Zero until calibrated, and in checkpoints from before it existed.
     """
 
     latent_shape: tuple[int, ...]
     num_actions: int
     config: Any
+    event_shift: Tensor
+    optional_tensors: tuple[str, ...] = ("event_shift",)
+    """State-dict entries a checkpoint may lack (loading keeps their current value: zero in a new model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("event_shift", torch.zeros(len(EVENTS)))
+
+    def calibrate_events(self, trained: Tensor, natural: Tensor) -> None:
+        """Record the event rates (EVENTS, (5,) each) the heads are trained under and those of the real
+        data, so that predicted rewards and ends follow the real rates (see `event_logit_shift`)."""
+        self.event_shift.copy_(event_logit_shift(trained.double(), natural.double()).float())
 
     @abstractmethod
     def encode(self, frames: Tensor) -> Tensor:

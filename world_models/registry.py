@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from world_models.base import WorldModel
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
-FAMILIES: dict[str, tuple[type, type[WorldModel]]] = {
+FAMILIES: dict[str, tuple[type, Callable[[Any], WorldModel]]] = {
     "jepa": (JEPAConfig, JEPAWorldModel),
 }
 
