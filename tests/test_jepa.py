@@ -443,3 +443,24 @@ def test_context_noise_perturbs_the_predictors_inputs_in_training_only() -> None
         torch.testing.assert_close(losses(noisy, False)[name], losses(quiet, False)[name], rtol=0, atol=0)
     trained, clean = losses(noisy, True), losses(quiet, True)
     assert trained["teacher_forcing"] != clean["teacher_forcing"] and trained["rollout"] != clean["rollout"]
+
+
+def test_validation_scores_the_corrected_heads_and_training_the_raw_ones() -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY)
+    data = batch()
+
+    def losses(training: bool) -> dict[str, torch.Tensor]:
+        model.train(training)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return model.loss(data, "dynamics")
+
+    for name in ("reward", "end", "teacher_forcing"):  # no correction yet: the same either way
+        torch.testing.assert_close(losses(True)[name], losses(False)[name], rtol=0, atol=0)
+    model.calibrate_events(torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]), torch.tensor([0.0, 0.99, 0.01, 0.01, 0.01]))
+    trained, validated = losses(True), losses(False)
+    assert trained["reward"] != validated["reward"] and trained["end"] != validated["end"]
+    torch.testing.assert_close(trained["teacher_forcing"], validated["teacher_forcing"], rtol=0, atol=0)
+    data = data._replace(terminated=torch.zeros_like(data.terminated), life_loss=torch.zeros_like(data.life_loss))
+    assert losses(False)["end"] < losses(True)["end"]  # without events the corrected (rarer) ends score better

@@ -461,10 +461,20 @@ class JEPAWorldModel(WorldModel):
 
     def transition(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Expected clipped reward, continue probability and life-loss probability of (z, z_next): (N,) each."""
-        probs = (self.reward_head(z, z_next) + self.event_shift[:3]).softmax(-1)
+        reward_logits, end_logits = self._head_logits(z, z_next, corrected=True)
+        probs = reward_logits.softmax(-1)
         reward = probs[:, 2] - probs[:, 0]
-        ends = torch.sigmoid(self.end_head(z, z_next) + self.event_shift[3:])
+        ends = torch.sigmoid(end_logits)
         return reward, 1.0 - ends[:, 0], ends[:, 1]
+
+    def _head_logits(self, z: Tensor, z_next: Tensor, corrected: bool) -> tuple[Tensor, Tensor]:
+        """Reward (N, 3) and end (N, 2) logits of transitions (z, z_next), each (N, K, dim); `corrected` adds
+        the prior correction (for data at the real event rates: imagination, validation), training does not
+        (its windows oversample events, and the heads learn that prior)."""
+        reward, end = self.reward_head(z, z_next), self.end_head(z, z_next)
+        if corrected:
+            reward, end = reward + self.event_shift[:3], end + self.event_shift[3:]
+        return reward, end
 
     def standardize(self, summary: Tensor) -> Tensor:
         """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""
@@ -590,8 +600,9 @@ class JEPAWorldModel(WorldModel):
         # heads read real pairs and pairs with a predicted next latent (what imagination gives them)
         z_t = torch.cat([z_in[:, :-1], z_in[:, :-1]]).flatten(0, 1)
         z_n = torch.cat([z[:, 1:], pred.detach()]).flatten(0, 1)
-        reward, end = _event_losses(self.reward_head(z_t, z_n).unflatten(0, (2 * b, steps)),
-                                    self.end_head(z_t, z_n).unflatten(0, (2 * b, steps)), batch, copies=2)
+        reward_logits, end_logits = self._head_logits(z_t, z_n, corrected=not self.training)
+        reward, end = _event_losses(reward_logits.unflatten(0, (2 * b, steps)),
+                                    end_logits.unflatten(0, (2 * b, steps)), batch, copies=2)
 
         newest, latents = batch.frames[:, :, -1].flatten(0, 1), z.flatten(0, 1).detach()  # (N, H, W), (N, K, dim)
         if 0 < self.config.decoder_batch < len(latents):
