@@ -67,8 +67,9 @@ class JEPAConfig:
             (standardised) latents the stage-2 predictor reads (teacher forcing and the rollout's
             real context; the targets and the latents the heads read stay clean), so that it
             learns to pull a latent that is off, as its own open-loop predictions are, back towards
-            real ones instead of compounding the error. Off by default: in two runs at 0.25 the ball probes 5 steps out
-            improved, the latent error and the paddle probe got worse (benchmarks/RESULTS.md).
+            real ones instead of compounding the error. Off by default: in two runs at 0.25 the
+            ball probes 5 steps out improved, the latent error and the paddle probe got worse
+            (benchmarks/RESULTS.md).
         teacher_forcing_weight: weight of the teacher-forcing L1; the rollout L1 gets 1 minus it.
         decoder_dim: width of the pixel decoder.
         decoder_batch: observations per stage-2/3 update the decoder learns from, a random subset of
