@@ -319,10 +319,12 @@ class ReplayBuffer:
         Raises:
             ValueError: no episode holds `seq_len` transitions.
         """
-        ends, events = self._window_ends(seq_len, episodes)
+        ends = self._window_ends(seq_len, episodes)
         picks = ends[rng.integers(0, len(ends), size=batch_size)]
-        count = _event_count(batch_size, seq_len, event_fraction, len(events))
-        picks[:count] = events[rng.integers(0, len(events), size=count)]
+        if event_fraction > 0 and seq_len > 0:  # the event mask costs a pass over the rows: only when asked
+            events = ends[self._ends_on_event(ends)]
+            count = _event_count(batch_size, seq_len, event_fraction, len(events))
+            picks[:count] = events[rng.integers(0, len(events), size=count)]
         return self.windows(picks, seq_len)
 
     def event_rates(
@@ -336,21 +338,20 @@ class ReplayBuffer:
         ones are what imagination meets (see world_models/base.py `event_logit_shift`). Exact expectations
         over the stored windows, not estimates.
         """
-        ends, events = self._window_ends(seq_len, episodes)
+        ends = self._window_ends(seq_len, episodes)
+        is_event = self._ends_on_event(ends)
         chain = self._chains(ends, seq_len)  # (N, L) rows reached by each window's transitions
         sign, flags = np.sign(self._rows["reward"][chain]), self._rows["flags"][chain]
         per_window = np.stack([sign == -1, sign == 0, sign == 1, (flags & TERMINATED) != 0,
                                (flags & LIFE_LOSS) != 0], axis=-1).mean(axis=1)  # (N, 5)
         uniform = per_window.mean(axis=0)
-        share = _event_count(batch_size, seq_len, event_fraction, len(events)) / batch_size
+        share = _event_count(batch_size, seq_len, event_fraction, int(is_event.sum())) / batch_size
         if share == 0:
             return uniform, uniform
-        is_event = np.isin(ends, events)
         return (1 - share) * uniform + share * per_window[is_event].mean(axis=0), uniform
 
-    def _window_ends(self, seq_len: int, episodes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows that can end a window of `seq_len` transitions (in `episodes` if given), and those of them
-        whose last transition is an event (a nonzero reward, a life loss or a game over)."""
+    def _window_ends(self, seq_len: int, episodes: np.ndarray | None) -> np.ndarray:
+        """Rows that can end a window of `seq_len` transitions (in `episodes` if given)."""
         rows = self._rows[: self._size]
         valid = rows["pos"] >= seq_len
         if episodes is not None:
@@ -358,8 +359,13 @@ class ReplayBuffer:
         ends = np.flatnonzero(valid)
         if len(ends) == 0:
             raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
-        events = ends[(rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)]
-        return ends, events
+        return ends
+
+    def _ends_on_event(self, ends: np.ndarray) -> np.ndarray:
+        """bool (N,): whether the transition into each of these rows is an event (a nonzero reward, a life
+        loss or a game over)."""
+        rows = self._rows
+        return (rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)
 
     def _chains(self, ends: np.ndarray, span: int) -> np.ndarray:
         """int64 (B, span) the rows of each episode up to the given end rows, oldest first, -1 before the start."""

@@ -219,7 +219,7 @@ def test_rows_that_do_not_link_up_are_reported_as_corrupted(tmp_path: Path) -> N
         ReplayBuffer.load(tmp_path)
 
 
-def _targets(buffer: ReplayBuffer, batch) -> np.ndarray:
+def _targets(batch) -> np.ndarray:
     """(B, L, 5) the event indicators (reward -1 / 0 / +1, game over, life loss) of a batch's transitions."""
     sign = batch.clipped_rewards
     return np.stack([sign == -1, sign == 0, sign == 1, batch.terminated, batch.life_loss], axis=-1)
@@ -231,7 +231,7 @@ def test_event_rates_are_the_expected_targets_of_sample(filled: tuple[ReplayBuff
     every_row = np.arange(len(buffer))
     in_episodes = np.isin(buffer.windows(every_row, 0).episodes, episodes)
     ends = every_row[in_episodes & (np.array([rows[i + 1].pos for i in every_row]) >= seq_len)]
-    every = _targets(buffer, buffer.windows(ends, seq_len)).mean(axis=1)  # (N, 5) per window, brute force
+    every = _targets(buffer.windows(ends, seq_len)).mean(axis=1)  # (N, 5) per window, brute force
     last = buffer.windows(ends, seq_len)
     is_event = (last.clipped_rewards[:, -1] != 0) | last.terminated[:, -1] | last.life_loss[:, -1]
     trained, natural = buffer.event_rates(64, seq_len, episodes, event_fraction=0.25)
@@ -241,7 +241,7 @@ def test_event_rates_are_the_expected_targets_of_sample(filled: tuple[ReplayBuff
     np.testing.assert_allclose(buffer.event_rates(64, seq_len, episodes)[0], natural)
 
     rng = np.random.default_rng(7)  # and sample() draws them at those rates
-    drawn = np.concatenate([_targets(buffer, buffer.sample(64, seq_len, rng, episodes, 0.25)).reshape(-1, 5)
+    drawn = np.concatenate([_targets(buffer.sample(64, seq_len, rng, episodes, 0.25)).reshape(-1, 5)
                             for _ in range(300)])
     stderr = np.sqrt(trained * (1 - trained) / len(drawn) * seq_len)  # windows' transitions are correlated
     assert (np.abs(drawn.mean(axis=0) - trained) <= 4 * stderr + 1e-12).all()
