@@ -84,10 +84,15 @@ def _dream_throughput(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
         "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. "
-        "Target: the dream at N=256 runs at least 10x the real env. Not met: a profile (20 steps at N=256) "
-        "puts 5.8 of 7.6 s in encoding the real start contexts of restarting rollouts (horizon 15), and the "
-        "rest in the predictor re-reading its whole 8-step window each step (no KV cache); without restarts "
-        "the dream ran 2,617 steps/s.",
+        "Target: the dream at N=256 runs at least 10x the real env. Not met. Both the predictor (its key/value "
+        "ring written in place, a step's two tokens attending to it) and the heads (first layer folded) are now "
+        "compute-bound: one rollout-step costs about 3.4M multiply-adds (reward and termination heads 1.6M, the "
+        "predictor's three blocks over two tokens 1.2M, the linear path 0.5M, input and output 0.13M), 1.8 GFLOP "
+        "per step of 256 rollouts. The planning benchmark below times a step of 512 on one thread at 51-56 ms "
+        "in two runs (~65 GFLOP/s); even at twice that on two cores, a step of 256 is ~13 ms of arithmetic, "
+        "while 10x the real env allows ~7 ms: it needs a model 2-3x cheaper per step. Start contexts come from "
+        "a warm latent cache here; in the Dyna loop a buffer row's first use also runs the encoder. Repeated "
+        "runs on this machine vary by up to ~40% at small N.",
         "",
         "| N | real steps/s | dream latent steps/s | latent / real | dream pixels steps/s | pixels / real |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -161,8 +161,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
                 with self._model_rng():
                     rows = torch.as_tensor(np.flatnonzero(mask), device=self.device)
                     state, latent, self._stack[mask] = self._start(len(rows))
-                    self._state = _scatter(self._state, rows, state)
-                    self._latent = self._latent.index_copy(0, rows, latent)
+                    _scatter_(self._state, rows, state)
+                    self._latent.index_copy_(0, rows, latent)
         self._steps[mask] = 0
         self._ended[mask] = False
         return self._observation(), {}
@@ -188,7 +188,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             if restart.any():  # only the sub-envs that ended: one batched start for all of them
                 rows = torch.as_tensor(np.flatnonzero(restart), device=self.device)
                 fresh_state, fresh_latent, self._stack[restart] = self._start(len(rows))
-                state, latent = _scatter(state, rows, fresh_state), latent.index_copy(0, rows, fresh_latent)
+                _scatter_(state, rows, fresh_state)
+                latent.index_copy_(0, rows, fresh_latent)
         self._state, self._latent = state, latent
 
         expected, cont, life_loss = (x.float().cpu().numpy() for x in (out.reward, out.cont, out.life_loss))
@@ -345,16 +346,16 @@ def _shapes(state: Any) -> Any:
     return state
 
 
-def _scatter(state: Any, rows: Tensor, fresh: Any) -> Any:
-    """`state` with batch rows `rows` replaced by `fresh`: tensors, and dicts, lists and (named) tuples of them."""
+def _scatter_(state: Any, rows: Tensor, fresh: Any) -> None:
+    """Write `fresh` into batch rows `rows` of `state`, in place (the env owns its state): tensors, and dicts,
+    lists and (named) tuples of them; other values must be equal in both."""
     if isinstance(state, Tensor):
-        return state.index_copy(0, rows, fresh.to(state.dtype))
-    if isinstance(state, dict):
-        return {key: _scatter(value, rows, fresh[key]) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(_scatter(s, rows, f) for s, f in zip(state, fresh)))
-    if isinstance(state, (list, tuple)):
-        return type(state)(_scatter(s, rows, f) for s, f in zip(state, fresh))
-    if state != fresh:
+        state.index_copy_(0, rows, fresh.to(state.dtype))
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            _scatter_(value, rows, fresh[key])
+    elif isinstance(state, (list, tuple)):
+        for s, f in zip(state, fresh):
+            _scatter_(s, rows, f)
+    elif state != fresh:
         raise TypeError(f"cannot merge world-model states holding {type(state).__name__} values that differ")
-    return state

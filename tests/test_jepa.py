@@ -55,12 +55,13 @@ def test_shapes(model: JEPAWorldModel) -> None:
         return {key: [tuple(v.shape) for v in value] if isinstance(value, list) else tuple(value.shape)
                 for key, value in state.items()}
 
-    window = 2 * TINY.context  # a latent and an action token per step
-    per_block = [(3, 2, window - 1, 16)] * TINY.predictor_depth  # (B, heads, window - 1, head dim)
+    ring = 2 * TINY.context + 1  # a latent and an action token per step: the window before a step, and the step
+    per_block = [(3, 2, ring, 16)] * TINY.predictor_depth  # (B, heads, ring, head dim)
     assert shapes(out.state) == {"latent": (3, 2, 32), "previous": (3, 2, 32), "actions": (3, TINY.action_history - 1),
-                                 "keys": per_block, "values": per_block, "valid": (3, window - 1), "position": (3,)}
+                                 "keys": per_block, "values": per_block, "key_at": (3, ring), "position": (3,)}
+    assert out.state["position"].tolist() == [12, 12, 12]  # 5 context steps and 1 imagined, 2 tokens each
     short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
-    assert shapes(short) == shapes(out.state) and not short["valid"].any()
+    assert shapes(short) == shapes(out.state) and (short["key_at"] < 0).all()
     for stage in ("encoder", "dynamics", "finetune"):
         losses = model.loss(data, stage)
         assert torch.isfinite(losses["total"]) and losses["total"].ndim == 0
@@ -389,6 +390,30 @@ def test_transition_heads_read_both_latents(head: str) -> None:
     after = model.transition(z, changed)[0]
     assert after[0] != reward[0]
     torch.testing.assert_close(after[1:], reward[1:], rtol=0, atol=0)
+
+
+def test_folded_mlp_head_is_the_head_over_both_latents_and_their_difference() -> None:
+    """The MLP head folds its first layer (and caches the fold without autograd); after an optimiser step or
+    a load, it must still compute the MLP over [z, z_next, z_next - z] of the weights it has then."""
+    torch.manual_seed(0)
+    head = JEPAWorldModel(TINY).reward_head
+    z, z_next = torch.randn(5, 2, 32), torch.randn(5, 2, 32)
+
+    def by_hand() -> torch.Tensor:
+        return head.mlp(torch.cat([z.flatten(1), z_next.flatten(1), (z_next - z).flatten(1)], dim=1))
+
+    with torch.no_grad():
+        before = head(z, z_next)
+        torch.testing.assert_close(before, by_hand())
+    head(z, z_next).pow(2).sum().backward()  # with autograd: gradients reach the unfolded weight
+    torch.optim.SGD(head.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        after = head(z, z_next)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, by_hand())
+        other = JEPAWorldModel(TINY).reward_head
+        head.load_state_dict(other.state_dict())
+        torch.testing.assert_close(head(z, z_next), other(z, z_next))
 
 
 def test_event_logit_shift_moves_the_trained_prior_to_the_natural_one() -> None:

@@ -233,6 +233,10 @@ def test_dedupe_matches_full_imagination_on_jepa(jepa: JEPAWorldModel) -> None:
     fast = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5)(state, sequences)
     full = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5, dedupe=False)(state, sequences)
     assert fast.shape == (2, 16) and torch.allclose(fast, full, atol=1e-5)
+    # steps consume their state (JEPA writes its key/value cache in place); the objective steps copies,
+    # so a planner can score candidates from one state again and again
+    again = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5)(state, sequences)
+    torch.testing.assert_close(again, fast, rtol=0, atol=0)
 
 
 def frames(k: int, seed: int) -> np.ndarray:

@@ -113,7 +113,12 @@ class WorldModel(nn.Module, ABC):
 
     @abstractmethod
     def step(self, state: Any, action: Tensor) -> StepOutput:
-        """Imagine one step for every rollout: int64 (B,) actions taken at the current latent."""
+        """Imagine one step for every rollout: int64 (B,) actions taken at the current latent.
+
+        The step consumes `state`: a family may update its tensors in place (JEPA writes its
+        key/value cache), so continue from the returned state only; to imagine several
+        continuations of one state, step copies of it (e.g. rows chosen with `index_select`).
+        """
 
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor:

@@ -29,10 +29,13 @@ def rope_angles(positions: Tensor, dim: int, base: float = 10_000.0) -> tuple[Te
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs of `x` (..., N, dim) by the angles of each of its N positions."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.flatten(-2)
+    """Rotate channel pairs (x[2i], x[2i+1]) of `x` (..., N, dim) by the angles of each of its N positions.
+
+    One complex multiplication per pair, (x1 + i x2)(cos + i sin), instead of four real ones and a stack
+    (in float32 for half-precision inputs, which have no complex type on every device).
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * torch.complex(cos.float(), sin.float())).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -68,6 +71,20 @@ class Attention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
         """Queries (B, heads, Q, d) over keys and values (B, heads, N, d) -> (B, Q, dim)."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        return self.out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def attend_few(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """`attend` for a few queries per row: queries (B, heads, Q, d) over keys and values (B, heads, N, d)
+        with an additive `bias` (B, 1, Q, N) (0 = may attend, -inf = may not) -> (B, Q, dim).
+
+        Two batched matrix products: with a query or two per row (imagination steps) they take half the
+        time of the fused attention kernel on the CPU (B=256, 2 queries, 17 keys: 0.66 vs 1.31 ms).
+        """
+        b, heads, queries, d = q.shape
+        scores = torch.baddbmm(bias.expand(b, heads, queries, -1).reshape(b * heads, queries, -1),
+                               q.reshape(b * heads, queries, d), k.reshape(b * heads, -1, d).transpose(1, 2),
+                               alpha=d**-0.5)
+        out = torch.bmm(scores.softmax(-1), v.reshape(b * heads, -1, d)).view(b, heads, queries, d)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -108,20 +125,29 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, causal: bool = False, mask: Tensor | None = None
     ) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope=rope, causal=causal, mask=mask)
-        return x + self.mlp(self.norm2(x))
+        return self.forward_kv(x, rope, causal, mask)[0]
 
-    def forward_cached(self, x: Tensor, rope: tuple[Tensor, Tensor], past_k: Tensor, past_v: Tensor,
-                       mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """New tokens x (B, N, dim) attend to cached keys and values (B, heads, P, d) and to each other.
+    def forward_kv(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, causal: bool = False, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`forward`, also returning the attention's keys and values (B, heads, N, d) (for a key/value cache)."""
+        q, k, v = self.attn.project(self.norm1(x), rope)
+        x = x + self.attn.attend(q, k, v, causal, mask)
+        return x + self.mlp(self.norm2(x)), k, v
 
-        `mask`: bool broadcastable to (B, heads, N, P + N), True = may attend. Returns the block's
-        output (B, N, dim) and the keys and values of the cached and the new tokens (B, heads, P + N, d).
+    def forward_ring(self, x: Tensor, rope: tuple[Tensor, Tensor], keys: Tensor, values: Tensor, slots: Tensor,
+                     bias: Tensor) -> Tensor:
+        """New tokens x (B, N, dim) write their keys and values into ring slots, then attend to the ring.
+
+        `keys`, `values`: (B, heads, R, d) ring buffers, updated in place at `slots` (B, N); `bias`:
+        (B, 1, N, R), 0 where a new token may attend to a slot and -inf where not (see `Attention.attend_few`).
         """
         q, k, v = self.attn.project(self.norm1(x), rope)
-        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        x = x + self.attn.attend(q, k, v, mask=mask)
-        return x + self.mlp(self.norm2(x)), k, v
+        where = slots[:, None, :, None].expand_as(k)
+        keys.scatter_(2, where, k)
+        values.scatter_(2, where, v)
+        x = x + self.attn.attend_few(q, keys, values, bias)
+        return x + self.mlp(self.norm2(x))
 
 
 class CrossBlock(nn.Module):

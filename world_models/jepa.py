@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -193,13 +193,33 @@ class TransitionHead(nn.Module):
             width, hidden = cfg.summary_tokens * cfg.dim, 4 * cfg.dim
             self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                      nn.Linear(hidden, outputs))
+            self._folded_key: tuple[Any, ...] | None = None
+            self._folded: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))
 
     def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
         if self.kind == "attention":
             context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
             return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
-        z, z_next = z.flatten(1), z_next.flatten(1)
-        return self.mlp(torch.cat([z, z_next, z_next - z], dim=1))
+        w_z, w_n = self._first_layer()
+        hidden = F.linear(z.flatten(1), w_z, cast(nn.Linear, self.mlp[0]).bias) + F.linear(z_next.flatten(1), w_n)
+        return self.mlp[1:](hidden)
+
+    def _first_layer(self) -> tuple[Tensor, Tensor]:
+        """The MLP's first layer reads [z, z_next, z_next - z]: W_z z + W_n z_next + W_d (z_next - z), computed
+        as (W_z - W_d) z + (W_n + W_d) z_next, a third fewer multiplications. Returns those two weights;
+        without autograd they are cached until the weight changes (its version counter moves with every
+        in-place update: optimiser steps, loading), since folding costs as much as a step of a few rollouts."""
+        weight = cast(nn.Linear, self.mlp[0]).weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            w_z, w_n, w_d = weight.chunk(3, dim=1)
+            return w_z - w_d, w_n + w_d
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._folded_key != key:
+            with torch.no_grad():
+                w_z, w_n, w_d = weight.chunk(3, dim=1)
+                self._folded = (w_z - w_d, w_n + w_d)
+            self._folded_key = key
+        return self._folded
 
 
 class Decoder(nn.Module):
@@ -277,49 +297,62 @@ class Dynamics(nn.Module):
 
         The state holds the newest latent and the one before it (for the linear path; the newest
         again for a one-latent context), the last `action_history - 1` actions (left-padded with
-        action 0, as in training), and per block the keys and values of the `window - 1` tokens
-        before the newest latent's (slots before the context are marked invalid), so it has one
-        shape for every context length.
+        action 0, as in training), and per block a ring buffer of the keys and values of the last
+        `window - 1 + per_step` tokens with each slot's token position (`key_at`; far in the past
+        for slots not written yet), so it has one shape for every context length. Stepping
+        writes into the ring in place: a state is consumed by `step`.
         """
-        b, width = z.shape[0], self.cfg.predictor_dim
-        slots = self.window - 1
-        empty = [z.new_zeros(b, self.cfg.heads, slots, width // self.cfg.heads) for _ in self.blocks]
-        state = {"latent": z[:, -1], "previous": z[:, -2 if z.shape[1] > 1 else -1],
-                 "actions": _left_pad(actions, self.cfg.action_history - 1), "keys": empty, "values": empty,
-                 "valid": torch.zeros(b, slots, dtype=torch.bool, device=z.device),
-                 "position": torch.zeros(b, dtype=torch.long, device=z.device)}
-        if z.shape[1] > 1:
-            _, state = self._advance(self._tokens(z[:, :-1], actions), state)
-        return state
+        b, width, heads = z.shape[0], self.cfg.predictor_dim, self.cfg.heads
+        ring = self.window - 1 + self.per_step  # a step's tokens and the window before them
+        keys = [z.new_zeros(b, heads, ring, width // heads) for _ in self.blocks]
+        values = [z.new_zeros(b, heads, ring, width // heads) for _ in self.blocks]
+        key_at = torch.full((b, ring), -2 * self.window, dtype=torch.long, device=z.device)
+        n = 0
+        if z.shape[1] > 1:  # the context's tokens in one pass, as in training; the ring keeps the last ones
+            x = self._tokens(z[:, :-1], actions)
+            n = x.shape[1]
+            at = torch.arange(n, device=z.device)
+            rope = rope_angles(at[:, None], width // heads)
+            band = _window_mask(at, at, self.window)
+            kept = at[-ring:]
+            for block, block_keys, block_values in zip(self.blocks, keys, values):
+                assert isinstance(block, Block)
+                x, k, v = block.forward_kv(x, rope, mask=band)
+                block_keys[:, :, kept % ring], block_values[:, :, kept % ring] = k[:, :, kept], v[:, :, kept]
+            key_at[:, kept % ring] = kept
+        return {"latent": z[:, -1], "previous": z[:, -2 if z.shape[1] > 1 else -1],
+                "actions": _left_pad(actions, self.cfg.action_history - 1), "keys": keys, "values": values,
+                "key_at": key_at, "position": torch.full((b,), n, dtype=torch.long, device=z.device)}
 
     def step(self, state: dict[str, Any], action: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """Action (B,) at the state's newest latent -> the predicted next latent (B, K, dim) and the next state."""
-        z = state["latent"][:, None]
-        history = torch.cat([state["actions"], action[:, None]], dim=1)
-        x, state = self._advance(self._tokens(z, history), state)
-        z_next = z[:, 0] + self._predict(x[:, -self.per_step :])[:, 0] + self._skip(z[:, 0], state["previous"])
-        return z_next, {**state, "latent": z_next, "previous": z[:, 0],
-                        "actions": _left_pad(history, self.cfg.action_history - 1)}
+        """Action (B,) at the state's newest latent -> the predicted next latent (B, K, dim) and the next state.
 
-    def _advance(self, x: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """New tokens x (B, N, width) through the blocks over the cached ones -> outputs (B, N, width), state."""
+        Updates the state's key/value ring in place (see `prefill`).
+        """
+        x, state = self._advance(state, action)
+        z = state["latent"]
+        z_next = z + self._predict(x)[:, 0] + self._skip(z, state["previous"])
+        return z_next, {**state, "latent": z_next, "previous": z}
+
+    def _advance(self, state: dict[str, Any], action: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """The tokens of the state's newest latent and `action` (B,) through the blocks over the ring ->
+        block outputs (B, per_step, width) and the state with the ring and the action history advanced."""
+        history = torch.cat([state["actions"], action[:, None]], dim=1)
+        x = self._tokens(state["latent"][:, None], history)  # (B, per_step, width)
         b, n = x.shape[:2]
-        slots = self.window - 1
-        positions = state["position"][:, None] + torch.arange(n, device=x.device)  # (B, N)
-        cos, sin = rope_angles(positions.reshape(-1, 1), x.shape[-1] // self.cfg.heads)
+        at = state["position"][:, None] + torch.arange(n, device=x.device)  # (B, N) positions of the new tokens
+        slots = at % state["key_at"].shape[1]  # overwrites tokens older than any new one attends to
+        key_at = state["key_at"].scatter(1, slots, at)
+        offsets = at[:, :, None] - key_at[:, None, :]  # (B, N, ring)
+        seen = (offsets >= 0) & (offsets < self.window)
+        bias = torch.zeros(seen.shape, device=x.device).masked_fill_(~seen, float("-inf"))[:, None]
+        cos, sin = rope_angles(at.reshape(-1, 1), x.shape[-1] // self.cfg.heads)
         rope = (cos.view(b, 1, n, -1), sin.view(b, 1, n, -1))
-        new_at = torch.arange(n, device=x.device)  # positions relative to the first new token
-        key_at = torch.cat([torch.arange(-slots, 0, device=x.device), new_at])  # cached slots, then the new tokens
-        valid = torch.cat([state["valid"], state["valid"].new_ones(b, n)], dim=1)  # (B, slots + N)
-        mask = _window_mask(new_at, key_at, self.window)[None, None] & valid[:, None, None]
-        keys, values = [], []
-        for block, past_k, past_v in zip(self.blocks, state["keys"], state["values"]):
+        for block, keys, values in zip(self.blocks, state["keys"], state["values"]):
             assert isinstance(block, Block)
-            x, k, v = block.forward_cached(x, rope, past_k, past_v, mask)
-            keys.append(k[:, :, n:])  # the newest `slots` tokens stay
-            values.append(v[:, :, n:])
-        new = {"keys": keys, "values": values, "valid": valid[:, n:], "position": state["position"] + n}
-        return x, {**state, **new}
+            x = block.forward_ring(x, rope, keys, values, slots, bias)
+        return x, {**state, "key_at": key_at, "position": state["position"] + n,
+                   "actions": _left_pad(history, self.cfg.action_history - 1)}
 
     # ---- shared by both paths ------------------------------------------------------------
 
