@@ -11,7 +11,14 @@ import torch
 from tqdm import tqdm
 
 from envs.registration import WORLD_MODEL_CHECKPOINT
-from mbrl.checkpoint import Checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
+from mbrl.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_optimizer,
+    load_state_dict,
+    optimizer_tensors,
+    save_checkpoint,
+)
 from mbrl.errors import UserError
 from mbrl.replay import ReplayBuffer, SequenceBatch, split_episodes
 from mbrl.run import RunDir
@@ -23,6 +30,8 @@ STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encod
 FROZEN_ENCODER = ("dynamics",)
 """Stages that leave the encoder as it is, so the latents of replay rows can be cached across updates."""
 CHECKPOINT = WORLD_MODEL_CHECKPOINT
+BEST = f"{CHECKPOINT}_best"
+"""The model weights of the current stage's best validation check, restored when the stage ends."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,8 @@ class WorldModelTrainConfig:
         finetune_steps: updates of stage 3 (everything together; 0 skips it).
         eval_every: updates between validation, checkpoint and early-stopping checks.
         val_batches: validation batches per check (fixed windows of held-out episodes).
-        patience: checks without a better validation loss before a stage stops early.
+        patience: checks without a better validation loss before a stage stops early; a stage ends with
+            the weights of its best check.
         holdout_every: episodes whose id is a multiple of this are held out (never trained on).
         event_fraction: share of training windows that end on a reward, life loss or game over
             (see ReplayBuffer.sample); rewards are ~0.7% and life losses ~2.7% of random Breakout
@@ -123,6 +133,10 @@ class Trainer:
                         bar.write(f"{stage}: validation loss stopped improving; stopping early at update {step}")
                         break
                     bar.set_postfix(loss=f"{losses['total']:.4f}", val=f"{self.progress['best']:.4f}")
+            restored = self._restore_best(stage)
+            if restored is not None:
+                bar.write(f"{stage}: kept the weights of update {restored} (best validation loss "
+                          f"{self.progress['best']:.4f}), not those of update {self.progress['step']}")
             bar.close()
             self.progress["done"].append(stage)
             self.save()
@@ -199,10 +213,25 @@ class Trainer:
         best = self.progress["best"]
         if best is None or val["total"] < best:
             self.progress.update(best=val["total"], bad_checks=0)
+            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            save_checkpoint(self.run.checkpoint_dir, BEST, tensors, {"stage": stage, "val": val["total"]}, step=step)
         else:
             self.progress["bad_checks"] += 1
         self.save()
         return self.progress["bad_checks"] >= self.cfg.patience
+
+    def _restore_best(self, stage: str) -> int | None:
+        """Load the weights of the stage's best validation check (early stopping keeps the best weights, not
+        the last: a stage stops `patience` checks after its best, and a head's validation loss can jump at
+        the last check). Returns the update it was taken at, None when the current weights are the best."""
+        if not (self.run.checkpoint_dir / f"{BEST}.json").exists():
+            return None
+        ckpt = load_checkpoint(self.run.checkpoint_dir, BEST)
+        if ckpt.metadata["stage"] != stage or ckpt.step == self.progress["step"]:
+            return None
+        load_state_dict(self.model, ckpt, prefix="model.")
+        self.latent_cache.clear()
+        return ckpt.step
 
     @torch.no_grad()
     def _picture(self) -> torch.Tensor:

@@ -77,6 +77,26 @@ def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.parametrize("totals, kept", [([0.5, 0.3, 0.4], 1), ([0.5, 0.4, 0.3], 2)])
+def test_a_stage_ends_with_the_weights_of_its_best_check(tmp_path: Path, totals: list[float], kept: int) -> None:
+    t = trainer(tmp_path)
+    t.progress["done"] = ["encoder"]
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(stage: str) -> dict[str, float]:  # validation totals chosen by the test, weights recorded
+        seen.append({k: v.clone() for k, v in t.model.state_dict().items()})
+        return {"total": totals[len(seen) - 1]}
+
+    t.validate = scripted  # type: ignore[method-assign]
+    t.train(["dynamics"], 9, Writer(), show_progress=False)  # checks at updates 3, 6, 9
+    assert len(seen) == 3 and t.progress["step"] == 9
+    for name, value in t.model.state_dict().items():
+        torch.testing.assert_close(value, seen[kept][name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(seen[1]["dynamics.out.weight"], seen[2]["dynamics.out.weight"])  # the choice mattered
+    saved = load_checkpoint(tmp_path / "checkpoints", CHECKPOINT)  # and the run's checkpoint holds them
+    torch.testing.assert_close(saved.tensors["model.dynamics.out.weight"], seen[kept]["dynamics.out.weight"])
+
+
 def test_each_part_is_clipped_on_its_own() -> None:
     model = torch.nn.Module()
     model.small, model.large = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
