@@ -84,15 +84,16 @@ def _dream_throughput(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
         "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. "
-        "Target: the dream at N=256 runs at least 10x the real env. Not met. Both the predictor (its key/value "
-        "ring written in place, a step's two tokens attending to it) and the heads (first layer folded) are now "
-        "compute-bound: one rollout-step costs about 3.4M multiply-adds (reward and termination heads 1.6M, the "
-        "predictor's three blocks over two tokens 1.2M, the linear path 0.5M, input and output 0.13M), 1.8 GFLOP "
-        "per step of 256 rollouts. The planning benchmark below times a step of 512 on one thread at 51-56 ms "
-        "in two runs (~65 GFLOP/s); even at twice that on two cores, a step of 256 is ~13 ms of arithmetic, "
-        "while 10x the real env allows ~7 ms: it needs a model 2-3x cheaper per step. Start contexts come from "
-        "a warm latent cache here; in the Dyna loop a buffer row's first use also runs the encoder. Repeated "
-        "runs on this machine vary by up to ~40% at small N.",
+        "Target: the dream at N=256 runs at least 10x the real env. Not met (about 4.5x). The same script on "
+        "the code before this session's changes (commit e23fab0) gave 8,867 latent steps/s at N=256; the gain "
+        "comes from the predictor's key/value ring written in place (a step's two tokens attend to it with two "
+        "batched matrix products), the cheaper default heads (`standardized`) and restarts in place. A step is "
+        "now arithmetic: about 2.4M multiply-adds per rollout (the predictor's three blocks over two tokens "
+        "1.2M, the linear path 0.5M, the two heads 0.5M, input and output 0.13M), 1.2 GFLOP per step of 256; "
+        "the planning benchmark below times a step of 512 at 43 ms on one thread (~56 GFLOP/s). 10x the real "
+        "env allows about 7.5 ms per step of 256, half of what it takes: `world_model.action_conditioning=add` "
+        "(one token per step) halves the blocks' share. Repeated runs of this script vary by up to ~40% "
+        "(three runs today: 11,453, 16,652 and 14,382 latent steps/s at N=256; the real env 2,771 to 4,321).",
         "",
         "| N | real steps/s | dream latent steps/s | latent / real | dream pixels steps/s | pixels / real |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -232,19 +233,21 @@ def _world_model_ablation(r: dict[str, Any]) -> list[str]:
         "## Stage-1 event loss, per-part clipping and the predictor's linear path (`mbrl eval-world-model`)",
         "",
         f"Machine: {r['machine']}. Date: {r['date']}. Buffer: {r['buffer']}. Two stage-1 encoders, 500 updates at "
-        f"batch 16: a = `{r['stage1']['a']}`; b = `{r['stage1']['b']}`. Each row is stage 2 (batch 32) on a copy of "
-        f"one of them, scored with `{r['eval_command']}`. 'L1 / copy': imagined-latent error over the error of "
-        "repeating the last real latent (< 1 beats copying); F1 at threshold 0.5, 'real' = heads on encoded real "
-        "next latents.",
+        f"batch 16: a = `{r['stage1']['a']}`; b = `{r['stage1']['b']}`. Each row is stage 2 (batch 16, from the "
+        f"copied run config) on a copy of one of them, scored with `{r['eval_command']}`. 'L1 / copy': "
+        "imagined-latent error over the error of repeating the last real latent (< 1 beats copying); F1 at "
+        "threshold 0.5, 'real' = heads on encoded real next latents; AP = average precision (threshold-free; "
+        "a random ranking scores the event rate, about 0.01 for rewards and 0.02 for life losses), '-' where "
+        "the row was scored before it was measured.",
         "",
         "| run | event loss | linear path | clip | TF weight / rollout steps | other | updates | "
         "L1 / copy h1, h5, h10 | paddle R^2 enc, h5 | ball x, y R^2 enc | ball x, y R^2 h5 | "
-        "reward F1 h1, h5, real | life-loss F1 h1, h5, real | PSNR dB |",
-        "| --- |" + " --- |" * 13,
+        "reward F1 h1, h5, real | life-loss F1 h1, h5, real | reward AP h1, real | life-loss AP h1, real | PSNR dB |",
+        "| --- |" + " --- |" * 15,
     ]
     for row in r["rows"]:
-        def three(d: dict[str, float]) -> str:
-            return ", ".join(f"{v:.2f}" for v in d.values())
+        def three(d: dict[str, float] | None) -> str:
+            return "-" if d is None else ", ".join(f"{v:.2f}" for v in d.values())
         ball = row["ball_r2"]
         lines.append(
             f"| {row['run']} | {row['event_loss']} | {row['linear_path']} | {row['clip']} | "
@@ -252,7 +255,7 @@ def _world_model_ablation(r: dict[str, Any]) -> list[str]:
             f"{three(row['l1_vs_copy'])} | "
             f"{three(row['paddle_r2'])} | {ball['encoded'][0]:.2f}, {ball['encoded'][1]:.2f} | "
             f"{ball['h5'][0]:.2f}, {ball['h5'][1]:.2f} | {three(row['reward_f1'])} | {three(row['life_f1'])} | "
-            f"{row['psnr']:.1f} |")
+            f"{three(row.get('reward_ap'))} | {three(row.get('life_ap'))} | {row['psnr']:.1f} |")
     lines += ["", "Stage-2 commands: " + "; ".join(f"{row['run']}: `{row['command']}`" for row in r["rows"]) + ". "
               + r.get("note", ""), ""]
     return lines

@@ -254,7 +254,8 @@ def format_eval(result: dict[str, Any]) -> str:
         lines.append(f"latent [{h}]: L1 {d['l1']:.4f}, cosine {d['cosine']:.3f}{extra}")
     for head in ("reward", "life_loss"):
         lines.append(f"{head}: " + ", ".join(
-            f"{h} F1 {d['f1']:.3f} P {d['precision']:.2f} R {d['recall']:.2f} ({d['positives']} positives; "
+            f"{h} F1 {d['f1']:.3f} P {d['precision']:.2f} R {d['recall']:.2f} AP {d['average_precision']:.3f} "
+            f"({d['positives']} positives; "
             f"mean predicted {d['mean_predicted']:.4f} vs rate {d['actual_rate']:.4f})"
             for h, d in result[head].items()))
     lines.append("decoder PSNR dB: " + ", ".join(f"{k} {v:.1f}" for k, v in result["decoder_psnr"].items()))

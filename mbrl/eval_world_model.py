@@ -66,8 +66,10 @@ def probe_scores(pred: torch.Tensor, target: torch.Tensor, names: list[str]) -> 
 
 def event_scores(score: torch.Tensor, events: np.ndarray) -> dict[str, float]:
     """How a head's event score (a probability or |expected reward|, (N,)) finds the actual events (bool, any shape
-    with N entries): precision, recall and F1 at threshold 0.5, the number of positives, and calibration (the mean
-    score against the actual rate of events)."""
+    with N entries): precision, recall and F1 at threshold 0.5, the number of positives, calibration (the mean
+    score against the actual rate of events), and average precision: the mean, over the events, of the
+    precision among the scores ranked at or above theirs (threshold-free: 1 for a perfect ranking, about the
+    event rate for a random one; a prior correction leaves it unchanged)."""
     actual = torch.from_numpy(events.reshape(-1))
     predicted = score > 0.5
     tp = float((predicted & actual).sum())
@@ -75,7 +77,21 @@ def event_scores(score: torch.Tensor, events: np.ndarray) -> dict[str, float]:
     recall = tp / max(float(actual.sum()), 1.0)
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
     return {"precision": precision, "recall": recall, "f1": f1, "positives": int(actual.sum()),
-            "mean_predicted": float(score.mean()), "actual_rate": float(actual.float().mean())}
+            "mean_predicted": float(score.mean()), "actual_rate": float(actual.float().mean()),
+            "average_precision": average_precision(score, actual)}
+
+
+def average_precision(score: torch.Tensor, actual: torch.Tensor) -> float:
+    """Average precision of scores (N,) for bool events (N,); 0 without events. Tied scores count as ranked
+    together (each event's precision counts every score at least as high as its own)."""
+    if not bool(actual.any()):
+        return 0.0
+    order = torch.argsort(score, descending=True, stable=True)
+    ranked, hits = score[order], actual[order].double()
+    # the last position of each run of tied scores: an event's precision counts everything tied with it
+    last = torch.searchsorted(-ranked, -ranked, right=True) - 1
+    precision_at = hits.cumsum(0)[last] / (last + 1).double()
+    return float((precision_at * hits).sum() / hits.sum())
 
 
 def psnr(decoded: torch.Tensor, real: torch.Tensor) -> float:

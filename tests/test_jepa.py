@@ -104,7 +104,7 @@ def test_mask_ratio_is_honoured() -> None:
     assert len({tuple(row.tolist()) for row in mask}) > 40, "masks differ between observations"
 
 
-@pytest.mark.parametrize("conditioning", ["token", "cross"])
+@pytest.mark.parametrize("conditioning", ["token", "add", "cross"])
 def test_predictor_cannot_see_the_future(conditioning: str) -> None:
     torch.manual_seed(0)
     model = JEPAWorldModel(dataclasses.replace(TINY, action_conditioning=conditioning)).eval()
@@ -122,7 +122,7 @@ def test_predictor_cannot_see_the_future(conditioning: str) -> None:
     assert not torch.allclose(model.dynamics(z, a3)[:, 2], base[:, 2]), "the prediction depends on the action"
 
 
-@pytest.mark.parametrize("conditioning", ["token", "cross"])
+@pytest.mark.parametrize("conditioning", ["token", "add", "cross"])
 def test_cached_imagination_equals_the_predictor_over_the_whole_history(conditioning: str) -> None:
     """Stepping with the key/value cache past the window gives what the full forward pass gives."""
     torch.manual_seed(0)
@@ -169,7 +169,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(model: JEPAWorldModel, tm
     torch.testing.assert_close(model.decode(z), fresh.decode(z), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("config", [PLAIN, TINY], ids=["plain", "default"])
+@pytest.mark.parametrize("config", [PLAIN, TINY, dataclasses.replace(TINY, head="mlp")],
+                         ids=["plain", "default", "mlp-heads"])
 def test_training_reduces_each_stage_loss(config: JEPAConfig) -> None:
     """On noise frames; the default's pixel targets of noise cannot be learnt (see the texture test for them)."""
     torch.manual_seed(0)
@@ -376,7 +377,7 @@ def test_checkpoint_saved_before_the_new_fields_loads_as_the_plain_model(tmp_pat
     torch.testing.assert_close(fresh.encode(frames), old.encode(frames), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("head", ["mlp", "attention"])
+@pytest.mark.parametrize("head", ["mlp", "attention", "standardized"])
 def test_transition_heads_read_both_latents(head: str) -> None:
     torch.manual_seed(0)
     model = JEPAWorldModel(dataclasses.replace(TINY, head=head)).eval()
@@ -396,7 +397,8 @@ def test_folded_mlp_head_is_the_head_over_both_latents_and_their_difference() ->
     """The MLP head folds its first layer (and caches the fold without autograd); after an optimiser step or
     a load, it must still compute the MLP over [z, z_next, z_next - z] of the weights it has then."""
     torch.manual_seed(0)
-    head = JEPAWorldModel(TINY).reward_head
+    mlp = dataclasses.replace(TINY, head="mlp")
+    head = JEPAWorldModel(mlp).reward_head
     z, z_next = torch.randn(5, 2, 32), torch.randn(5, 2, 32)
 
     def by_hand() -> torch.Tensor:
@@ -411,9 +413,33 @@ def test_folded_mlp_head_is_the_head_over_both_latents_and_their_difference() ->
         after = head(z, z_next)
         assert not torch.allclose(after, before)
         torch.testing.assert_close(after, by_hand())
-        other = JEPAWorldModel(TINY).reward_head
+        other = JEPAWorldModel(mlp).reward_head
         head.load_state_dict(other.state_dict())
         torch.testing.assert_close(head(z, z_next), other(z, z_next))
+
+
+def test_standardized_head_standardises_by_training_statistics_and_keeps_them_through_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = TINY  # the default heads are "standardized"
+    model = JEPAWorldModel(config).train()
+    head = model.reward_head
+    z, z_next = torch.randn(64, 2, 32) * 3 + 1, torch.randn(64, 2, 32) * 3 + 1
+    head(z, z_next)  # the first training batch sets the statistics exactly
+    x = torch.cat([z.flatten(1), (z_next - z).flatten(1)], dim=1)
+    torch.testing.assert_close(head.mean, x.mean(0))
+    torch.testing.assert_close(head.var, x.var(0, correction=0))
+    model.eval()
+    with torch.no_grad():
+        before = head(z, z_next)
+        head(z + 5, z_next)  # eval mode: the statistics stay
+        torch.testing.assert_close(head.mean, x.mean(0))
+        torch.testing.assert_close(head(z, z_next), before, rtol=0, atol=0)  # no dropout in eval mode
+    save_checkpoint(tmp_path, "world_model", model.state_dict(), {"config": dataclasses.asdict(config)}, step=1)
+    ckpt = load_checkpoint(tmp_path, "world_model")
+    fresh = JEPAWorldModel(JEPAConfig(**ckpt.metadata["config"])).eval()
+    load_state_dict(fresh, ckpt)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.reward_head(z, z_next), before, rtol=0, atol=0)
 
 
 def test_event_logit_shift_moves_the_trained_prior_to_the_natural_one() -> None:
@@ -472,7 +498,7 @@ def test_context_noise_perturbs_the_predictors_inputs_in_training_only() -> None
 
 def test_validation_scores_the_corrected_heads_and_training_the_raw_ones() -> None:
     torch.manual_seed(0)
-    model = JEPAWorldModel(TINY)
+    model = JEPAWorldModel(dataclasses.replace(TINY, head="mlp"))  # no dropout or statistics: modes differ only here
     data = batch()
 
     def losses(training: bool) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from replay_data import fill
 from test_cli import assert_user_error, mbrl_cli
 
 from mbrl.checkpoint import load_checkpoint
+from mbrl.eval_world_model import average_precision
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, clip_each_part, to_train_batch
@@ -97,6 +98,14 @@ def test_a_stage_ends_with_the_weights_of_its_best_check(tmp_path: Path, totals:
     torch.testing.assert_close(saved.tensors["model.dynamics.out.weight"], seen[kept]["dynamics.out.weight"])
 
 
+def test_average_precision_closed_form() -> None:
+    events = torch.tensor([True, False, True, False])
+    assert average_precision(torch.tensor([0.9, 0.8, 0.7, 0.6]), events) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(torch.tensor([0.1, 0.9, 0.2, 0.8]), events) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert average_precision(torch.full((4,), 0.5), events) == pytest.approx(0.5)  # all tied: the event rate
+    assert average_precision(torch.rand(4), torch.zeros(4, dtype=torch.bool)) == 0.0
+
+
 def test_each_part_is_clipped_on_its_own() -> None:
     model = torch.nn.Module()
     model.small, model.large = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
@@ -173,7 +182,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     assert set(result["reward"]) == set(result["life_loss"]) == {"h1", "h5", "real"}
     real = result["life_loss"]["real"]  # heads on the 10 real transitions after each window's context
     assert real["positives"] == round(real["actual_rate"] * 32 * 10)
-    assert 0.0 <= real["mean_predicted"] <= 1.0 and 0.0 <= real["f1"] <= 1.0
+    assert 0.0 <= real["mean_predicted"] <= 1.0 and 0.0 <= real["f1"] <= 1.0 and 0.0 <= real["average_precision"] <= 1.0
     assert "probe R^2 [encoded]" in proc.stdout
 
     gif = tmp_path / "dream.gif"

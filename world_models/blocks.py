@@ -1,4 +1,4 @@
-"""Layers shared by the world-model families: RoPE attention, transformer blocks, patch embedding."""
+"""Layers shared by the world-model families: running statistics, RoPE attention, blocks, patch embedding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+STATS_EPS = 1e-6
+"""Added to a running variance before standardising by it (latents, head inputs)."""
+
+
+@torch.no_grad()
+def update_running_stats(mean: Tensor, var: Tensor, count: Tensor, x: Tensor, momentum: float) -> None:
+    """Move running per-feature `mean` and `var` towards those of a batch x (N, *features), in place; the first
+    updates average exactly (rate 1 / (count + 1) until it falls below `momentum`)."""
+    rate = max(momentum, 1.0 / (float(count) + 1.0))
+    mean.lerp_(x.mean(0), rate)
+    var.lerp_(x.var(0, correction=0), rate)
+    count += 1
 
 
 def rope_angles(positions: Tensor, dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,17 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from world_models.base import StepOutput, TrainBatch, WorldModel
-from world_models.blocks import Block, CrossBlock, PatchEmbed, grid_positions, patchify, rope_angles
+from world_models.blocks import (
+    STATS_EPS,
+    Block,
+    CrossBlock,
+    PatchEmbed,
+    grid_positions,
+    patchify,
+    rope_angles,
+    update_running_stats,
+)
+from world_models.heads import HEADS, transition_head
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,10 @@ class JEPAConfig:
         predictor_depth: blocks of the dynamics predictor.
         context: history steps each token of the dynamics predictor attends to (a sliding window, so
             imagination keeps the window's keys and values instead of re-reading it every step).
-        action_conditioning: "token" (an action token per step in the sequence) or "cross"
-            (the latent cross-attends to the embedded last `action_history` actions).
+        action_conditioning: "token" (an action token per step in the sequence), "add" (the action's
+            embedding added to the latent's token: one token per step, half the predictor's work per
+            imagined step) or "cross" (the latent cross-attends to the embedded last `action_history`
+            actions).
         action_history: actions the "cross" conditioning attends to.
         predictor_skip: a linear map from (z_t, z_t - z_t-1) to the change of the latent, added to the
             transformer's: its tokens (width `predictor_dim`) are a rank-128 bottleneck for the 512
@@ -95,7 +107,7 @@ class JEPAConfig:
         standardize_latents: latents are the target's summary tokens standardised per feature by
             running mean and variance (updated in stage-1 and stage-3 training, frozen otherwise).
         stats_momentum: update rate of those running statistics (the first updates average exactly).
-        head: the reward and termination heads, "mlp" or "attention" (see TransitionHead).
+        head: the reward and termination heads, "mlp", "attention" or "standardized" (world_models/heads.py).
     """
 
     num_actions: int = 4
@@ -128,7 +140,7 @@ class JEPAConfig:
     event_weight: float = 1.0
     standardize_latents: bool = True
     stats_momentum: float = 0.01
-    head: str = "mlp"
+    head: str = "standardized"
 
     absent_in_old_checkpoints: ClassVar[dict[str, Any]] = {
         "jepa_bottleneck": False, "jepa_positions": "masked", "jepa_target": "tokens", "variance_weight": 0.0,
@@ -140,8 +152,6 @@ class JEPAConfig:
 
 PIXEL_EPS = 1e-3
 """Added to a patch's pixel variance before normalising it, so flat patches give ~0, not noise."""
-LATENT_EPS = 1e-6
-"""Added to a latent feature's running variance before standardising by it."""
 
 
 class Encoder(nn.Module):
@@ -171,55 +181,6 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, rope=(self.rope_cos, self.rope_sin))
         return self.norm(x)
-
-
-class TransitionHead(nn.Module):
-    """Reads a transition (z_t, z_t+1), each (N, K, dim), -> (N, outputs) logits.
-
-    "mlp": an MLP over the flattened z_t, z_t+1 and their difference. "attention": a learnable CLS
-    token cross-attends over the tokens of both (the first design; it never learned to fire on
-    Breakout's rare rewards and life losses, not even on real latents: benchmarks/RESULTS.md).
-    """
-
-    def __init__(self, cfg: JEPAConfig, outputs: int) -> None:
-        super().__init__()
-        self.kind = cfg.head
-        if cfg.head == "attention":
-            self.cls = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
-            self.which = nn.Parameter(torch.randn(2, 1, cfg.dim) * 0.02)  # marks tokens of z_t and of z_t+1
-            self.attend = CrossBlock(cfg.dim, cfg.heads)
-            self.out = nn.Linear(cfg.dim, outputs)
-        else:
-            width, hidden = cfg.summary_tokens * cfg.dim, 4 * cfg.dim
-            self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                     nn.Linear(hidden, outputs))
-            self._folded_key: tuple[Any, ...] | None = None
-            self._folded: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))
-
-    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
-        if self.kind == "attention":
-            context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
-            return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
-        w_z, w_n = self._first_layer()
-        hidden = F.linear(z.flatten(1), w_z, cast(nn.Linear, self.mlp[0]).bias) + F.linear(z_next.flatten(1), w_n)
-        return self.mlp[1:](hidden)
-
-    def _first_layer(self) -> tuple[Tensor, Tensor]:
-        """The MLP's first layer reads [z, z_next, z_next - z]: W_z z + W_n z_next + W_d (z_next - z), computed
-        as (W_z - W_d) z + (W_n + W_d) z_next, a third fewer multiplications. Returns those two weights;
-        without autograd they are cached until the weight changes (its version counter moves with every
-        in-place update: optimiser steps, loading), since folding costs as much as a step of a few rollouts."""
-        weight = cast(nn.Linear, self.mlp[0]).weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            w_z, w_n, w_d = weight.chunk(3, dim=1)
-            return w_z - w_d, w_n + w_d
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if self._folded_key != key:
-            with torch.no_grad():
-                w_z, w_n, w_d = weight.chunk(3, dim=1)
-                self._folded = (w_z - w_d, w_n + w_d)
-            self._folded_key = key
-        return self._folded
 
 
 class Decoder(nn.Module):
@@ -266,8 +227,8 @@ class Dynamics(nn.Module):
         if cfg.action_conditioning == "cross":
             self.history_pos = nn.Parameter(torch.randn(cfg.action_history, width) * 0.02)
             self.condition = CrossBlock(width, cfg.heads)
-        elif cfg.action_conditioning != "token":
-            raise ValueError(f"action_conditioning must be 'token' or 'cross', got {cfg.action_conditioning!r}")
+        elif cfg.action_conditioning not in ("token", "add"):
+            raise ValueError(f"action_conditioning must be 'token', 'add' or 'cross', got {cfg.action_conditioning!r}")
         self.blocks = nn.ModuleList(Block(width, cfg.heads) for _ in range(cfg.predictor_depth))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, d)
@@ -275,7 +236,7 @@ class Dynamics(nn.Module):
             self.skip = nn.Linear(2 * d, d)
             nn.init.zeros_(self.skip.weight)  # starts as the plain predictor
             nn.init.zeros_(self.skip.bias)
-        self.per_step = 2 if cfg.action_conditioning == "token" else 1  # tokens per step: z_t, a_t or one
+        self.per_step = 2 if cfg.action_conditioning == "token" else 1  # tokens per step: z_t and a_t, or one
         self.window = self.per_step * cfg.context  # tokens a token attends to, itself included
 
     def forward(self, z: Tensor, actions: Tensor) -> Tensor:
@@ -364,10 +325,12 @@ class Dynamics(nn.Module):
         """
         t = z.shape[1]
         x = self.inp(z.flatten(2))  # (B, T, width)
-        if self.cfg.action_conditioning == "token":
-            a = self.action(actions[:, actions.shape[1] - t :])
-            return rearrange(torch.stack([x, a], dim=2), "b t two w -> b (t two) w")  # z_0, a_0, z_1, a_1, ...
-        return x + self._attend_to_actions(x, actions)
+        if self.cfg.action_conditioning == "cross":
+            return x + self._attend_to_actions(x, actions)
+        a = self.action(actions[:, actions.shape[1] - t :])
+        if self.cfg.action_conditioning == "add":
+            return x + a
+        return rearrange(torch.stack([x, a], dim=2), "b t two w -> b (t two) w")  # z_0, a_0, z_1, a_1, ...
 
     def _predict(self, x: Tensor) -> Tensor:
         """Block outputs (B, T * per_step, width) -> latent changes (B, T, K, dim), read at each step's last token."""
@@ -443,7 +406,7 @@ class JEPAWorldModel(WorldModel):
         super().__init__()
         for name, value, allowed in (("jepa_positions", config.jepa_positions, ("masked", "all")),
                                      ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion")),
-                                     ("head", config.head, ("mlp", "attention"))):
+                                     ("head", config.head, HEADS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
@@ -466,8 +429,9 @@ class JEPAWorldModel(WorldModel):
             self.register_buffer("latent_var", torch.ones(k, config.dim))
             self.register_buffer("stats_count", torch.zeros(()))
         self.dynamics = Dynamics(config)
-        self.reward_head = TransitionHead(config, 3)  # logits of clipped reward -1, 0, +1
-        self.end_head = TransitionHead(config, 2)  # logits of game over, life loss
+        heads = (config.dim, config.summary_tokens, config.heads)
+        self.reward_head = transition_head(config.head, *heads, 3, config.stats_momentum)  # clipped reward -1, 0, +1
+        self.end_head = transition_head(config.head, *heads, 2, config.stats_momentum)  # game over, life loss
         self.decoder = Decoder(config)
 
     # ---- the WorldModel interface --------------------------------------------------------
@@ -514,7 +478,7 @@ class JEPAWorldModel(WorldModel):
         """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""
         if not self.config.standardize_latents:
             return summary
-        return (summary - self.latent_mean) * (self.latent_var + LATENT_EPS).rsqrt()
+        return (summary - self.latent_mean) * (self.latent_var + STATS_EPS).rsqrt()
 
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         if stage == "encoder":
@@ -538,14 +502,6 @@ class JEPAWorldModel(WorldModel):
         scores = torch.rand(n, self.num_patches, generator=generator, device=self.online.summary.device)
         ranks = scores.argsort(dim=1).argsort(dim=1)
         return ranks < count
-
-    @torch.no_grad()
-    def _update_stats(self, summary: Tensor) -> None:
-        """Move the running mean and variance of the latent features towards those of a batch (N, K, dim)."""
-        rate = max(self.config.stats_momentum, 1.0 / (float(self.stats_count) + 1.0))
-        self.latent_mean.lerp_(summary.mean(0), rate)
-        self.latent_var.lerp_(summary.var(0, correction=0), rate)
-        self.stats_count += 1
 
     def _jepa_predict(self, online: Tensor) -> Tensor:
         """Online tokens (N, K+P, dim) -> predicted target tokens (N, K+P, dim).
@@ -581,7 +537,8 @@ class JEPAWorldModel(WorldModel):
         with torch.no_grad():
             target = self.target(obs)
             if cfg.standardize_latents and self.training:
-                self._update_stats(target[:, :k])
+                update_running_stats(self.latent_mean, self.latent_var, self.stats_count, target[:, :k],
+                                     cfg.stats_momentum)
         online = self.online(obs, mask)
         x = self._jepa_predict(online)  # (N, K+P, dim)
         where = mask if cfg.jepa_positions == "masked" else torch.ones_like(mask)

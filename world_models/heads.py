@@ -1,0 +1,111 @@
+"""Reward and termination heads: read a transition (z_t, z_t+1), each (N, K, dim), -> (N, outputs) logits.
+
+Three designs, chosen by `JEPAConfig.head` (see `transition_head`):
+- "attention": a learnable CLS token cross-attends over the tokens of both latents (the first
+  design; it never learned to fire on Breakout's rare rewards and life losses, not even on real
+  latents: benchmarks/RESULTS.md).
+- "mlp": an MLP (two hidden layers of 4 x dim) over the flattened z_t, z_t+1 and their difference.
+- "standardized": one hidden layer of 256 over z_t and z_t+1 - z_t, each feature standardised by
+  running statistics, with dropout: the shape of the probe that found rewards and life losses
+  best in held-out latents, and a third of the "mlp" head's multiply-adds per transition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from world_models.blocks import STATS_EPS, CrossBlock, update_running_stats
+
+
+class AttentionHead(nn.Module):
+    """A learnable CLS token cross-attends over the tokens of z_t and z_t+1 (marked which is which)."""
+
+    def __init__(self, dim: int, heads: int, outputs: int) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.which = nn.Parameter(torch.randn(2, 1, dim) * 0.02)  # marks tokens of z_t and of z_t+1
+        self.attend = CrossBlock(dim, heads)
+        self.out = nn.Linear(dim, outputs)
+
+    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
+        context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
+        return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
+
+
+class MLPHead(nn.Module):
+    """An MLP over the flattened [z_t, z_t+1, z_t+1 - z_t] (width features each)."""
+
+    def __init__(self, width: int, hidden: int, outputs: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, outputs))
+        self._folded_key: tuple[Any, ...] | None = None
+        self._folded: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))
+
+    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
+        w_z, w_n = self._first_layer()
+        hidden = F.linear(z.flatten(1), w_z, cast(nn.Linear, self.mlp[0]).bias) + F.linear(z_next.flatten(1), w_n)
+        return self.mlp[1:](hidden)
+
+    def _first_layer(self) -> tuple[Tensor, Tensor]:
+        """The first layer reads [z, z_next, z_next - z]: W_z z + W_n z_next + W_d (z_next - z), computed as
+        (W_z - W_d) z + (W_n + W_d) z_next, a third fewer multiplications. Returns those two weights;
+        without autograd they are cached until the weight changes (its version counter moves with every
+        in-place update: optimiser steps, loading), since folding costs as much as a step of a few rollouts."""
+        weight = cast(nn.Linear, self.mlp[0]).weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            w_z, w_n, w_d = weight.chunk(3, dim=1)
+            return w_z - w_d, w_n + w_d
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._folded_key != key:
+            with torch.no_grad():
+                w_z, w_n, w_d = weight.chunk(3, dim=1)
+                self._folded = (w_z - w_d, w_n + w_d)
+            self._folded_key = key
+        return self._folded
+
+
+class StandardizedHead(nn.Module):
+    """One hidden layer over [z_t, z_t+1 - z_t] (2 x width features), each standardised by running statistics.
+
+    The change of a latent is small next to the latent, so unscaled it barely reaches a first layer
+    initialised for unit inputs; standardised, a moving ball or a vanished brick weighs like the
+    rest. The statistics follow the training batches (`momentum`) and stay fixed in eval mode.
+    """
+
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+
+    def __init__(self, width: int, outputs: int, momentum: float, hidden: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(2 * width))
+        self.register_buffer("var", torch.ones(2 * width))
+        self.register_buffer("count", torch.zeros(()))
+        self.mlp = nn.Sequential(nn.Linear(2 * width, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, outputs))
+
+    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
+        x = torch.cat([z.flatten(1), (z_next - z).flatten(1)], dim=1)
+        if self.training:
+            update_running_stats(self.mean, self.var, self.count, x, self.momentum)
+        return self.mlp((x - self.mean) * (self.var + STATS_EPS).rsqrt())
+
+
+HEADS = ("mlp", "attention", "standardized")
+
+
+def transition_head(kind: str, dim: int, tokens: int, heads: int, outputs: int, momentum: float) -> nn.Module:
+    """The head `kind` (one of HEADS) for latents of `tokens` tokens of width `dim`, with `outputs` logits."""
+    if kind == "attention":
+        return AttentionHead(dim, heads, outputs)
+    if kind == "mlp":
+        return MLPHead(tokens * dim, 4 * dim, outputs)
+    if kind == "standardized":
+        return StandardizedHead(tokens * dim, outputs, momentum)
+    raise ValueError(f"head must be one of {', '.join(HEADS)}; got {kind!r}")
