@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,48 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbrl.atomic import write_atomic
 from report import HERE, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
               "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
 PPO_CHUNK = 10_000
+
+
+class SittingClock:
+    """Wall clock of a resumable run, summed over the sittings it took: `path` holds the seconds of earlier
+    sittings and is rewritten every `every` seconds while the run goes on, so a kill loses at most that."""
+
+    def __init__(self, path: Path, every: float = 30.0) -> None:
+        self.path, self.every = path, every
+        self.before = float(path.read_text()) if path.exists() else 0.0
+        self.start = time.perf_counter()
+        self.end: float | None = None  # set when the sitting ends
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self) -> SittingClock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.end = time.perf_counter()
+        self._write()
+
+    def seconds(self) -> float:
+        """Seconds of all sittings so far, this one included (up to its end once it has ended)."""
+        return self.before + (self.end if self.end is not None else time.perf_counter()) - self.start
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def _write(self) -> None:
+        write_atomic(self.path, f"{self.seconds():.1f}".encode())
 
 
 def run_mbrl(seed: int, real_steps: int, runs: Path) -> dict[str, Any]:
@@ -102,14 +139,14 @@ def main() -> None:
             if any(r["method"] == method and r["seed"] == seed and r["real_steps"] == args.real_steps
                    for r in saved["runs"]):
                 continue
-            start = time.perf_counter()
-            if method == "mbrl":
-                result = run_mbrl(seed, args.real_steps, args.runs)
-            elif method == "ppo":
-                result = run_ppo(seed, args.real_steps, args.runs, config)
-            else:
-                result = run_random(seed, config)
-            hours = (time.perf_counter() - start) / 3600  # this sitting's wall clock (a resumed run adds up)
+            with SittingClock(args.runs / f"{method}-s{seed}-{args.real_steps}.seconds") as clock:
+                if method == "mbrl":
+                    result = run_mbrl(seed, args.real_steps, args.runs)
+                elif method == "ppo":
+                    result = run_ppo(seed, args.real_steps, args.runs, config)
+                else:
+                    result = run_random(seed, config)
+            hours = clock.seconds() / 3600  # summed over the sittings a resumed run took
             saved["runs"].append({"method": method, "seed": seed, "real_steps": args.real_steps, "hours": hours,
                                   "mean": result["mean"], "std": result["std"], "scores": result["scores"],
                                   "date": time.strftime("%Y-%m-%d")})

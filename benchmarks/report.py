@@ -207,8 +207,8 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {r['machine']}. Date of the last finished run: {r['date']}. Command: `{r['command']}`.",
         f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
-        "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on this machine (the sum over sittings "
-        "for a resumed run is not tracked: a resumed run shows its last sitting).",
+        "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on this machine, summed over the "
+        "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only).",
         "",
         "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -1,0 +1,25 @@
+"""The benchmark scripts' own bookkeeping (the benchmarks themselves run outside the test suite)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from breakout_100k import SittingClock  # noqa: E402
+
+
+def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_runs(tmp_path: Path) -> None:
+    path = tmp_path / "mbrl-s0.seconds"
+    path.write_text("100.0")  # earlier sittings took 100 s
+    with SittingClock(path, every=0.01) as clock:
+        deadline = time.monotonic() + 30
+        while float(path.read_text()) == 100.0 and time.monotonic() < deadline:  # a kill now keeps this sitting
+            time.sleep(0.01)
+        assert float(path.read_text()) > 100.0
+    total = clock.seconds()
+    assert total > 100.0 and float(path.read_text()) == round(total, 1) and clock.seconds() == total  # frozen
+    with SittingClock(path) as again:  # the next sitting starts from what the file holds
+        assert again.before == float(path.read_text())
