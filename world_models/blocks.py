@@ -21,6 +21,11 @@ def update_running_stats(mean: Tensor, var: Tensor, count: Tensor, x: Tensor, mo
     count += 1
 
 
+def standardize(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """x (..., *features) standardised per feature by running statistics (see `update_running_stats`)."""
+    return (x - mean) * (var + STATS_EPS).rsqrt()
+
+
 def rope_angles(positions: Tensor, dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
     """cos and sin of rotary angles for integer `positions`.
 
@@ -52,7 +57,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; optional rotary positions and causal mask.
+    """Multi-head self-attention; optional rotary positions and causal mask: `project` the tokens, then
+    `attend` (or `attend_few`), so that a caller can keep the keys and values (`Block.forward_kv`).
 
     Args:
         dim: model width.
@@ -67,13 +73,6 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, causal: bool = False, mask: Tensor | None = None
-    ) -> Tensor:
-        """x: (B, N, dim) -> (B, N, dim). `rope`: cos, sin (N, head_dim/2); `mask`: bool (N, N), True = may attend."""
-        q, k, v = self.project(x, rope)
-        return self.attend(q, k, v, causal, mask)
-
     def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, N, dim) -> queries, keys, values (B, heads, N, head_dim), queries and keys rotated by `rope`."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
@@ -82,7 +81,8 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
-        """Queries (B, heads, Q, d) over keys and values (B, heads, N, d) -> (B, Q, dim)."""
+        """Queries (B, heads, Q, d) over keys and values (B, heads, N, d) -> (B, Q, dim); `mask`: bool (Q, N) or
+        broadcastable to (B, heads, Q, N), True = may attend."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.blocks import STATS_EPS, CrossBlock, update_running_stats
+from world_models.blocks import CrossBlock, standardize, update_running_stats
 
 
 class AttentionHead(nn.Module):
@@ -94,7 +94,7 @@ class StandardizedHead(nn.Module):
         x = torch.cat([z.flatten(1), (z_next - z).flatten(1)], dim=1)
         if self.training:
             update_running_stats(self.mean, self.var, self.count, x, self.momentum)
-        return self.mlp((x - self.mean) * (self.var + STATS_EPS).rsqrt())
+        return self.mlp(standardize(x, self.mean, self.var))
 
 
 HEADS = ("mlp", "attention", "standardized")

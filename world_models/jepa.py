@@ -33,13 +33,13 @@ from torch import Tensor, nn
 
 from world_models.base import StepOutput, TrainBatch, WorldModel
 from world_models.blocks import (
-    STATS_EPS,
     Block,
     CrossBlock,
     PatchEmbed,
     grid_positions,
     patchify,
     rope_angles,
+    standardize,
     update_running_stats,
 )
 from world_models.heads import HEADS, transition_head
@@ -478,7 +478,7 @@ class JEPAWorldModel(WorldModel):
         """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""
         if not self.config.standardize_latents:
             return summary
-        return (summary - self.latent_mean) * (self.latent_var + STATS_EPS).rsqrt()
+        return standardize(summary, self.latent_mean, self.latent_var)
 
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         if stage == "encoder":
