@@ -258,6 +258,9 @@ def format_eval(result: dict[str, Any]) -> str:
             f"({d['positives']} positives; "
             f"mean predicted {d['mean_predicted']:.4f} vs rate {d['actual_rate']:.4f})"
             for h, d in result[head].items()))
+    repeated = result["repeated_action"]
+    lines.append(f"over {repeated['steps']} imagined steps, reward / life losses: " + ", ".join(
+        f"{k} {v['reward']:.3f} / {v['life_loss']:.3f}" for k, v in repeated.items() if k != "steps"))
     lines.append("decoder PSNR dB: " + ", ".join(f"{k} {v:.1f}" for k, v in result["decoder_psnr"].items()))
     return "\n".join(lines)
 

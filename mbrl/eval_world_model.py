@@ -8,10 +8,15 @@
 - Dynamics: L1 and cosine similarity of predicted vs encoded latents at those horizons, and two
   scale-free figures that compare across latent scales and families: R^2 (1 - squared error /
   variance of the encoded latents) and the L1 relative to copying the last real latent forward.
-- Reward and life loss: precision, recall and F1 of the heads at horizons 1 and 5, and calibration: the
-  heads' mean predicted |reward| or probability against the actual rate of events; for a model with a
+- Reward and life loss: precision, recall and F1 of the heads at those horizons, and calibration: the
+  heads' mean predicted |reward| or probability against the actual rate of events (imagination that drifts
+  shows as a mean predicted rate that grows with the horizon while the actual rate does not); for a model with a
   `transition(z, z_next)` (JEPA's heads) also on real next latents ("real"), which separates what the
   heads can read from what the dynamics predicts.
+- Repeated actions: the imagined reward and life losses summed over the longest horizon from the same
+  contexts with each action repeated, against what the windows' real transitions had. Imagination that
+  pays far more than the data for every action, or much more for one action, is what an agent trained
+  in the dream learns to exploit.
 - Decoder: PSNR of decoded frames, from encoded and from predicted latents.
 """
 
@@ -136,12 +141,18 @@ def evaluate(
     data = buffer.sample(windows, context - 1 + max_h, rng, episodes=val_ids)
     z_real = encode(data.frames)  # (W, context + max_h, F)
     predicted, rewards, life = [], [], []
+    repeated = torch.zeros(model.num_actions, 2, dtype=torch.float64)  # per action: summed reward, life loss
     for i in range(0, windows, batch):
         z = model.encode(torch.from_numpy(data.frames[i : i + batch, :context]).to(device))
-        out = imagine(model, z, torch.from_numpy(data.actions[i : i + batch]).to(device))
+        actions = torch.from_numpy(data.actions[i : i + batch]).to(device)
+        out = imagine(model, z, actions)
         predicted.append(out.latent.cpu())
         rewards.append(out.reward.cpu())
         life.append(out.life_loss.cpu())
+        for a in range(model.num_actions):  # the same contexts, then one action repeated
+            held = torch.cat([actions[:, : context - 1], torch.full_like(actions[:, context - 1 :], a)], dim=1)
+            out = imagine(model, z, held)
+            repeated[a] += torch.stack([out.reward.sum(), out.life_loss.sum()]).double().cpu()
     z_pred = torch.cat(predicted)  # (W, max_h, *latent_shape)
     reward_pred, life_pred = torch.cat(rewards), torch.cat(life)
 
@@ -178,9 +189,8 @@ def evaluate(
                              "r2": 1.0 - float(((pred - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()),
                              "l1_vs_copy": l1 / max(float((last_real - target).abs().mean()), 1e-12)}
         decoder[f"h{h}"] = psnr(_decode(model, z_pred[:, h - 1], device, batch), newest[:, at])
-        if h <= 5:
-            reward[f"h{h}"] = event_scores(reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0)
-            life_loss[f"h{h}"] = event_scores(life_pred[:, h - 1], data.life_loss[:, at - 1])
+        reward[f"h{h}"] = event_scores(reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0)
+        life_loss[f"h{h}"] = event_scores(life_pred[:, h - 1], data.life_loss[:, at - 1])
     transition: Any = getattr(model, "transition", None)
     if transition is not None:  # heads on real next latents: what they read when dynamics is not in the way
         steps = slice(context - 1, context - 1 + max_h)
@@ -190,6 +200,13 @@ def evaluate(
                  for i in range(0, len(z_t), batch)]
         reward["real"] = event_scores(torch.cat([o[0].cpu() for o in heads]).abs(), data.clipped_rewards[:, steps] != 0)
         life_loss["real"] = event_scores(torch.cat([o[2].cpu() for o in heads]), data.life_loss[:, steps])
+    taken = slice(context - 1, context - 1 + max_h)
+    result["repeated_action"] = {  # imagined totals over max_h steps per window; "data": what the windows had
+        "steps": max_h,
+        "data": {"reward": float(data.clipped_rewards[:, taken].sum(1).mean()),
+                 "life_loss": float(data.life_loss[:, taken].sum(1).mean())},
+        **{f"action {a}": {"reward": float(repeated[a, 0]) / windows, "life_loss": float(repeated[a, 1]) / windows}
+           for a in range(model.num_actions)}}
     result.update(dynamics=dynamics, reward=reward, life_loss=life_loss, decoder_psnr=decoder)
     return result
 

@@ -19,7 +19,8 @@ TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_pre
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",
-                            predictor_skip=False, event_weight=0.0, context_noise=0.0)  # the first design
+                            predictor_skip=False, event_weight=0.0, context_noise=0.0,
+                            open_loop_heads=False)  # the first design
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -515,3 +516,50 @@ def test_validation_scores_the_corrected_heads_and_training_the_raw_ones() -> No
     torch.testing.assert_close(trained["teacher_forcing"], validated["teacher_forcing"], rtol=0, atol=0)
     data = data._replace(terminated=torch.zeros_like(data.terminated), life_loss=torch.zeros_like(data.life_loss))
     assert losses(False)["end"] < losses(True)["end"]  # without events the corrected (rarer) ends score better
+
+
+def head_inputs(model: JEPAWorldModel, data: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (z_t, z_next) pairs the reward head reads in one stage-2 loss."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = model.reward_head.register_forward_hook(lambda _m, args, _out: seen.append((args[0], args[1])))
+    with torch.no_grad():
+        model.loss(data, "dynamics")
+    hook.remove()
+    (pairs,) = seen
+    return pairs
+
+
+def test_heads_learn_from_real_teacher_forced_and_open_loop_pairs(model: JEPAWorldModel) -> None:
+    data = batch(b=2, steps=5)
+    z_t, z_n = head_inputs(model, data)
+    steps, rollout = 5, TINY.rollout_steps
+    pairs = 2 * steps + rollout
+    assert z_t.shape == z_n.shape == (2 * pairs, *model.latent_shape)
+    z = model.encode(data.frames)
+    start = steps + 1 - rollout
+    with torch.no_grad():
+        open_loop = imagine(model, z[:, :start], data.actions).latent  # predictions of o_start .. o_L
+    per_window = z_n.unflatten(0, (2, pairs))
+    torch.testing.assert_close(per_window[:, :steps], z[:, 1:])  # real pairs first
+    torch.testing.assert_close(per_window[:, 2 * steps :], open_loop, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z_t.unflatten(0, (2, pairs))[:, 2 * steps + 1 :], open_loop[:, :-1],
+                               rtol=1e-4, atol=1e-4)  # the open loop's pairs read two predictions
+
+    torch.manual_seed(0)
+    without = JEPAWorldModel(dataclasses.replace(TINY, open_loop_heads=False)).eval()
+    assert head_inputs(without, data)[1].shape[0] == 2 * 2 * steps  # real and teacher-forced pairs only
+
+
+def test_event_losses_match_each_pair_to_its_transition() -> None:
+    from world_models.jepa import _event_losses
+
+    data = batch(b=2, steps=4)
+    at = torch.tensor([3, 0, 3])
+    classes = data.rewards.sign().long()[:, at] + 1  # (2, 3)
+    ends = torch.stack([data.terminated, data.life_loss], dim=-1).float()[:, at]
+    sure_reward = torch.nn.functional.one_hot(classes.flatten(), 3).float() * 40 - 20
+    sure_end = ends.flatten(0, 1) * 40 - 20
+    reward, end = _event_losses(sure_reward, sure_end, data, at)
+    assert reward < 1e-6 and end < 1e-6
+    wrong = _event_losses(sure_reward, sure_end, data, torch.tensor([1, 2, 2]))
+    assert wrong[0] > 1 or wrong[1] > 1  # the same logits against other transitions

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from replay_data import fill
 from test_cli import assert_user_error, mbrl_cli
+from test_dream import EPISODES, Walker, make_buffer
 
 from mbrl.checkpoint import load_checkpoint
-from mbrl.eval_world_model import average_precision
+from mbrl.eval_world_model import average_precision, evaluate
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, clip_each_part, to_train_batch
@@ -131,8 +132,10 @@ def test_stage_2_reads_cached_latents_and_encoder_updates_clear_them(tmp_path: P
     calls: list[int] = []
     encode = t.model.encode
     monkeypatch.setattr(t.model, "encode", lambda frames: calls.append(1) or encode(frames))
+    torch.manual_seed(0)  # the decoder's subset of observations
     cached = t.model.loss(to_train_batch(batch, cpu, t.latent_cache), "dynamics")
     assert calls == []  # the window's latents came from the cache
+    torch.manual_seed(0)
     direct = t.model.loss(to_train_batch(batch, cpu), "dynamics")
     assert calls == [1]
     for name in ("total", "teacher_forcing", "rollout", "reward", "decoder"):
@@ -179,7 +182,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     for h in ("h1", "h5", "h10"):
         assert -1.0 <= result["dynamics"][h]["cosine"] <= 1.0
         assert np.isfinite(result["decoder_psnr"][h])
-    assert set(result["reward"]) == set(result["life_loss"]) == {"h1", "h5", "real"}
+    assert set(result["reward"]) == set(result["life_loss"]) == {"h1", "h5", "h10", "real"}
     real = result["life_loss"]["real"]  # heads on the 10 real transitions after each window's context
     assert real["positives"] == round(real["actual_rate"] * 32 * 10)
     assert 0.0 <= real["mean_predicted"] <= 1.0 and 0.0 <= real["f1"] <= 1.0 and 0.0 <= real["average_precision"] <= 1.0
@@ -197,3 +200,14 @@ def test_module_imports_without_gymnasium() -> None:
     code = "import sys; import world_models.jepa, world_models.registry; " \
            "sys.exit(any(m.split('.')[0] in ('gymnasium', 'stable_baselines3', 'envs', 'mbrl') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_repeated_actions_report_what_imagination_pays_for_each_action() -> None:
+    buffer = make_buffer()  # Walker: reward 0.75 for action 1, -0.25 for action 2; life lost w.p. 0.6 on action 2
+    episodes = np.arange(EPISODES)
+    result = evaluate(Walker(), buffer, episodes, episodes, "toy", torch.device("cpu"), windows=6, horizons=(1, 5))
+    repeated = result["repeated_action"]
+    assert repeated["steps"] == 5
+    for action, (reward, life) in enumerate([(0.0, 0.0), (3.75, 0.0), (-1.25, 3.0)]):
+        assert repeated[f"action {action}"] == pytest.approx({"reward": reward, "life_loss": life})
+    assert repeated["data"] == {"reward": 0.0, "life_loss": 0.0}  # the toy buffer has neither

@@ -85,8 +85,9 @@ class JEPAConfig:
         teacher_forcing_weight: weight of the teacher-forcing L1; the rollout L1 gets 1 minus it.
         decoder_dim: width of the pixel decoder.
         decoder_batch: observations per stage-2/3 update the decoder learns from, a random subset of
-            the batch's (it serves only pictures, and decoding 64x64 frames cost more than the rest of
-            stage 2 together when it learnt from all of them); 0 = all.
+            the batch's (it serves only pictures: decoding 64x64 frames cost more than the rest of
+            stage 2 together when it learnt from all of them, and 32 of them still took 40% of a stage-2
+            update, for 0.2 dB more PSNR than 8 after the same 800 updates); 0 = all.
         jepa_bottleneck: the stage-1 predictor sees only the online summary tokens and one positional
             query per patch (not the online patch tokens), so what it predicts about the patches
             must pass through the latent.
@@ -108,6 +109,11 @@ class JEPAConfig:
             running mean and variance (updated in stage-1 and stage-3 training, frozen otherwise).
         stats_momentum: update rate of those running statistics (the first updates average exactly).
         head: the reward and termination heads, "mlp", "attention" or "standardized" (world_models/heads.py).
+        open_loop_heads: the heads also learn from the rollout loss's open-loop pairs, where both
+            latents are predictions (what imagination gives them after its first step), not only
+            from real pairs and pairs with a teacher-forced next latent. Without them the heads
+            met drifted latents only in imagination, and paid about 10 times the real reward rate
+            10 steps out, most for moving right (benchmarks/RESULTS.md, "Heads in imagination").
     """
 
     num_actions: int = 4
@@ -131,7 +137,7 @@ class JEPAConfig:
     context_noise: float = 0.0
     teacher_forcing_weight: float = 0.7
     decoder_dim: int = 64
-    decoder_batch: int = 32
+    decoder_batch: int = 8
     jepa_bottleneck: bool = True
     jepa_positions: str = "all"
     jepa_target: str = "motion"
@@ -141,12 +147,13 @@ class JEPAConfig:
     standardize_latents: bool = True
     stats_momentum: float = 0.01
     head: str = "standardized"
+    open_loop_heads: bool = True
 
     absent_in_old_checkpoints: ClassVar[dict[str, Any]] = {
         "jepa_bottleneck": False, "jepa_positions": "masked", "jepa_target": "tokens", "variance_weight": 0.0,
         "covariance_weight": 0.0, "standardize_latents": False, "stats_momentum": 0.01,
         "head": "attention", "predictor_skip": False, "event_weight": 0.0,
-        "context_noise": 0.0}
+        "context_noise": 0.0, "open_loop_heads": False}
     """What a checkpoint saved before these fields existed was trained with (its config lacks them)."""
 
 
@@ -360,13 +367,15 @@ class Dynamics(nn.Module):
 
 
 def _event_losses(reward_logits: Tensor, end_logits: Tensor, batch: TrainBatch,
-                  copies: int = 1) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of the clipped-reward logits (C*B, L, 3) and binary cross-entropy of the game-over and
-    life-loss logits (C*B, L, 2) against the batch's transitions, repeated `copies` (C) times along the batch."""
-    reward_class = (batch.rewards.sign().long() + 1).repeat(copies, 1)  # -1, 0, +1 -> 0, 1, 2
-    ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float().repeat(copies, 1, 1)
-    reward = F.cross_entropy(reward_logits.flatten(0, 1), reward_class.flatten())
-    return reward, F.binary_cross_entropy_with_logits(end_logits, ends)
+                  transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the clipped-reward logits (B*M, 3) and binary cross-entropy of the game-over and
+    life-loss logits (B*M, 2) against the batch's transitions: pair j of window i (row i*M + j) is the
+    window's transition `transitions[j]` (M,) (default: pair t is transition t, M = L)."""
+    at = torch.arange(batch.actions.shape[1], device=batch.rewards.device) if transitions is None else transitions
+    reward_class = batch.rewards.sign().long()[:, at] + 1  # (B, M): -1, 0, +1 -> 0, 1, 2
+    ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float()[:, at]  # (B, M, 2)
+    reward = F.cross_entropy(reward_logits, reward_class.flatten())
+    return reward, F.binary_cross_entropy_with_logits(end_logits, ends.flatten(0, 1))
 
 
 def _window_mask(query_at: Tensor, key_at: Tensor, window: int) -> Tensor:
@@ -563,7 +572,7 @@ class JEPAWorldModel(WorldModel):
     def _event_loss(self, summary: Tensor, batch: TrainBatch) -> Tensor:
         """Online summary tokens (B, L+1, K, dim) -> loss of predicting each transition's events from its result."""
         logits = self.event_head(summary[:, 1:].flatten(2))  # (B, L, 5)
-        reward, end = _event_losses(logits[..., :3], logits[..., 3:], batch)
+        reward, end = _event_losses(logits[..., :3].flatten(0, 1), logits[..., 3:].flatten(0, 1), batch)
         return reward + end
 
     def _dynamics_loss(self, batch: TrainBatch, finetune: bool) -> dict[str, Tensor]:
@@ -586,14 +595,21 @@ class JEPAWorldModel(WorldModel):
             nxt = self.dynamics(history, batch.actions[:, :t])
             rolled.append(nxt[:, -1])
             history = torch.cat([history, nxt[:, -1:]], dim=1)
-        rollout = F.l1_loss(torch.stack(rolled, dim=1), z[:, start:])
+        open_loop = torch.stack(rolled, dim=1)  # (B, R, K, dim) for o_start .. o_L
+        rollout = F.l1_loss(open_loop, z[:, start:])
 
-        # heads read real pairs and pairs with a predicted next latent (what imagination gives them)
-        z_t = torch.cat([z_in[:, :-1], z_in[:, :-1]]).flatten(0, 1)
-        z_n = torch.cat([z[:, 1:], pred.detach()]).flatten(0, 1)
-        reward_logits, end_logits = self._head_logits(z_t, z_n, corrected=not self.training)
-        reward, end = _event_losses(reward_logits.unflatten(0, (2 * b, steps)),
-                                    end_logits.unflatten(0, (2 * b, steps)), batch, copies=2)
+        # heads read real pairs, pairs with a predicted next latent and (open_loop_heads) the open loop's
+        # pairs, where both latents are predictions: what imagination gives them one and several steps out
+        transitions = torch.arange(steps, device=z.device)
+        z_t, z_n, seen = [z_in[:, :-1], z_in[:, :-1]], [z[:, 1:], pred.detach()], [transitions, transitions]
+        if self.config.open_loop_heads:
+            open_loop = open_loop.detach()
+            z_t += [history[:, start - 1 : start], open_loop[:, :-1]]
+            z_n.append(open_loop)
+            seen.append(transitions[start - 1 :])
+        pairs_t, pairs_n = torch.cat(z_t, dim=1).flatten(0, 1), torch.cat(z_n, dim=1).flatten(0, 1)  # (B*M, K, dim)
+        reward_logits, end_logits = self._head_logits(pairs_t, pairs_n, corrected=not self.training)
+        reward, end = _event_losses(reward_logits, end_logits, batch, torch.cat(seen))  # M pairs per window
 
         newest, latents = batch.frames[:, :, -1].flatten(0, 1), z.flatten(0, 1).detach()  # (N, H, W), (N, K, dim)
         if 0 < self.config.decoder_batch < len(latents):
