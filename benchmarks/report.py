@@ -205,7 +205,8 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Breakout at the Atari-100k budget (`benchmarks/breakout_100k.py`)",
         "",
-        f"Machine: {r['machine']}. Date of the last finished run: {r['date']}. Command: `{r['command']}`.",
+        f"Machine: {r['machine']}. Date of the last finished run: {max(x.get('date', r['date']) for x in r['runs'])}. "
+        f"Command of the last: `{r['command']}`.",
         f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
         "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on this machine, summed over the "
         "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only).",
@@ -281,7 +282,62 @@ def _head_calibration(r: dict[str, Any]) -> list[str]:
     return lines + ["", r.get("note", ""), ""]
 
 
+def _heads_in_imagination(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Heads in imagination: calibration by horizon and repeated actions (`mbrl eval-world-model`)",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. {r['setup']} Scored with `{r['eval_command']}` on "
+        "held-out episodes: 'predicted' is the heads' mean expected |reward| or life-loss probability after h "
+        "imagined steps under the real actions, 'actual' the share of those transitions with the event, AP the "
+        "average precision (chance: about the actual rate). 'Repeated' sums the imagined reward (life losses) over "
+        "10 steps from the same contexts with one action repeated; 'data' is what the windows' real transitions had.",
+        "",
+        "| run | event | h1 predicted / actual (AP) | h5 | h10 | over 10 steps: data | NOOP | FIRE | RIGHT | LEFT |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        e = row["eval"]
+        repeated = e["repeated_action"]
+        for event, key in (("reward", "reward"), ("life loss", "life_loss")):
+            cells = " | ".join(f"{e[key][h]['mean_predicted']:.4f} / {e[key][h]['actual_rate']:.4f} "
+                               f"({e[key][h]['average_precision']:.2f})" for h in ("h1", "h5", "h10"))
+            acts = " | ".join(f"{repeated[f'action {a}'][key]:.3f}" for a in range(4))
+            lines.append(f"| {row['run']} | {event} | {cells} | {repeated['data'][key]:.3f} | {acts} |")
+    return lines + ["", r.get("note", ""), ""]
+
+
+def _dream_gap(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The dream-to-real gap (`benchmarks/dream_gap.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A fresh PPO agent (the default `agent` "
+        "settings) trained only in a run's dream, then scored on full real games (the same evaluation code as every "
+        "score here); reward per step is the summed reward over the summed episode lengths (the last 100 dream "
+        "episodes; the real games). For scale: 0.75% of the steps of the 50k random-policy buffer earn a reward, and "
+        "the random policy scores about 1.6 per game. Commands per row below the table.",
+        "",
+        "| row | dream: horizon, reward, ends on | dream steps | dream reward / step | real reward / step "
+        "| real score (mean +- std over games) | real scores after each chunk | actions (shares) | ball in play |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        last, dream = row["chunks"][-1], row["dream"]
+        ball = f"{row['ball_in_play']:.2f}" if "ball_in_play" in row else "-"
+        cells = [row["label"], f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}",
+                 str(last["dream_steps"]), f"{last['dream_reward_per_step']:.4f}",
+                 f"{last['real_reward_per_step']:.4f}",
+                 f"{last['real_mean']:.2f} +- {last['real_std']:.2f}",
+                 ", ".join(f"{c['real_mean']:.2f}" for c in row["chunks"]),
+                 ", ".join(f"{x:.2f}" for x in row["action_shares"]), ball]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {row['label']} ({row['date']}): `{row['command']}`" for row in r["rows"]]
+    return lines + [""]
+
+
 RENDERERS = {
+    "dream_gap": _dream_gap,
+    "heads_in_imagination": _heads_in_imagination,
     "head_calibration": _head_calibration,
     "world_model_ablation": _world_model_ablation,
     "breakout_100k": _breakout_100k,

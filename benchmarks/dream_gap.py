@@ -1,0 +1,118 @@
+"""The dream-to-real gap: an agent trained only in a run's dream, scored in the dream and in the real game.
+
+Trains the run's SB3 agent (its `agent` config, fresh weights) in the batched dream of the run's
+world model, starting imagined episodes from the run's training episodes, and after each chunk
+of dream steps plays full real games with it (`mbrl.evaluate.evaluate_agent`, the same code as
+every score in this project). Reports, per chunk, the reward per imagined step (SB3's episode
+returns over lengths) next to the reward per real step of the same policy, and at the end how
+the policy acts in the real game: the share of each action and, for games with a ball rule in
+`mbrl.eval_world_model.IN_PLAY`, the share of steps with the ball in play (a policy that never
+serves stalls with the ball out of play). A dream that pays much more per step than the real
+game, for actions that earn nothing there, is being exploited rather than learnt from.
+
+    python benchmarks/dream_gap.py --run runs/NAME --label NAME [--dream-steps 100000] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecMonitor
+
+from agents.sb3 import DreamVecEnv
+from agents.sb3_agent import LatentAgent, build_agent
+from envs.atari import make_vector_env
+from envs.dream import DreamVectorEnv
+from envs.registration import load_world_model
+from mbrl.eval_world_model import IN_PLAY
+from mbrl.evaluate import eval_env_config, evaluate_agent
+from mbrl.replay import ReplayBuffer, split_episodes
+from mbrl.run import RunDir
+from mbrl.run_config import RunConfig, resolve_config
+from report import HERE, save_result
+from world_models.latent_cache import LatentCache
+
+RESULT = HERE / "results" / "dream_gap.json"
+RUN_ONLY = ("loop", "dream", "agent", "eval")  # sections taken from the defaults and --set, not from the run
+
+
+def behaviour(agent: LatentAgent, config: RunConfig, steps: int, seed: int) -> dict[str, Any]:
+    """Action shares (and the ball-in-play share where the game has a rule) over `steps` real steps of 4 games."""
+    venv = make_vector_env(eval_env_config(config.env, config.eval), 4, 0)
+    rule = IN_PLAY.get(config.env.id, {}).get("ball_y")
+    counts, in_play = np.zeros(agent.world_model.num_actions), []
+    try:
+        obs, info = venv.reset(seed=seed)
+        for _ in range(steps):
+            actions, _ = agent.predict(obs)
+            obs, _, _, _, info = venv.step(actions)
+            counts += np.bincount(actions, minlength=len(counts))
+            if rule is not None:
+                ram = np.asarray(info["ram"])[:, rule[0]]
+                in_play.append((ram >= rule[1]) & (ram <= rule[2]))
+    finally:
+        venv.close()
+    out: dict[str, Any] = {"action_shares": (counts / counts.sum()).round(3).tolist()}
+    if in_play:
+        out["ball_in_play"] = float(np.mean(in_play))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run with a trained world model and its replay buffer")
+    parser.add_argument("--label", required=True, help="name of the result row (a row with this label is replaced)")
+    parser.add_argument("--dream-steps", type=int, default=100_000, help="agent steps in the dream, in all")
+    parser.add_argument("--chunks", type=int, default=4, help="real evaluations, after equal shares of the steps")
+    parser.add_argument("--episodes", type=int, default=16, help="full real games per evaluation")
+    parser.add_argument("--behaviour-steps", type=int, default=1500, help="real steps (x 4 games) for action shares")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the dream, agent and eval settings (defaults otherwise)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    run = RunDir(Path(args.run))
+    base = {k: v for k, v in run.read_config().items() if k not in RUN_ONLY}
+    config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}", *args.set], base)
+    device = torch.device("cpu")
+    model, _ = load_world_model(run, device)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    train_ids, _ = split_episodes(buffer, config.world_model_training.holdout_every)
+    dream = DreamVectorEnv(model, buffer, config.loop.dream_envs, dataclasses.replace(config.dream, device="cpu"),
+                           seed=args.seed, episodes=train_ids, latent_cache=LatentCache(model))
+    learner = build_agent(config.agent, VecMonitor(DreamVecEnv(dream)), args.seed, device)
+    agent = LatentAgent(learner, model, device)
+
+    chunks, start = [], time.perf_counter()
+    for k in range(1, args.chunks + 1):
+        learner.learn(args.dream_steps // args.chunks, reset_num_timesteps=False, progress_bar=False)
+        episodes = list(learner.ep_info_buffer)  # SB3 keeps the last 100 dream episodes
+        real = evaluate_agent(agent, config.env, config.eval, seed=1000 + k, progress=False)
+        chunks.append({
+            "dream_steps": learner.num_timesteps,
+            "dream_reward_per_step": sum(e["r"] for e in episodes) / sum(e["l"] for e in episodes),
+            "real_mean": real["mean"], "real_std": real["std"],
+            "real_reward_per_step": sum(real["scores"]) / sum(real["lengths"]),
+            "real_mean_length": float(np.mean(real["lengths"])),
+        })
+        print(json.dumps(chunks[-1]), file=sys.stderr)
+    row = {"label": args.label, "run": args.run, "command": "python benchmarks/dream_gap.py " + " ".join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d"), "dream": dataclasses.asdict(config.dream), "chunks": chunks,
+           **behaviour(agent, config, args.behaviour_steps, seed=7), "minutes": (time.perf_counter() - start) / 60}
+    previous = json.loads(RESULT.read_text())["rows"] if RESULT.exists() else []
+    rows = [r for r in previous if r["label"] != args.label] + [row]
+    save_result({"benchmark": "dream_gap", "torch_threads": args.threads, "rows": rows}, RESULT)
+
+
+if __name__ == "__main__":
+    main()
