@@ -317,7 +317,8 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         "the random policy scores about 1.6 per game. Commands per row below the table.",
         "",
         "| row | dream: horizon, reward, ends on | dream steps | dream reward / step | real reward / step "
-        "| real score (mean +- std over games) | real scores after each chunk | actions (shares) | ball in play |",
+        "| real score (mean +- std over games) | real scores after each chunk "
+        "| action shares by id (Breakout: NOOP, FIRE, RIGHT, LEFT) | ball in play |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
