@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -359,8 +360,12 @@ def save_result(result: dict[str, Any], out: Path) -> None:
     write_results_md()
 
 
-def write_results_md() -> Path:
-    """Rewrite RESULTS.md from the saved JSON results, one section per benchmark."""
+def write_results_md(directory: Path = HERE) -> Path:
+    """Rewrite `directory`/RESULTS.md from the JSON results in `directory`/results, one section per benchmark.
+
+    A result whose benchmark this file has no renderer for (one written by a newer version, while a long
+    benchmark of an older one was running) gets a section that says so instead of failing the benchmark.
+    """
     lines = [
         "# Benchmark results",
         "",
@@ -368,10 +373,18 @@ def write_results_md() -> Path:
         "Every figure comes from the command shown with it.",
         "",
     ]
-    for path in sorted((HERE / "results").glob("*.json")):
+    for path in sorted((directory / "results").glob("*.json")):
         result = json.loads(path.read_text())
-        lines += RENDERERS[result["benchmark"]](result)
-    out = HERE / "RESULTS.md"
+        render = RENDERERS.get(result.get("benchmark"))
+        if render is None:
+            note = (f"this version of benchmarks/report.py has no table for results/{path.name} (benchmark "
+                    f"{result.get('benchmark')!r}); re-render with `python benchmarks/report.py` from the version "
+                    "that wrote it")
+            print(f"warning: {note}", file=sys.stderr)
+            lines += [f"## results/{path.name}", "", note[0].upper() + note[1:] + ".", ""]
+        else:
+            lines += render(result)
+    out = directory / "RESULTS.md"
     out.write_text("\n".join(lines))
     return out
 

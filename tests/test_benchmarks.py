@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from breakout_100k import SittingClock  # noqa: E402
+
+from report import write_results_md  # noqa: E402
 
 
 def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_runs(tmp_path: Path) -> None:
@@ -23,3 +26,10 @@ def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_ru
     assert total > 100.0 and float(path.read_text()) == round(total, 1) and clock.seconds() == total  # frozen
     with SittingClock(path) as again:  # the next sitting starts from what the file holds
         assert again.before == float(path.read_text())
+
+
+def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "future.json").write_text(json.dumps({"benchmark": "not_yet_known", "rows": []}))
+    text = write_results_md(tmp_path).read_text()
+    assert "## results/future.json" in text and "'not_yet_known'" in text
