@@ -32,7 +32,7 @@ from agents.sb3_agent import LatentAgent, build_agent
 from envs.atari import make_vector_env
 from envs.dream import DreamVectorEnv
 from envs.registration import load_world_model
-from mbrl.eval_world_model import IN_PLAY
+from mbrl.eval_world_model import IN_PLAY, in_play
 from mbrl.evaluate import eval_env_config, evaluate_agent
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
@@ -48,7 +48,7 @@ def behaviour(agent: LatentAgent, config: RunConfig, steps: int, seed: int) -> d
     """Action shares (and the ball-in-play share where the game has a rule) over `steps` real steps of 4 games."""
     venv = make_vector_env(eval_env_config(config.env, config.eval), 4, 0)
     rule = IN_PLAY.get(config.env.id, {}).get("ball_y")
-    counts, in_play = np.zeros(agent.world_model.num_actions), []
+    counts, ball = np.zeros(agent.world_model.num_actions), []
     try:
         obs, info = venv.reset(seed=seed)
         for _ in range(steps):
@@ -56,13 +56,12 @@ def behaviour(agent: LatentAgent, config: RunConfig, steps: int, seed: int) -> d
             obs, _, _, _, info = venv.step(actions)
             counts += np.bincount(actions, minlength=len(counts))
             if rule is not None:
-                ram = np.asarray(info["ram"])[:, rule[0]]
-                in_play.append((ram >= rule[1]) & (ram <= rule[2]))
+                ball.append(in_play(np.asarray(info["ram"]), rule))
     finally:
         venv.close()
     out: dict[str, Any] = {"action_shares": (counts / counts.sum()).round(3).tolist()}
-    if in_play:
-        out["ball_in_play"] = float(np.mean(in_play))
+    if ball:
+        out["ball_in_play"] = float(np.mean(ball))
     return out
 
 

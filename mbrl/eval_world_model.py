@@ -130,7 +130,7 @@ def evaluate(
         x = encode(sample.frames)[:, 0]
         y = torch.from_numpy(sample.ram[:, 0, ram_index].astype(np.float64))
         for i, name in enumerate(names):
-            rows = _in_play(sample.ram[:, 0], rules[name])
+            rows = in_play(sample.ram[:, 0], rules[name])
             if rows.sum() < MIN_PROBE_ROWS:
                 rules[name], rows = None, np.ones(len(rows), dtype=bool)
             probe[name] = fit_probe(x[rows], y[rows, i : i + 1])
@@ -142,6 +142,7 @@ def evaluate(
     z_real = encode(data.frames)  # (W, context + max_h, F)
     predicted, rewards, life = [], [], []
     repeated = torch.zeros(model.num_actions, 2, dtype=torch.float64)  # per action: summed reward, life loss
+    each = torch.arange(model.num_actions, device=device)
     for i in range(0, windows, batch):
         z = model.encode(torch.from_numpy(data.frames[i : i + batch, :context]).to(device))
         actions = torch.from_numpy(data.actions[i : i + batch]).to(device)
@@ -149,10 +150,13 @@ def evaluate(
         predicted.append(out.latent.cpu())
         rewards.append(out.reward.cpu())
         life.append(out.life_loss.cpu())
-        for a in range(model.num_actions):  # the same contexts, then one action repeated
-            held = torch.cat([actions[:, : context - 1], torch.full_like(actions[:, context - 1 :], a)], dim=1)
-            out = imagine(model, z, held)
-            repeated[a] += torch.stack([out.reward.sum(), out.life_loss.sum()]).double().cpu()
+        # the same contexts, then each action repeated: one imagination of (actions x windows) rollouts
+        b = len(z)
+        held = torch.cat([actions[:, : context - 1].repeat(len(each), 1),
+                          each.repeat_interleave(b)[:, None].expand(-1, max_h)], dim=1)
+        out = imagine(model, z.repeat(len(each), *[1] * (z.dim() - 1)), held)
+        sums = torch.stack([out.reward, out.life_loss]).view(2, len(each), -1).sum(-1)  # (2, actions)
+        repeated += sums.T.double().cpu()
     z_pred = torch.cat(predicted)  # (W, max_h, *latent_shape)
     reward_pred, life_pred = torch.cat(rewards), torch.cat(life)
 
@@ -162,7 +166,7 @@ def evaluate(
         def score(z: torch.Tensor, ram: np.ndarray) -> dict[str, dict[str, float]]:  # z (N, F), ram (N, bytes)
             out = {}
             for i, name in enumerate(names):
-                rows = torch.from_numpy(_in_play(ram, rules[name]))
+                rows = torch.from_numpy(in_play(ram, rules[name]))
                 target = torch.from_numpy(ram[:, ram_index[i] : ram_index[i] + 1].astype(np.float64))
                 out.update(probe_scores(apply_probe(probe[name], z[rows]), target[rows], [name]))
             return out
@@ -191,27 +195,26 @@ def evaluate(
         decoder[f"h{h}"] = psnr(_decode(model, z_pred[:, h - 1], device, batch), newest[:, at])
         reward[f"h{h}"] = event_scores(reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0)
         life_loss[f"h{h}"] = event_scores(life_pred[:, h - 1], data.life_loss[:, at - 1])
+    steps = slice(context - 1, context - 1 + max_h)  # the transitions imagined from each window's context
     transition: Any = getattr(model, "transition", None)
     if transition is not None:  # heads on real next latents: what they read when dynamics is not in the way
-        steps = slice(context - 1, context - 1 + max_h)
         z_t = real_latents[:, steps].flatten(0, 1)
         z_n = real_latents[:, context : context + max_h].flatten(0, 1)
         heads = [transition(z_t[i : i + batch].to(device), z_n[i : i + batch].to(device))
                  for i in range(0, len(z_t), batch)]
         reward["real"] = event_scores(torch.cat([o[0].cpu() for o in heads]).abs(), data.clipped_rewards[:, steps] != 0)
         life_loss["real"] = event_scores(torch.cat([o[2].cpu() for o in heads]), data.life_loss[:, steps])
-    taken = slice(context - 1, context - 1 + max_h)
     result["repeated_action"] = {  # imagined totals over max_h steps per window; "data": what the windows had
         "steps": max_h,
-        "data": {"reward": float(data.clipped_rewards[:, taken].sum(1).mean()),
-                 "life_loss": float(data.life_loss[:, taken].sum(1).mean())},
+        "data": {"reward": float(data.clipped_rewards[:, steps].sum(1).mean()),
+                 "life_loss": float(data.life_loss[:, steps].sum(1).mean())},
         **{f"action {a}": {"reward": float(repeated[a, 0]) / windows, "life_loss": float(repeated[a, 1]) / windows}
            for a in range(model.num_actions)}}
     result.update(dynamics=dynamics, reward=reward, life_loss=life_loss, decoder_psnr=decoder)
     return result
 
 
-def _in_play(ram: np.ndarray, rule: tuple[int, int, int] | None) -> np.ndarray:
+def in_play(ram: np.ndarray, rule: tuple[int, int, int] | None) -> np.ndarray:
     """bool (N,): which rows of RAM (N, bytes) a probe with this IN_PLAY rule counts (all without one)."""
     if rule is None:
         return np.ones(len(ram), dtype=bool)
