@@ -31,7 +31,7 @@ FROZEN_ENCODER = ("dynamics",)
 """Stages that leave the encoder as it is, so the latents of replay rows can be cached across updates."""
 CHECKPOINT = WORLD_MODEL_CHECKPOINT
 BEST = f"{CHECKPOINT}_best"
-"""The model weights of the current stage's best validation check, restored when the stage ends."""
+"""Each checked part's weights of its best validation check in the current stage, restored when it ends."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class WorldModelTrainConfig:
         finetune_steps: updates of stage 3 (everything together; 0 skips it).
         eval_every: updates between validation, checkpoint and early-stopping checks.
         val_batches: validation batches per check (fixed windows of held-out episodes).
-        patience: checks without a better validation loss before a stage stops early; a stage ends with
-            the weights of its best check.
+        patience: checks without a better validation loss of any checked part before a stage stops early;
+            a stage ends with each part's weights of its best check (see `WorldModel.checked_parts`).
         holdout_every: episodes whose id is a multiple of this are held out (never trained on).
         event_fraction: share of training windows that end on a reward, life loss or game over
             (see ReplayBuffer.sample); rewards are ~0.7% and life losses ~2.7% of random Breakout
@@ -129,14 +129,15 @@ class Trainer:
                 for name, value in losses.items():
                     writer.add_scalar(f"losses/{stage}/{name}", value, step)
                 if step % self.cfg.eval_every == 0 or step == total:
-                    if self._check(stage, writer):
+                    val = self._check(stage, writer)
+                    bar.set_postfix(loss=f"{losses['total']:.4f}", val=f"{val:.4f}")
+                    if self.progress["bad_checks"] >= self.cfg.patience:
                         bar.write(f"{stage}: validation loss stopped improving; stopping early at update {step}")
                         break
-                    bar.set_postfix(loss=f"{losses['total']:.4f}", val=f"{self.progress['best']:.4f}")
             restored = self._restore_best(stage)
-            if restored is not None:
-                bar.write(f"{stage}: kept the weights of update {restored} (best validation loss "
-                          f"{self.progress['best']:.4f}), not those of update {self.progress['step']}")
+            if restored:
+                bar.write(f"{stage}: kept the weights of its best checks, not those of update "
+                          f"{self.progress['step']}: " + ", ".join(restored))
             bar.close()
             self.progress["done"].append(stage)
             self.save()
@@ -202,36 +203,51 @@ class Trainer:
     def _cache_for(self, stage: str) -> LatentCache | None:
         return self.latent_cache if stage in FROZEN_ENCODER else None
 
-    def _check(self, stage: str, writer: Any) -> bool:
-        """Validate, log, checkpoint; True when the stage should stop early."""
+    def _check(self, stage: str, writer: Any) -> float:
+        """Validate, log, keep the best weights of each checked part, checkpoint; returns the validation total.
+
+        `progress["best"]` holds each part's best score and the update it was seen at; the best
+        checkpoint holds each part's tensors from that update (other tensors: the latest).
+        `progress["bad_checks"]` counts the checks since any part last improved.
+        """
         val = self.validate(stage)
         step = self.progress["step"]
         for name, value in val.items():
             writer.add_scalar(f"val/{stage}/{name}", value, step)
         if stage != "encoder":
             writer.add_images(f"decoder/{stage}/real_vs_decoded", self._picture(), step, dataformats="NCHW")
-        best = self.progress["best"]
-        if best is None or val["total"] < best:
-            self.progress.update(best=val["total"], bad_checks=0)
+        parts = self.model.checked_parts(stage)
+        best = self.progress["best"] if isinstance(self.progress["best"], dict) else {}  # a float: older format
+        scores = {name: sum(w * val[loss] for loss, w in part.losses.items()) for name, part in parts.items()}
+        improved = [name for name, score in scores.items() if name not in best or score < best[name]["val"]]
+        if improved:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-            save_checkpoint(self.run.checkpoint_dir, BEST, tensors, {"stage": stage, "val": val["total"]}, step=step)
+            kept = [parts[name].prefixes for name in best if name not in improved]
+            if kept:  # parts that did not improve keep their tensors of the best checkpoint (this stage's)
+                previous = load_checkpoint(self.run.checkpoint_dir, BEST).tensors
+                for key in tensors:
+                    if any(key.startswith("model." + p) for prefixes in kept for p in prefixes):
+                        tensors[key] = previous[key]
+            best = {**best, **{name: {"val": scores[name], "step": step} for name in improved}}
+            save_checkpoint(self.run.checkpoint_dir, BEST, tensors, {"stage": stage, "parts": best}, step=step)
+            self.progress.update(best=best, bad_checks=0)
         else:
             self.progress["bad_checks"] += 1
         self.save()
-        return self.progress["bad_checks"] >= self.cfg.patience
+        return val["total"]
 
-    def _restore_best(self, stage: str) -> int | None:
-        """Load the weights of the stage's best validation check (early stopping keeps the best weights, not
-        the last: a stage stops `patience` checks after its best, and a head's validation loss can jump at
-        the last check). Returns the update it was taken at, None when the current weights are the best."""
-        if not (self.run.checkpoint_dir / f"{BEST}.json").exists():
-            return None
-        ckpt = load_checkpoint(self.run.checkpoint_dir, BEST)
-        if ckpt.metadata["stage"] != stage or ckpt.step == self.progress["step"]:
-            return None
-        load_state_dict(self.model, ckpt, prefix="model.")
+    def _restore_best(self, stage: str) -> list[str]:
+        """Load each checked part's weights of its best validation check (a stage stops `patience` checks
+        after the last improvement, and a head's validation loss can jump at the last check). Returns
+        "part: update N (score)" for the parts whose best is not the current update (none: nothing loaded)."""
+        best = self.progress["best"] if isinstance(self.progress["best"], dict) else {}
+        older = [f"{name} update {entry['step']} ({entry['val']:.4f})" for name, entry in best.items()
+                 if entry["step"] != self.progress["step"]]
+        if not older:
+            return []
+        load_state_dict(self.model, load_checkpoint(self.run.checkpoint_dir, BEST), prefix="model.")
         self.latent_cache.clear()
-        return ckpt.step
+        return older
 
     @torch.no_grad()
     def _picture(self) -> torch.Tensor:

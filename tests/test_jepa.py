@@ -123,12 +123,13 @@ def test_predictor_cannot_see_the_future(conditioning: str) -> None:
     assert not torch.allclose(model.dynamics(z, a3)[:, 2], base[:, 2]), "the prediction depends on the action"
 
 
-@pytest.mark.parametrize("conditioning", ["token", "add", "cross"])
-def test_cached_imagination_equals_the_predictor_over_the_whole_history(conditioning: str) -> None:
+@pytest.mark.parametrize(("conditioning", "skip_rank"), [("token", 0), ("add", 0), ("cross", 0), ("add", 8)])
+def test_cached_imagination_equals_the_predictor_over_the_whole_history(conditioning: str, skip_rank: int) -> None:
     """Stepping with the key/value cache past the window gives what the full forward pass gives."""
     torch.manual_seed(0)
-    model = JEPAWorldModel(dataclasses.replace(TINY, action_conditioning=conditioning)).eval()
-    torch.nn.init.normal_(model.dynamics.skip.weight, std=0.05)  # the linear path starts at zero; make it count
+    model = JEPAWorldModel(dataclasses.replace(TINY, action_conditioning=conditioning, skip_rank=skip_rank)).eval()
+    for weight in model.dynamics.skip.parameters():  # the linear path starts at zero; make it count
+        torch.nn.init.normal_(weight, std=0.05)
     g = torch.Generator().manual_seed(3)
     context, horizon = 3, 3 * TINY.context
     z = torch.randn(2, context, 2, 32, generator=g)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -79,24 +80,71 @@ def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("totals, kept", [([0.5, 0.3, 0.4], 1), ([0.5, 0.4, 0.3], 2)])
-def test_a_stage_ends_with_the_weights_of_its_best_check(tmp_path: Path, totals: list[float], kept: int) -> None:
-    t = trainer(tmp_path)
-    t.progress["done"] = ["encoder"]
+def scripted_checks(t: Trainer, checks: list[dict[str, float]]) -> list[dict[str, torch.Tensor]]:
+    """Make `t`'s validation return `checks` in turn (loss parts chosen by the test); returns the list the
+    weights at each check are recorded in."""
     seen: list[dict[str, torch.Tensor]] = []
 
-    def scripted(stage: str) -> dict[str, float]:  # validation totals chosen by the test, weights recorded
+    def scripted(stage: str) -> dict[str, float]:
         seen.append({k: v.clone() for k, v in t.model.state_dict().items()})
-        return {"total": totals[len(seen) - 1]}
+        return checks[len(seen) - 1]
 
     t.validate = scripted  # type: ignore[method-assign]
-    t.train(["dynamics"], 9, Writer(), show_progress=False)  # checks at updates 3, 6, 9
+    return seen
+
+
+@pytest.mark.parametrize("totals, kept", [([0.5, 0.3, 0.4], 1), ([0.5, 0.4, 0.3], 2)])
+def test_a_stage_ends_with_the_weights_of_its_best_check(tmp_path: Path, totals: list[float], kept: int) -> None:
+    t = trainer(tmp_path)  # stage 1 checks the whole model by its total
+    seen = scripted_checks(t, [{"total": total} for total in totals])
+    t.train(["encoder"], 9, Writer(), show_progress=False)  # checks at updates 3, 6, 9
     assert len(seen) == 3 and t.progress["step"] == 9
     for name, value in t.model.state_dict().items():
         torch.testing.assert_close(value, seen[kept][name], rtol=0, atol=0, msg=name)
-    assert not torch.equal(seen[1]["dynamics.out.weight"], seen[2]["dynamics.out.weight"])  # the choice mattered
+    assert not torch.equal(seen[1]["online.blocks.0.mlp.0.weight"], seen[2]["online.blocks.0.mlp.0.weight"])
     saved = load_checkpoint(tmp_path / "checkpoints", CHECKPOINT)  # and the run's checkpoint holds them
-    torch.testing.assert_close(saved.tensors["model.dynamics.out.weight"], seen[kept]["dynamics.out.weight"])
+    torch.testing.assert_close(saved.tensors["model.online.blocks.0.mlp.0.weight"],
+                               seen[kept]["online.blocks.0.mlp.0.weight"])
+
+
+def test_stage_2_keeps_the_best_predictor_heads_and_decoder_each_of_its_own_check(tmp_path: Path) -> None:
+    t = trainer(tmp_path)
+    t.progress["done"] = ["encoder"]
+    parts = {"teacher_forcing": [0.5, 0.4, 0.3, 0.35], "rollout": [0.5, 0.4, 0.3, 0.35],  # best at check 2
+             "reward": [0.1, 0.05, 0.2, 0.2], "end": [0.1, 0.05, 0.2, 0.2],  # best at check 1
+             "decoder": [0.3, 0.4, 0.5, 0.6]}  # best at check 0
+    seen = scripted_checks(t, [{"total": 1.0, **{k: v[i] for k, v in parts.items()}} for i in range(4)])
+    t.train(["dynamics"], 12, Writer(), show_progress=False)  # checks at updates 3, 6, 9, 12
+    assert t.progress["step"] == 12 and t.progress["bad_checks"] == 1
+    assert {name: entry["step"] for name, entry in t.progress["best"].items()} == {
+        "predictor": 9, "heads": 6, "decoder": 3}
+    kept = {"dynamics.": 2, "reward_head.": 1, "end_head.": 1, "decoder.": 0}
+    saved = load_checkpoint(tmp_path / "checkpoints", CHECKPOINT)
+    for name, value in t.model.state_dict().items():
+        check = next((i for prefix, i in kept.items() if name.startswith(prefix)), None)
+        if check is not None:
+            torch.testing.assert_close(value, seen[check][name], rtol=0, atol=0, msg=name)
+            torch.testing.assert_close(saved.tensors[f"model.{name}"], value, rtol=0, atol=0, msg=name)
+    for name in ("dynamics.out.weight", "reward_head.mlp.0.weight", "decoder.proj.weight"):
+        assert not torch.equal(seen[0][name], seen[3][name]), f"{name} trained: the choice mattered"
+
+
+def test_a_stage_stops_when_no_part_improved_for_patience_checks(tmp_path: Path) -> None:
+    t = trainer(tmp_path)
+    t.progress["done"] = ["encoder"]
+    t.cfg = dataclasses.replace(t.cfg, patience=2)
+    part = {"teacher_forcing": [0.5, 0.4, 0.6, 0.5, 0.3], "reward": [0.1, 0.1, 0.05, 0.2, 0.2]}
+    seen = scripted_checks(t, [{"total": 1.0, "rollout": 0.0, "end": 0.0, "decoder": 0.0,
+                                **{k: v[i] for k, v in part.items()}} for i in range(5)])
+    t.train(["dynamics"], 15, Writer(), show_progress=False)
+    assert len(seen) == 5 and t.progress["step"] == 15  # a part improved at checks 0, 1 and 2: not stopped
+    t2 = trainer(tmp_path / "b")
+    t2.progress["done"] = ["encoder"]
+    t2.cfg = dataclasses.replace(t2.cfg, patience=2)
+    seen2 = scripted_checks(t2, [{"total": 1.0, "teacher_forcing": x, "rollout": x, "reward": x, "end": x,
+                                  "decoder": x} for x in (0.5, 0.6, 0.7, 0.1, 0.1)])
+    t2.train(["dynamics"], 15, Writer(), show_progress=False)
+    assert len(seen2) == 3 and t2.progress["step"] == 9  # two checks without any part improving
 
 
 def test_average_precision_closed_form() -> None:

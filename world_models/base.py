@@ -52,6 +52,18 @@ class StepOutput(NamedTuple):
     life_loss: Tensor
 
 
+class CheckedPart(NamedTuple):
+    """A part of a model whose best weights early stopping keeps on its own (see `WorldModel.checked_parts`).
+
+    Attributes:
+        prefixes: state-dict key prefixes of the part's tensors.
+        losses: validation loss parts and their weights; the weighted sum scores the part.
+    """
+
+    prefixes: tuple[str, ...]
+    losses: dict[str, float]
+
+
 EVENTS = ("reward -1", "reward 0", "reward +1", "game over", "life loss")
 """The events whose rates the heads' priors are corrected for, in the order of `event_logit_shift`."""
 
@@ -127,6 +139,14 @@ class WorldModel(nn.Module, ABC):
     @abstractmethod
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         """Named loss parts of a training stage for a batch; the key "total" is what is minimised."""
+
+    def checked_parts(self, stage: str) -> dict[str, CheckedPart]:
+        """The parts early stopping judges separately in `stage`: each ends the stage with the weights of its
+        own best validation check, and the stage stops when none improved for a while. Default: the whole
+        model, scored by the total loss. A family whose stage trains parts that do not feed each other
+        (a predictor and heads that read its detached outputs) can split them, so that one part
+        overfitting early does not stop the others."""
+        return {"model": CheckedPart(("",), {"total": 1.0})}
 
 
 @torch.no_grad()

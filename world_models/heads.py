@@ -100,12 +100,14 @@ class StandardizedHead(nn.Module):
 HEADS = ("mlp", "attention", "standardized")
 
 
-def transition_head(kind: str, dim: int, tokens: int, heads: int, outputs: int, momentum: float) -> nn.Module:
-    """The head `kind` (one of HEADS) for latents of `tokens` tokens of width `dim`, with `outputs` logits."""
+def transition_head(kind: str, dim: int, tokens: int, heads: int, outputs: int, momentum: float,
+                    hidden: int = 256) -> nn.Module:
+    """The head `kind` (one of HEADS) for latents of `tokens` tokens of width `dim`, with `outputs` logits
+    (`hidden`: the standardized head's hidden units)."""
     if kind == "attention":
         return AttentionHead(dim, heads, outputs)
     if kind == "mlp":
         return MLPHead(tokens * dim, 4 * dim, outputs)
     if kind == "standardized":
-        return StandardizedHead(tokens * dim, outputs, momentum)
+        return StandardizedHead(tokens * dim, outputs, momentum, hidden)
     raise ValueError(f"head must be one of {', '.join(HEADS)}; got {kind!r}")
