@@ -337,7 +337,56 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _predictor_cost(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## What an imagined step costs and what the model knows (`benchmarks/predictor_cost.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
+        "Stage-2 variants on the same 50k random-policy buffer and stage-1 encoder (runs/wm50k_ev). Multiply-adds: "
+        "one imagined step of one rollout (torch's FLOP counter over `step` / 2, full context window); ms: median "
+        "of one step of 256 and of 512 rollouts (random weights of the run's config). Quality from each run's "
+        "`mbrl eval-world-model --run RUN --windows 2048` on held-out episodes: L1 / copy is the imagined latents' "
+        "error over that of repeating the last real latent; R^2 of linear probes to the console RAM; AP the "
+        "average precision of the heads (chance: the event rate, ~0.01 rewards, ~0.02 life losses); 'over 10' sums "
+        "the imagined reward over 10 steps of one repeated action (the data: 0.10). Updates: the last stage-2 "
+        "update; 'kept' the update whose weights the run ended with (each part's own with per-part early "
+        "stopping).",
+        "",
+        "| run | conditioning, width x depth, linear path, head hidden | M multiply-adds / step "
+        "| ms / step of 256, 512 | updates (kept) | L1 / copy h1, h5, h10 | paddle R^2 h1, h5 | ball x, y R^2 h1 "
+        "| ball x, y R^2 h5 "
+        "| reward AP h1, h5, real | life-loss AP h1, h5, real | reward over 10: NOOP, FIRE, RIGHT, LEFT | PSNR dB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def two(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    for row in r["rows"]:
+        c, e = row["config"], row["eval"]
+        probes, repeated = e["probes"], e.get("repeated_action")
+        skip = "no" if not c["predictor_skip"] else ("full" if not c["skip_rank"] else f"rank {c['skip_rank']}")
+        kept = row["kept"]
+        kept = " / ".join(f"{name} {step}" for name, step in kept.items()) if isinstance(kept, dict) else str(kept)
+        cells = [
+            row["label"], f"{c['action_conditioning']}, {c['predictor_dim']} x {c['predictor_depth']}, {skip}, "
+            f"{c['head_hidden']}", f"{row['macs'] / 1e6:.2f}",
+            f"{row['step_ms']['256']:.1f}, {row['step_ms']['512']:.1f}",
+            f"{row['updates']} ({kept})", two([e["dynamics"][h]["l1_vs_copy"] for h in ("h1", "h5", "h10")]),
+            two([probes[h]["paddle_x"]["r2"] for h in ("h1", "h5")]),
+            two([probes["h1"]["ball_x"]["r2"], probes["h1"]["ball_y"]["r2"]]),
+            two([probes["h5"]["ball_x"]["r2"], probes["h5"]["ball_y"]["r2"]]),
+            two([e["reward"][h]["average_precision"] for h in ("h1", "h5", "real")]),
+            two([e["life_loss"][h]["average_precision"] for h in ("h1", "h5", "real")]),
+            "-" if repeated is None else ", ".join(f"{repeated[f'action {a}']['reward']:.3f}" for a in range(4)),
+            f"{e['decoder_psnr']['encoded']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", r.get("note", ""), ""]
+
+
 RENDERERS = {
+    "predictor_cost": _predictor_cost,
     "dream_gap": _dream_gap,
     "heads_in_imagination": _heads_in_imagination,
     "head_calibration": _head_calibration,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -10,8 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from breakout_100k import SittingClock  # noqa: E402
+from predictor_cost import macs_per_rollout_step  # noqa: E402
 
 from report import write_results_md  # noqa: E402
+from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
 def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_runs(tmp_path: Path) -> None:
@@ -33,3 +36,16 @@ def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_pa
     (tmp_path / "results" / "future.json").write_text(json.dumps({"benchmark": "not_yet_known", "rows": []}))
     text = write_results_md(tmp_path).read_text()
     assert "## results/future.json" in text and "'not_yet_known'" in text
+
+
+def test_predictor_cost_counts_the_multiply_adds_the_linear_path_rank_and_head_width_save() -> None:
+    tiny = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_predictor_depth=1, predictor_dim=32,
+                      predictor_depth=1, context=4, decoder_dim=16)
+    d = tiny.summary_tokens * tiny.dim  # latent features
+
+    def macs(**changes: object) -> float:
+        return macs_per_rollout_step(JEPAWorldModel(dataclasses.replace(tiny, **changes)).eval())
+
+    assert macs() - macs(skip_rank=8) == 2 * d * d - (2 * d * 8 + 8 * d)  # (2d -> d) against (2d -> 8 -> d)
+    heads = 2 * d * (64 - 16) * 2 + (64 - 16) * (3 + 2)  # two heads: 2d -> hidden -> 3 and 2 logits
+    assert macs(head_hidden=64) - macs(head_hidden=16) == heads

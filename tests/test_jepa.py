@@ -564,3 +564,33 @@ def test_event_losses_match_each_pair_to_its_transition() -> None:
     assert reward < 1e-6 and end < 1e-6
     wrong = _event_losses(sure_reward, sure_end, data, torch.tensor([1, 2, 2]))
     assert wrong[0] > 1 or wrong[1] > 1  # the same logits against other transitions
+
+
+@pytest.mark.parametrize(("head", "skip_rank"), [("standardized", 0), ("standardized", 8), ("mlp", 0)])
+def test_imagination_reads_folded_weights_that_follow_every_update(head: str, skip_rank: int) -> None:
+    """Without autograd the heads and the linear path fold their input's construction (and the head's
+    standardisation) into cached weights; that gives what the layers give, also after the weights and
+    statistics change in place."""
+    torch.manual_seed(0)
+    model = JEPAWorldModel(dataclasses.replace(TINY, head=head, skip_rank=skip_rank))
+    z, actions = torch.randn(6, 5, 2, 32) * 2 + 1, torch.randint(0, 4, (6, 5))
+
+    def both() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model.eval()
+        with torch.enable_grad():
+            layers = [model.dynamics(z, actions), *model.transition(z[:, 0], z[:, 1])]
+        with torch.no_grad():
+            folded = [model.dynamics(z, actions), *model.transition(z[:, 0], z[:, 1])]
+        return [x.detach() for x in layers], folded
+
+    for _ in range(2):  # the second time after every parameter and statistic moved
+        for weight in model.dynamics.skip.parameters():
+            torch.nn.init.normal_(weight, std=0.05)
+        model.train()
+        model.transition(z[:, 0] * 3, z[:, 2])  # training moves the standardized heads' statistics
+        layers, folded = both()
+        for a, b in zip(layers, folded):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -24,6 +27,32 @@ def update_running_stats(mean: Tensor, var: Tensor, count: Tensor, x: Tensor, mo
 def standardize(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """x (..., *features) standardised per feature by running statistics (see `update_running_stats`)."""
     return (x - mean) * (var + STATS_EPS).rsqrt()
+
+
+class Folded:
+    """A tensor computed from parameters and buffers (e.g. weights with a normalisation folded in), computed
+    again only when one of them changes: their version counters move with every in-place update
+    (optimiser steps, loading) and their storage with a move to another device."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._value: Any = None
+
+    def get(self, sources: tuple[Tensor | None, ...], compute: Callable[[], Any]) -> Any:
+        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in sources)
+        if self._key != key:
+            with torch.no_grad():
+                self._value = compute()
+            self._key = key
+        return self._value
+
+
+def linear_pair(x: Tensor, y: Tensor, w_x: Tensor, w_y: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ w_x.T + y @ w_y.T (+ bias) for x, y (..., features): a linear layer over [x, y] without building it."""
+    lead = x.shape[:-1]
+    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    out = torch.mm(x, w_x.T) if bias is None else torch.addmm(bias, x, w_x.T)
+    return out.addmm_(y, w_y.T).view(*lead, -1)
 
 
 def rope_angles(positions: Tensor, dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:

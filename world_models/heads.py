@@ -12,13 +12,12 @@ Three designs, chosen by `JEPAConfig.head` (see `transition_head`):
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.blocks import CrossBlock, standardize, update_running_stats
+from world_models.blocks import STATS_EPS, CrossBlock, Folded, linear_pair, standardize, update_running_stats
 
 
 class AttentionHead(nn.Module):
@@ -43,30 +42,26 @@ class MLPHead(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, outputs))
-        self._folded_key: tuple[Any, ...] | None = None
-        self._folded: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))
+        self._folded = Folded()
 
     def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
         w_z, w_n = self._first_layer()
-        hidden = F.linear(z.flatten(1), w_z, cast(nn.Linear, self.mlp[0]).bias) + F.linear(z_next.flatten(1), w_n)
-        return self.mlp[1:](hidden)
+        return self.mlp[1:](linear_pair(z.flatten(1), z_next.flatten(1), w_z, w_n, cast(nn.Linear, self.mlp[0]).bias))
 
     def _first_layer(self) -> tuple[Tensor, Tensor]:
         """The first layer reads [z, z_next, z_next - z]: W_z z + W_n z_next + W_d (z_next - z), computed as
         (W_z - W_d) z + (W_n + W_d) z_next, a third fewer multiplications. Returns those two weights;
-        without autograd they are cached until the weight changes (its version counter moves with every
-        in-place update: optimiser steps, loading), since folding costs as much as a step of a few rollouts."""
+        without autograd they are cached until the weight changes, since folding costs as much as a step
+        of a few rollouts."""
         weight = cast(nn.Linear, self.mlp[0]).weight
-        if torch.is_grad_enabled() and weight.requires_grad:
+
+        def fold() -> tuple[Tensor, Tensor]:
             w_z, w_n, w_d = weight.chunk(3, dim=1)
             return w_z - w_d, w_n + w_d
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if self._folded_key != key:
-            with torch.no_grad():
-                w_z, w_n, w_d = weight.chunk(3, dim=1)
-                self._folded = (w_z - w_d, w_n + w_d)
-            self._folded_key = key
-        return self._folded
+
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return fold()
+        return cast(tuple[Tensor, Tensor], self._folded.get((weight,), fold))
 
 
 class StandardizedHead(nn.Module):
@@ -89,12 +84,30 @@ class StandardizedHead(nn.Module):
         self.register_buffer("count", torch.zeros(()))
         self.mlp = nn.Sequential(nn.Linear(2 * width, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, outputs))
+        self._folded = Folded()
 
     def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
+        if not self.training and not torch.is_grad_enabled():  # imagination: no input to build
+            return self.mlp[1:](linear_pair(z.flatten(1), z_next.flatten(1), *self._first_layer()))
         x = torch.cat([z.flatten(1), (z_next - z).flatten(1)], dim=1)
         if self.training:
             update_running_stats(self.mean, self.var, self.count, x, self.momentum)
         return self.mlp(standardize(x, self.mean, self.var))
+
+    def _first_layer(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The first layer with the standardisation and the difference folded in, for frozen statistics: with
+        V = W / std (per input), W (x - mean) / std + b = (V_z - V_d) z + V_d z_next + (b - V mean), where V_z
+        and V_d read z and z_next - z. So a step reads z and z_next with two matrix products instead of
+        building, centring and scaling [z, z_next - z] (10x faster for 512 rollouts and 64 hidden units)."""
+        first = cast(nn.Linear, self.mlp[0])
+
+        def fold() -> tuple[Tensor, Tensor, Tensor]:
+            scaled = first.weight * (self.var + STATS_EPS).rsqrt()
+            v_z, v_d = scaled.chunk(2, dim=1)
+            return v_z - v_d, v_d, first.bias - scaled @ self.mean
+
+        return cast(tuple[Tensor, Tensor, Tensor],
+                    self._folded.get((first.weight, first.bias, self.mean, self.var), fold))
 
 
 HEADS = ("mlp", "attention", "standardized")

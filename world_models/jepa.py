@@ -35,8 +35,10 @@ from world_models.base import CheckedPart, StepOutput, TrainBatch, WorldModel
 from world_models.blocks import (
     Block,
     CrossBlock,
+    Folded,
     PatchEmbed,
     grid_positions,
+    linear_pair,
     patchify,
     rope_angles,
     standardize,
@@ -250,6 +252,7 @@ class Dynamics(nn.Module):
         if cfg.predictor_skip:
             self.skip = nn.Linear(2 * d, d) if not cfg.skip_rank else nn.Sequential(
                 nn.Linear(2 * d, cfg.skip_rank, bias=False), nn.Linear(cfg.skip_rank, d))
+            self._folded_skip = Folded()
             last = cast(nn.Linear, self.skip if isinstance(self.skip, nn.Linear) else self.skip[-1])
             nn.init.zeros_(last.weight)  # starts as the plain predictor
             nn.init.zeros_(last.bias)
@@ -355,11 +358,27 @@ class Dynamics(nn.Module):
         return self.out(x).unflatten(-1, self.latent_shape)
 
     def _skip(self, z: Tensor, previous: Tensor) -> Tensor | float:
-        """The linear path's change of latents (..., K, dim) given the latents before them (0 without it)."""
+        """The linear path's change of latents (..., K, dim) given the latents before them (0 without it).
+
+        Its first layer reads [z, z - previous]: W_a z + W_b (z - previous) = (W_a + W_b) z - W_b previous,
+        so imagination reads the two latents with two matrix products without building its input.
+        """
         if not self.cfg.predictor_skip:
             return 0.0
-        x = torch.cat([z.flatten(-2), (z - previous).flatten(-2)], dim=-1)
-        return self.skip(x).unflatten(-1, self.latent_shape)
+        layers = [self.skip] if isinstance(self.skip, nn.Linear) else list(cast(nn.Sequential, self.skip))
+        first = cast(nn.Linear, layers[0])
+        if torch.is_grad_enabled():
+            x = first(torch.cat([z.flatten(-2), (z - previous).flatten(-2)], dim=-1))
+        else:
+            def fold() -> tuple[Tensor, Tensor]:
+                w_a, w_b = first.weight.chunk(2, dim=1)
+                return w_a + w_b, -w_b
+
+            w_z, w_previous = self._folded_skip.get((first.weight,), fold)
+            x = linear_pair(z.flatten(-2), previous.flatten(-2), w_z, w_previous, first.bias)
+        for layer in layers[1:]:
+            x = layer(x)
+        return x.unflatten(-1, self.latent_shape)
 
     @property
     def latent_shape(self) -> tuple[int, int]:

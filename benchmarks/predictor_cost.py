@@ -1,0 +1,107 @@
+"""What an imagined step costs against what the world model knows: stage-2 variants side by side.
+
+For each trained run (same replay buffer and stage-1 encoder, stage 2 with different predictor
+and head settings) this reads its `world_model_eval.json` (`mbrl eval-world-model --run RUN
+--windows 2048`) and measures, on a model of the run's config with random weights (same
+compute): the multiply-adds of one imagined step per rollout (counted by torch's FLOP counter
+over `WorldModel.step` with a full context window) and the milliseconds of one step of 256 and
+of 512 rollouts (median of repeats on `--threads` torch threads).
+
+    python benchmarks/predictor_cost.py --runs runs/A runs/B [--labels A B] [--note "..."]
+        -> benchmarks/results/predictor_cost.json, RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mbrl.checkpoint import load_checkpoint
+from mbrl.run import RunDir
+from report import save_result
+from world_models.base import WorldModel
+from world_models.registry import build
+
+HERE = Path(__file__).resolve().parent
+CONFIG_KEYS = ("action_conditioning", "predictor_dim", "predictor_depth", "predictor_skip", "skip_rank",
+               "head_hidden", "summary_tokens")
+
+
+def _full_context(model: WorldModel, batch: int) -> tuple[Any, torch.Tensor]:
+    """An imagination state of `batch` rollouts with a full context window, and actions to step with."""
+    g = torch.Generator().manual_seed(0)
+    context = model.config.context
+    latents = torch.randn(batch, context, *model.latent_shape, generator=g)
+    actions = torch.randint(0, model.num_actions, (batch, context), generator=g)
+    return model.observe(latents, actions[:, :-1]), actions[:, -1]
+
+
+@torch.no_grad()
+def macs_per_rollout_step(model: WorldModel) -> float:
+    """Multiply-adds of one imagined step of one rollout (FLOPs / 2, as torch counts them)."""
+    state, action = _full_context(model, 1)
+    with FlopCounterMode(display=False) as counter:
+        model.step(state, action)
+    return counter.get_total_flops() / 2
+
+
+@torch.no_grad()
+def step_ms(model: WorldModel, batch: int, repeats: int) -> float:
+    """Median milliseconds of one imagined step of `batch` rollouts (steps chained: a step consumes its state)."""
+    state, action = _full_context(model, batch)
+    times = []
+    for _ in range(repeats + 3):
+        start = time.perf_counter()
+        state = model.step(state, action).state
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(torch.tensor(times[3:]).median())
+
+
+def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
+    ckpt = load_checkpoint(RunDir(run).checkpoint_dir, "world_model")
+    metadata = ckpt.metadata
+    torch.manual_seed(0)
+    model = build(metadata["family"], metadata["config"]).eval()
+    config = {k: getattr(model.config, k) for k in CONFIG_KEYS}
+    best = RunDir(run).checkpoint_dir / "world_model_best.json"
+    if isinstance(metadata["progress"]["best"], dict):  # per-part early stopping: each part's own check
+        kept: Any = {name: entry["step"] for name, entry in metadata["progress"]["best"].items()}
+    else:  # one check for the whole model: the best checkpoint's update
+        kept = load_checkpoint(RunDir(run).checkpoint_dir, "world_model_best").step if best.exists() else None
+    row = {"label": label, "run": str(run), "config": config, "updates": metadata["progress"]["step"],
+           "kept": kept, "macs": macs_per_rollout_step(model),
+           "step_ms": {str(n): step_ms(model, n, repeats) for n in (256, 512)},
+           "eval": json.loads((run / "world_model_eval.json").read_text())}
+    print(f"{label}: {row['macs'] / 1e6:.2f}M multiply-adds per rollout step, step of 256 "
+          f"{row['step_ms']['256']:.1f} ms, of 512 {row['step_ms']['512']:.1f} ms", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="trained and evaluated runs")
+    parser.add_argument("--labels", nargs="*", help="row names (default: the run directories' names)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--note", default="", help="text printed under the table")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "predictor_cost.json")
+    args = parser.parse_args()
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error("--labels needs one name per run")
+    torch.set_num_threads(args.threads)
+    rows = [measure(run, label, args.repeats) for run, label in zip(args.runs, labels)]
+    command = ("python benchmarks/predictor_cost.py --runs " + " ".join(map(str, args.runs))
+               + (" --labels " + " ".join(labels) if args.labels else "") + f" --threads {args.threads}")
+    save_result({"benchmark": "predictor_cost", "torch_threads": args.threads, "command": command,
+                 "note": args.note, "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
