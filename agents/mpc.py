@@ -25,9 +25,9 @@ from world_models.base import WorldModel
 class MPCConfig:
     """MPC agent settings.
 
-    With the default JEPA model on 2 shared CPU cores (one torch thread) the default search
-    takes about 350 ms per real action; N=16, H=4, I=2 takes 80 ms and N=512, H=12, I=4 about
-    5 s (`benchmarks/planning.py`).
+    With the default JEPA model on one CPU thread the default search (N=64, H=8, I=2) takes a
+    median 54 ms per real action and N=512, H=12, I=4 about 0.6 s (`benchmarks/planning.py`,
+    2026-12-02).
 
     Attributes:
         planner: "cem", "mppi" or "shooting" (a key of `agents.planners.PLANNERS`).

@@ -85,16 +85,16 @@ def _dream_throughput(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
         "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. "
-        "Target: the dream at N=256 runs at least 10x the real env. Not met (about 4.5x). The same script on "
-        "the code before this session's changes (commit e23fab0) gave 8,867 latent steps/s at N=256; the gain "
-        "comes from the predictor's key/value ring written in place (a step's two tokens attend to it with two "
-        "batched matrix products), the cheaper default heads (`standardized`) and restarts in place. A step is "
-        "now arithmetic: about 2.4M multiply-adds per rollout (the predictor's three blocks over two tokens "
-        "1.2M, the linear path 0.5M, the two heads 0.5M, input and output 0.13M), 1.2 GFLOP per step of 256; "
-        "the planning benchmark below times a step of 512 at 43 ms on one thread (~56 GFLOP/s). 10x the real "
-        "env allows about 7.5 ms per step of 256, half of what it takes: `world_model.action_conditioning=add` "
-        "(one token per step) halves the blocks' share. Repeated runs of this script vary by up to ~40% "
-        "(three runs today: 11,453, 16,652 and 14,382 latent steps/s at N=256; the real env 2,771 to 4,321).",
+        "Target: the dream at N=256 runs at least 10x the real env. Not met (7.1x). History of the figure at "
+        "N=256 in this script: 532 steps/s before any key/value cache, 8,867 with it (commit e23fab0), 14,382 "
+        "(4.5x) with the cache a ring written in place, restarts in place and the standardized heads, 22,397 "
+        "(7.1x) with the current predictor (one token per step, width 64, a rank-128 linear path, heads of 64 "
+        "hidden units: 0.54M multiply-adds per imagined step of one rollout against 2.39M; "
+        "`benchmarks/predictor_cost.py`) and imagination reading folded weights (the heads' standardisation and "
+        "the linear path's input). A model step of 256 now takes about 5 ms on 2 threads, and its matrix products "
+        "are under half of a dream step's time in a profile (torch.profiler, N=256): the rest is the attention "
+        "over a ring of 8 keys with head dimension 16, copies, layer norms and GELUs. Pixel mode is bound by the "
+        "decoder. Repeated runs of this script vary by up to ~40% on this machine.",
         "",
         "| N | real steps/s | dream latent steps/s | latent / real | dream pixels steps/s | pixels / real |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -161,7 +161,13 @@ def _planning(r: dict[str, Any]) -> list[str]:
         f"end (the machine is shared). Date: {r['date']}. Command: `{r['command']}`.",
         "Default JEPA world model (random weights: same compute), one env, `MPCAgent.predict` per real action "
         "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
-        f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4.",
+        f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4. Not met. With the "
+        "previous default predictor (2.39M multiply-adds per imagined step of a rollout, against 0.54M now) CEM "
+        "at that budget took 886 ms (p95 1,078) for 7,403 imagined steps per action, 120 us each; now about "
+        "45 us each. How many steps a plan imagines depends on how fast the distribution narrows (shared prefixes "
+        "are imagined once), which differs between random weights; random shooting imagines a fixed count "
+        "(14,960) and went from 1,606 to about 500 ms. 100 ms at ~13k imagined steps needs ~8 us per step: a "
+        "step is now bound by per-operation overhead on small tensors, not arithmetic.",
         "",
         "| planner | N | H | I | actions timed | median ms | p95 ms | imagined steps per action | without dedupe |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -352,7 +358,7 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
         "update; 'kept' the update whose weights the run ended with (each part's own with per-part early "
         "stopping).",
         "",
-        "| run | conditioning, width x depth, linear path, head hidden | M multiply-adds / step "
+        "| run | summary tokens, conditioning, width x depth, linear path, head hidden | M multiply-adds / step "
         "| ms / step of 256, 512 | updates (kept) | L1 / copy h1, h5, h10 | paddle R^2 h1, h5 | ball x, y R^2 h1 "
         "| ball x, y R^2 h5 "
         "| reward AP h1, h5, real | life-loss AP h1, h5, real | reward over 10: NOOP, FIRE, RIGHT, LEFT | PSNR dB |",
@@ -369,8 +375,8 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
         kept = row["kept"]
         kept = " / ".join(f"{name} {step}" for name, step in kept.items()) if isinstance(kept, dict) else str(kept)
         cells = [
-            row["label"], f"{c['action_conditioning']}, {c['predictor_dim']} x {c['predictor_depth']}, {skip}, "
-            f"{c['head_hidden']}", f"{row['macs'] / 1e6:.2f}",
+            row["label"], f"{c['summary_tokens']}, {c['action_conditioning']}, {c['predictor_dim']} x "
+            f"{c['predictor_depth']}, {skip}, {c['head_hidden']}", f"{row['macs'] / 1e6:.2f}",
             f"{row['step_ms']['256']:.1f}, {row['step_ms']['512']:.1f}",
             f"{row['updates']} ({kept})", two([e["dynamics"][h]["l1_vs_copy"] for h in ("h1", "h5", "h10")]),
             two([probes[h]["paddle_x"]["r2"] for h in ("h1", "h5")]),

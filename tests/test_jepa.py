@@ -20,7 +20,8 @@ TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_pre
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",
                             predictor_skip=False, event_weight=0.0, context_noise=0.0,
-                            open_loop_heads=False)  # the first design
+                            open_loop_heads=False, skip_rank=0, head_hidden=256,
+                            action_conditioning="token")  # the first design
 
 
 def batch(b: int = 3, steps: int = 5, seed: int = 0) -> TrainBatch:
@@ -56,11 +57,12 @@ def test_shapes(model: JEPAWorldModel) -> None:
         return {key: [tuple(v.shape) for v in value] if isinstance(value, list) else tuple(value.shape)
                 for key, value in state.items()}
 
-    ring = 2 * TINY.context + 1  # a latent and an action token per step: the window before a step, and the step
+    per_step = model.dynamics.per_step  # tokens per step: 1 with the default "add" conditioning
+    ring = per_step * TINY.context - 1 + per_step  # the window before a step's tokens, and the step's
     per_block = [(3, 2, ring, 16)] * TINY.predictor_depth  # (B, heads, ring, head dim)
     assert shapes(out.state) == {"latent": (3, 2, 32), "previous": (3, 2, 32), "actions": (3, TINY.action_history - 1),
                                  "keys": per_block, "values": per_block, "key_at": (3, ring), "position": (3,)}
-    assert out.state["position"].tolist() == [12, 12, 12]  # 5 context steps and 1 imagined, 2 tokens each
+    assert out.state["position"].tolist() == [6 * per_step] * 3  # 5 context steps and 1 imagined
     short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
     assert shapes(short) == shapes(out.state) and (short["key_at"] < 0).all()
     for stage in ("encoder", "dynamics", "finetune"):
@@ -142,7 +144,7 @@ def test_cached_imagination_equals_the_predictor_over_the_whole_history(conditio
 
 def test_predictor_history_is_a_window_of_the_last_context_steps() -> None:
     torch.manual_seed(0)
-    model = JEPAWorldModel(TINY).eval()
+    model = JEPAWorldModel(dataclasses.replace(TINY, action_conditioning="token")).eval()
     g = torch.Generator().manual_seed(4)
     z, actions = torch.randn(2, 10, 2, 32, generator=g), torch.randint(0, 4, (2, 10), generator=g)
     base = model.dynamics(z, actions)

@@ -52,7 +52,7 @@ def linear_pair(x: Tensor, y: Tensor, w_x: Tensor, w_y: Tensor, bias: Tensor | N
     lead = x.shape[:-1]
     x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     out = torch.mm(x, w_x.T) if bias is None else torch.addmm(bias, x, w_x.T)
-    return out.addmm_(y, w_y.T).view(*lead, -1)
+    return torch.addmm(out, y, w_y.T).view(*lead, -1)  # not in place: torch's FLOP counter skips addmm_
 
 
 def rope_angles(positions: Tensor, dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
