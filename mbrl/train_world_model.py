@@ -239,7 +239,7 @@ class Trainer:
     def _restore_best(self, stage: str) -> list[str]:
         """Load each checked part's weights of its best validation check (a stage stops `patience` checks
         after the last improvement, and a head's validation loss can jump at the last check). Returns
-        "part: update N (score)" for the parts whose best is not the current update (none: nothing loaded)."""
+        "part update N (score)" for the parts whose best is not the current update (none: nothing loaded)."""
         best = self.progress["best"] if isinstance(self.progress["best"], dict) else {}
         older = [f"{name} update {entry['step']} ({entry['val']:.4f})" for name, entry in best.items()
                  if entry["step"] != self.progress["step"]]
