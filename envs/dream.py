@@ -327,7 +327,18 @@ class DreamEnv(gym.Env):
 
 
 def _check_finite(rows: np.ndarray | None, **outputs: Tensor) -> None:
-    """Raise FloatingPointError naming the first output with NaN or inf (in the given batch rows)."""
+    """Raise FloatingPointError naming the first output with NaN or inf (in the given batch rows).
+
+    One reduction first: each output summed over its features in float64, the sums added per row, so a
+    NaN or inf anywhere makes its row's total non-finite (finite float32 values cannot overflow it); only
+    then are the outputs checked one by one to name the culprit.
+    """
+    total = sum(x.reshape(len(x), -1).sum(1, dtype=torch.float64) for x in outputs.values())
+    assert isinstance(total, Tensor)
+    if rows is not None:
+        total = total[torch.as_tensor(rows, device=total.device)]
+    if bool(torch.isfinite(total).all()):
+        return
     for name, x in outputs.items():
         if rows is not None:
             x = x[torch.as_tensor(rows, device=x.device)]
