@@ -31,6 +31,7 @@ import torch
 from agents.mpc import MPCAgent, MPCConfig
 from agents.planners import PlannerConfig
 from report import save_result
+from world_models.base import WorldModel
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 HERE = Path(__file__).resolve().parent
@@ -80,13 +81,21 @@ def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig,
 
 
 @torch.no_grad()
+def full_context(model: WorldModel, batch: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Random latents (batch, context, ...) and actions (batch, context) of a full context window, and the
+    imagination state of all but the last action (step it with `actions[:, -1]`)."""
+    g = torch.Generator().manual_seed(0)
+    context = model.config.context
+    latents = torch.randn(batch, context, *model.latent_shape, generator=g)
+    actions = torch.randint(0, model.num_actions, (batch, context), generator=g)
+    return latents, actions, model.observe(latents, actions[:, :-1])
+
+
+@torch.no_grad()
 def step_profile(model: JEPAWorldModel, batch: int, repeats: int = 5) -> dict[str, float]:
     """Milliseconds of one imagined step for `batch` rollouts with a full context window, and of its parts."""
     cfg = model.config
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(batch, cfg.context, *model.latent_shape, generator=g)
-    actions = torch.randint(0, cfg.num_actions, (batch, cfg.context), generator=g)
-    state = model.observe(latents, actions[:, :-1])
+    latents, actions, state = full_context(model, batch)
 
     def ms(fn: Any) -> float:
         fn()

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from planning import full_context
 from torch.utils.flop_counter import FlopCounterMode
 
 from mbrl.checkpoint import load_checkpoint
 from mbrl.run import RunDir
+from mbrl.train_world_model import BEST, CHECKPOINT
 from report import save_result
 from world_models.base import WorldModel
 from world_models.registry import build
@@ -33,47 +35,37 @@ CONFIG_KEYS = ("action_conditioning", "predictor_dim", "predictor_depth", "predi
                "head_hidden", "summary_tokens")
 
 
-def _full_context(model: WorldModel, batch: int) -> tuple[Any, torch.Tensor]:
-    """An imagination state of `batch` rollouts with a full context window, and actions to step with."""
-    g = torch.Generator().manual_seed(0)
-    context = model.config.context
-    latents = torch.randn(batch, context, *model.latent_shape, generator=g)
-    actions = torch.randint(0, model.num_actions, (batch, context), generator=g)
-    return model.observe(latents, actions[:, :-1]), actions[:, -1]
-
-
 @torch.no_grad()
 def macs_per_rollout_step(model: WorldModel) -> float:
     """Multiply-adds of one imagined step of one rollout (FLOPs / 2, as torch counts them)."""
-    state, action = _full_context(model, 1)
+    _, actions, state = full_context(model, 1)
     with FlopCounterMode(display=False) as counter:
-        model.step(state, action)
+        model.step(state, actions[:, -1])
     return counter.get_total_flops() / 2
 
 
 @torch.no_grad()
 def step_ms(model: WorldModel, batch: int, repeats: int) -> float:
     """Median milliseconds of one imagined step of `batch` rollouts (steps chained: a step consumes its state)."""
-    state, action = _full_context(model, batch)
+    _, actions, state = full_context(model, batch)
     times = []
     for _ in range(repeats + 3):
         start = time.perf_counter()
-        state = model.step(state, action).state
+        state = model.step(state, actions[:, -1]).state
         times.append((time.perf_counter() - start) * 1e3)
     return float(torch.tensor(times[3:]).median())
 
 
 def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
-    ckpt = load_checkpoint(RunDir(run).checkpoint_dir, "world_model")
-    metadata = ckpt.metadata
+    checkpoints = RunDir(run).checkpoint_dir
+    metadata = load_checkpoint(checkpoints, CHECKPOINT).metadata
     torch.manual_seed(0)
     model = build(metadata["family"], metadata["config"]).eval()
     config = {k: getattr(model.config, k) for k in CONFIG_KEYS}
-    best = RunDir(run).checkpoint_dir / "world_model_best.json"
     if isinstance(metadata["progress"]["best"], dict):  # per-part early stopping: each part's own check
         kept: Any = {name: entry["step"] for name, entry in metadata["progress"]["best"].items()}
     else:  # one check for the whole model: the best checkpoint's update
-        kept = load_checkpoint(RunDir(run).checkpoint_dir, "world_model_best").step if best.exists() else None
+        kept = load_checkpoint(checkpoints, BEST).step if (checkpoints / f"{BEST}.json").exists() else None
     row = {"label": label, "run": str(run), "config": config, "updates": metadata["progress"]["step"],
            "kept": kept, "macs": macs_per_rollout_step(model),
            "step_ms": {str(n): step_ms(model, n, repeats) for n in (256, 512)},

@@ -217,7 +217,7 @@ class Trainer:
         if stage != "encoder":
             writer.add_images(f"decoder/{stage}/real_vs_decoded", self._picture(), step, dataformats="NCHW")
         parts = self.model.checked_parts(stage)
-        best = self.progress["best"] if isinstance(self.progress["best"], dict) else {}  # a float: older format
+        best = self._best_parts()
         scores = {name: sum(w * val[loss] for loss, w in part.losses.items()) for name, part in parts.items()}
         improved = [name for name, score in scores.items() if name not in best or score < best[name]["val"]]
         if improved:
@@ -236,11 +236,17 @@ class Trainer:
         self.save()
         return val["total"]
 
+    def _best_parts(self) -> dict[str, dict[str, Any]]:
+        """The current stage's best check of each part so far (empty before the first check, and for a
+        checkpoint of the older format, whose "best" was one number)."""
+        best = self.progress["best"]
+        return best if isinstance(best, dict) else {}
+
     def _restore_best(self, stage: str) -> list[str]:
         """Load each checked part's weights of its best validation check (a stage stops `patience` checks
         after the last improvement, and a head's validation loss can jump at the last check). Returns
         "part update N (score)" for the parts whose best is not the current update (none: nothing loaded)."""
-        best = self.progress["best"] if isinstance(self.progress["best"], dict) else {}
+        best = self._best_parts()
         older = [f"{name} update {entry['step']} ({entry['val']:.4f})" for name, entry in best.items()
                  if entry["step"] != self.progress["step"]]
         if not older:

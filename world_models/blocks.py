@@ -38,8 +38,8 @@ class Folded:
         self._key: tuple[Any, ...] | None = None
         self._value: Any = None
 
-    def get(self, sources: tuple[Tensor | None, ...], compute: Callable[[], Any]) -> Any:
-        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in sources)
+    def get(self, sources: tuple[Tensor, ...], compute: Callable[[], Any]) -> Any:
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
         if self._key != key:
             with torch.no_grad():
                 self._value = compute()
