@@ -88,7 +88,7 @@ def main() -> None:
     buffer = ReplayBuffer.load(run.replay_dir)
     train_ids, _ = split_episodes(buffer, config.world_model_training.holdout_every)
     dream = DreamVectorEnv(model, buffer, config.loop.dream_envs, dataclasses.replace(config.dream, device="cpu"),
-                           seed=args.seed, episodes=train_ids, latent_cache=LatentCache(model))
+                           seed=args.seed, episodes=train_ids, latent_cache=LatentCache(model, buffer.stacks))
     learner = build_agent(config.agent, VecMonitor(DreamVecEnv(dream)), args.seed, device)
     agent = LatentAgent(learner, model, device)
 

@@ -7,8 +7,11 @@ and pixel observation mode; start contexts come from a replay buffer of random f
 latents read from one LatentCache warmed before timing (as in the Dyna loop, where the encoder
 is frozen and every dream shares the trainer's cache). Steps/s counts sub-env steps (N per
 vector step), autoresets included; imagined episodes end only at the horizon (15 steps), about as
-often as a trained model's do in the quick preset (13.5 steps), so 1/15 of the rollouts restart
-from a new real context each step.
+often as a trained model's do in the quick preset (13.5 steps). The sub-envs start staggered, so
+1/15 of the rollouts restart from a new real context at every step (as when a trained model ends
+episodes at any step), not all of them every 15th step.
+
+Each figure is the median of `--repeats` measurements, real and dream alternated.
 
     python benchmarks/dream_throughput.py   # -> benchmarks/results/dream_throughput.json, RESULTS.md
 """
@@ -50,7 +53,7 @@ def steps_per_second(env: object, num_envs: int, steps: int, warmup: int = 5) ->
     rng = np.random.default_rng(0)
     for _ in range(warmup):
         env.step(rng.integers(0, 4, num_envs))  # type: ignore[attr-defined]
-    count = max(3, steps // num_envs)
+    count = max(32, steps // num_envs)  # a few hundred ms at least: shorter timings scatter widely
     start = time.perf_counter()
     for _ in range(count):
         env.step(rng.integers(0, 4, num_envs))  # type: ignore[attr-defined]
@@ -67,9 +70,8 @@ def real_steps_per_second(num_envs: int, steps: int) -> float:
 
 def warm_cache(model: JEPAWorldModel, buffer: ReplayBuffer) -> LatentCache:
     """A cache holding the latent of every row of the buffer."""
-    cache = LatentCache(model)
-    batch = buffer.windows(np.arange(len(buffer)), 0)
-    cache.encode(batch.frames, batch.rows, torch.device("cpu"))
+    cache = LatentCache(model, buffer.stacks)
+    cache.encode(np.arange(len(buffer))[:, None], torch.device("cpu"))
     return cache
 
 
@@ -80,6 +82,10 @@ def dream_steps_per_second(model: JEPAWorldModel, buffer: ReplayBuffer, cache: L
     config = DreamConfig(observation=mode, termination_threshold=1.0)
     env = DreamVectorEnv(model, buffer, num_envs, config, seed=0, latent_cache=cache)
     env.reset()
+    group = np.arange(num_envs) % config.horizon
+    for i in range(1, config.horizon):  # stagger: sub-envs of group i restart i steps after the first
+        env.step(np.zeros(num_envs, np.int64))
+        env.reset(options={"reset_mask": group == i})
     return steps_per_second(env, num_envs, steps, warmup=3)
 
 
@@ -87,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--steps", type=int, default=4096, help="sub-env steps timed per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each figure; the median is kept")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "dream_throughput.json")
     args = parser.parse_args()
 
@@ -94,22 +101,24 @@ def main() -> None:
     model = JEPAWorldModel(RunConfig().world_model).eval()
     buffer = random_buffer(episodes=32, length=40, seed=0)
     cache = warm_cache(model, buffer)
-    rows, real_speeds = [], {}  # rows with the same real env count share one measurement of it
+    rows = []
     for n in args.sizes:
-        if min(n, 64) not in real_speeds:
-            real_speeds[min(n, 64)] = real_steps_per_second(min(n, 64), args.steps)
-        real = real_speeds[min(n, 64)]
-        latent = dream_steps_per_second(model, buffer, cache, n, "latent", args.steps)
-        pixels = dream_steps_per_second(model, buffer, cache, n, "pixels", args.steps)
-        rows.append({"num_envs": n, "real_envs": min(n, 64), "real": real, "dream_latent": latent,
-                     "dream_pixels": pixels})
+        samples: dict[str, list[float]] = {"real": [], "dream_latent": [], "dream_pixels": []}
+        for _ in range(args.repeats):  # alternated, so that a slow spell of a shared machine hits all three
+            samples["real"].append(real_steps_per_second(min(n, 64), args.steps))
+            samples["dream_latent"].append(dream_steps_per_second(model, buffer, cache, n, "latent", args.steps))
+            samples["dream_pixels"].append(dream_steps_per_second(model, buffer, cache, n, "pixels", args.steps))
+        row = {"num_envs": n, "real_envs": min(n, 64), **{key: float(np.median(v)) for key, v in samples.items()},
+               "samples": samples}
+        rows.append(row)
+        real, latent, pixels = row["real"], row["dream_latent"], row["dream_pixels"]
         print(f"N={n}: real {real:.0f}, dream latent {latent:.0f} ({latent / real:.2f}x), "
-              f"pixels {pixels:.0f} ({pixels / real:.2f}x) steps/s", flush=True)
+              f"pixels {pixels:.0f} ({pixels / real:.2f}x) steps/s (medians of {args.repeats})", flush=True)
     save_result({
         "benchmark": "dream_throughput",
         "torch_threads": torch.get_num_threads(),
         "command": "python benchmarks/dream_throughput.py --sizes " + " ".join(map(str, args.sizes))
-        + f" --steps {args.steps}",
+        + f" --steps {args.steps} --repeats {args.repeats}",
         "rows": rows,
     }, args.out)
 

@@ -107,7 +107,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.world_model, self.buffer, self.config, self.episodes = world_model, buffer, config, episodes
-        self.latent_cache = latent_cache if latent_cache is not None else LatentCache(world_model)
+        self.latent_cache = latent_cache if latent_cache is not None else LatentCache(world_model, buffer.stacks)
         self.num_envs, self.render_mode, self.device = num_envs, render_mode, torch.device(config.device)
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
         self.frame_shape = (buffer.frame_stack, *buffer.frame_shape)  # (S, H, W) of a pixel observation
@@ -131,6 +131,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._stack = np.zeros((num_envs, *self.frame_shape), np.uint8)  # pixel mode: (N, S, H, W)
         self._steps = np.zeros(num_envs, np.int64)  # imagined steps of each episode
         self._ended = np.zeros(num_envs, bool)  # ended on the previous step: restarts on the next
+        self._pool: tuple[Any, Tensor, np.ndarray] | None = None  # prefilled starts (see `_start`)
+        self._tensors = [*world_model.parameters(), *world_model.buffers()]  # listed once: a walk costs ~1 ms
+        self._pool_used, self._pool_weights = 0, self._weights()
 
     @torch.no_grad()
     def reset(self, *, seed: int | None = None,
@@ -148,7 +151,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             self._seed(seed)
         if mask is None:
             with self._model_rng():
-                self._state, self._latent, self._stack[:] = self._start(self.num_envs)
+                self._pool = None  # a full reset starts all sub-envs afresh and forgets prefilled starts
+                self._state, self._latent, self._stack[:] = self._prefill(self.num_envs)
             mask = np.ones(self.num_envs, dtype=bool)
         else:
             mask = np.asarray(mask)
@@ -230,7 +234,11 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         """World-model calls draw from torch's global generator seeded from ours, and leave the caller's untouched."""
         devices = [self.device] if self.device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            torch.manual_seed(int(torch.randint(2**62, (), generator=self._generator)))
+            seed = int(torch.randint(2**62, (), generator=self._generator))
+            if devices:
+                torch.manual_seed(seed)
+            else:  # torch.manual_seed would also queue a seed for every accelerator: ~1 ms a call without one
+                torch.default_generator.manual_seed(seed)
             yield
 
     def _context_length(self) -> int:
@@ -245,16 +253,38 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         raise ValueError("the world model's state grows with every step, so sub-envs cannot restart independently")
 
     def _start(self, n: int) -> tuple[Any, Tensor, np.ndarray]:
+        """`n` new episodes (as `_prefill`), taken from a pool of real contexts prefilled `num_envs` at a time.
+
+        A prefill's cost is mostly per call, not per row (256 rows take 3.5x the time of 17), and a
+        trained world model ends a few rollouts at every step, so restarts draw on the pool; it is
+        refilled when it holds fewer than `n` starts (the rest are dropped) or when the world model's
+        weights changed since it was filled.
+        """
+        weights = self._weights()
+        if self._pool is None or self._pool_weights != weights or len(self._pool[1]) - self._pool_used < n:
+            self._pool, self._pool_used, self._pool_weights = self._prefill(max(n, self.num_envs)), 0, weights
+        state, latent, stack = self._pool
+        taken = slice(self._pool_used, self._pool_used + n)
+        self._pool_used += n
+        return _rows(state, taken), latent[taken], stack[taken]
+
+    def _weights(self) -> tuple[tuple[int, int], ...]:
+        """Where the world model's tensors live and how often each was changed in place (optimiser steps,
+        loading): prefilled starts are valid while this stays the same."""
+        return tuple((t.data_ptr(), t._version) for t in self._tensors)
+
+    def _prefill(self, n: int) -> tuple[Any, Tensor, np.ndarray]:
         """`n` new episodes from real contexts: (state, latents (n, *latent_shape), pixel stacks (n, S, H, W)).
 
         The pixel stack holds the decoded newest frames of the context's last S observations
         (the frames of the last observation's real stack, as the decoder pictures them), the
         oldest repeated when the context is shorter than S; it is zeros in latent mode.
         """
-        batch = self.buffer.sample(n, self.context - 1, self.np_random, self.episodes)
-        latents = self.latent_cache.encode(batch.frames, batch.rows, self.device)  # (n, T, *latent)
+        ends = self.buffer.sample_ends(n, self.context - 1, self.np_random, self.episodes)
+        rows, actions = self.buffer.window_rows(ends, self.context - 1)  # frames only for rows the cache lacks
+        latents = self.latent_cache.encode(rows, self.device)  # (n, T, *latent)
         _check_finite(None, latent=latents)
-        state = self.world_model.observe(latents, torch.as_tensor(batch.actions, device=self.device))
+        state = self.world_model.observe(latents, torch.as_tensor(actions, device=self.device))
         stack = np.zeros((n, *self.frame_shape), np.uint8)
         if self.config.observation == "pixels":
             frames = self._frames(latents[:, -self.frame_shape[0]:])  # (n, min(T, S), H, W)
@@ -329,15 +359,11 @@ class DreamEnv(gym.Env):
 def _check_finite(rows: np.ndarray | None, **outputs: Tensor) -> None:
     """Raise FloatingPointError naming the first output with NaN or inf (in the given batch rows).
 
-    One reduction first: each output summed over its features in float64, the sums added per row, so a
-    NaN or inf anywhere makes its row's total non-finite (finite float32 values cannot overflow it); only
-    then are the outputs checked one by one to name the culprit.
+    One reduction first: every output summed whole, the sums added, so a NaN or inf anywhere (even in
+    a row not asked about) makes the total non-finite; only then, or when finite values overflowed
+    the float32 total, are the outputs checked one by one in the given rows to name the culprit.
     """
-    total = sum(x.reshape(len(x), -1).sum(1, dtype=torch.float64) for x in outputs.values())
-    assert isinstance(total, Tensor)
-    if rows is not None:
-        total = total[torch.as_tensor(rows, device=total.device)]
-    if bool(torch.isfinite(total).all()):
+    if bool(torch.isfinite(torch.stack([x.sum(dtype=torch.float32) for x in outputs.values()]).sum())):
         return
     for name, x in outputs.items():
         if rows is not None:
@@ -354,6 +380,18 @@ def _shapes(state: Any) -> Any:
         return {key: _shapes(value) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
         return [_shapes(value) for value in state]
+    return state
+
+
+def _rows(state: Any, rows: slice) -> Any:
+    """Batch rows `rows` of a state (tensors, and dicts, lists and (named) tuples of them), as views."""
+    if isinstance(state, Tensor):
+        return state[rows]
+    if isinstance(state, dict):
+        return {key: _rows(value, rows) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(*(_rows(value, rows) for value in state)) if hasattr(state, "_fields") else \
+            type(state)(_rows(value, rows) for value in state)
     return state
 
 

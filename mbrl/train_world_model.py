@@ -85,7 +85,7 @@ def to_train_batch(batch: SequenceBatch, device: torch.device, cache: LatentCach
         rewards=torch.from_numpy(batch.clipped_rewards).to(device),
         terminated=torch.from_numpy(batch.terminated).to(device),
         life_loss=torch.from_numpy(batch.life_loss).to(device),
-        latents=None if cache is None else cache.encode(batch.frames, batch.rows, device),
+        latents=None if cache is None else cache.encode(batch.rows, device),
     )
 
 
@@ -103,7 +103,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.progress: dict[str, Any] = {"done": [], "stage": None, "step": 0, "best": None, "bad_checks": 0}
         self.optimizer: torch.optim.Optimizer | None = None
-        self.latent_cache = LatentCache(self.model)
+        self.latent_cache = LatentCache(self.model, buffer.stacks)
         """Latents of replay rows under the current encoder; cleared whenever the encoder trains."""
 
     # ---- the stage loop -----------------------------------------------------------------

@@ -47,5 +47,6 @@ def test_predictor_cost_counts_the_multiply_adds_the_linear_path_rank_and_head_w
         return macs_per_rollout_step(JEPAWorldModel(dataclasses.replace(tiny, **changes)).eval())
 
     assert macs(skip_rank=0) - macs(skip_rank=8) == 2 * d * d - (2 * d * 8 + 8 * d)  # (2d -> d) against (2d -> 8 -> d)
-    heads = 2 * d * (64 - 16) * 2 + (64 - 16) * (3 + 2)  # two heads: 2d -> hidden -> 3 and 2 logits
+    # two heads, 2d -> hidden -> 3 and 2 logits, run as one: their output layers one block-diagonal (3 + 2) x 2 hidden
+    heads = 2 * d * (64 - 16) * 2 + 2 * (64 - 16) * (3 + 2)
     assert macs(head_hidden=64) - macs(head_hidden=16) == heads

@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_jepa import TINY
 from torch import Tensor
 
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, _check_finite, latent_space
 from envs.wrappers import LatentObservation, LatentObservationVector
 from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
 from world_models.base import StepOutput, TrainBatch, WorldModel
@@ -160,7 +160,8 @@ def test_vector_env_autoresets_on_the_next_step() -> None:
     np.testing.assert_array_equal(reward, [0.0, 1.0])
     assert not terminated.any() and not truncated.any()
     np.testing.assert_array_equal(info["_cont"], [False, True])
-    assert model.observed[-1][0].shape == (1, 4, 2)  # one new context, for env 0 only
+    assert model.observed[-1][0].shape == (2, 4, 2)  # restarts draw on a pool prefilled num_envs at a time
+    prefills = len(model.observed)
 
     _, _, _, truncated, _ = env.step(np.array([0, 0]))
     np.testing.assert_array_equal(truncated, [False, True])
@@ -168,6 +169,24 @@ def test_vector_env_autoresets_on_the_next_step() -> None:
     np.testing.assert_array_equal(obs[:, 1], [2, 0])
     np.testing.assert_array_equal(reward, [0.0, 0.0])
     assert not truncated.any()
+    assert len(model.observed) == prefills  # env 1 restarted from the pool's second start
+
+
+def test_prefilled_starts_are_dropped_when_the_weights_change() -> None:
+    model = Walker()
+    model.register_parameter("weight", torch.nn.Parameter(torch.zeros(1)))
+    env = DreamVectorEnv(model, make_buffer(), 4, DreamConfig(), seed=0)
+    env.reset()
+    env.reset(options={"reset_mask": np.array([True, False, False, False])})
+    prefills = len(model.observed)
+    env.reset(options={"reset_mask": np.array([False, True, False, False])})
+    assert len(model.observed) == prefills  # from the pool
+    with torch.no_grad():
+        model.weight.add_(1.0)  # e.g. an optimiser step
+    env.reset(options={"reset_mask": np.array([False, False, True, False])})
+    assert len(model.observed) == prefills + 1
+    env.reset(options={"reset_mask": np.array([True, True, True, True])})  # more than the pool holds: a new one
+    assert len(model.observed) == prefills + 2 and model.observed[-1][0].shape[0] == 4
 
 
 def test_pixel_observations_are_stacks_of_decoded_frames() -> None:
@@ -262,7 +281,7 @@ def test_latent_cache_encodes_each_row_once_and_changes_nothing() -> None:
     model = CountingJEPA(TINY).eval()
     buffer = make_buffer(random_frames=True)
     config = DreamConfig(horizon=3)
-    cache = LatentCache(model)
+    cache = LatentCache(model, buffer.stacks)
     cached = rollout(DreamVectorEnv(model, buffer, 4, config, latent_cache=cache), seed=3)
     encoded = model.encoded
     rows = len(buffer)
@@ -277,7 +296,7 @@ def test_latent_cache_encodes_each_row_once_and_changes_nothing() -> None:
         np.testing.assert_array_equal(a, c)
     batch = buffer.sample(6, 3, np.random.default_rng(0))
     direct = model.encode(torch.as_tensor(batch.frames))
-    torch.testing.assert_close(cache.encode(batch.frames, batch.rows, torch.device("cpu")), direct)
+    torch.testing.assert_close(cache.encode(batch.rows, torch.device("cpu")), direct)
 
 
 def test_dream_leaves_torch_global_generator_alone() -> None:
@@ -317,6 +336,15 @@ def test_non_finite_predictions_raise_naming_the_output(output: str) -> None:
     model.poison = output
     with pytest.raises(FloatingPointError, match=output):
         env.step(np.array([0, 1]))
+
+
+def test_finite_check_clears_overflowing_sums_and_ignores_rows_not_asked_about() -> None:
+    _check_finite(None, latent=torch.full((4, 3), 3e38), reward=torch.zeros(4))  # the sum overflows, no value does
+    poisoned = torch.zeros(4, 3)
+    poisoned[1, 0] = float("nan")
+    _check_finite(np.array([True, False, True, True]), latent=poisoned)  # row 1 ended: its output is not used
+    with pytest.raises(FloatingPointError, match="latent"):
+        _check_finite(np.ones(4, dtype=bool), reward=torch.zeros(4), latent=poisoned)
 
 
 def test_single_env_needs_a_reset_after_the_episode_ends() -> None:

@@ -21,7 +21,7 @@ from envs import DreamConfig, DreamEnv, DreamVectorEnv
 from envs.registration import DREAM_ID, dream_config, make_dream_vector_env
 from mbrl.checkpoint import CheckpointError, save_checkpoint
 from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer, SequenceBatch
+from mbrl.replay import ReplayBuffer
 from mbrl.run import RunDir
 from world_models.jepa import JEPAWorldModel
 
@@ -107,14 +107,14 @@ def test_contexts_come_only_from_training_episodes(run_path: Path) -> None:
     buffer.sample(1, vec.context - 1, np.random.default_rng(0), held_out)  # held-out episodes could start contexts
 
     sampled: list[np.ndarray] = []
-    sample = buffer.sample
+    sample_ends = buffer.sample_ends
 
-    def spy(*args: object, **kwargs: object) -> SequenceBatch:
-        batch = sample(*args, **kwargs)  # type: ignore[arg-type]
-        sampled.append(batch.episodes)
-        return batch
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
+        ends = sample_ends(*args, **kwargs)  # type: ignore[arg-type]
+        sampled.append(buffer.windows(ends, 0).episodes)
+        return ends
 
-    buffer.sample = spy  # type: ignore[method-assign]
+    buffer.sample_ends = spy  # type: ignore[method-assign]
     vec.reset()
     for _ in range(5):  # horizon 1: every sub-env restarts every other step
         vec.step(np.zeros(16, np.int64))

@@ -70,6 +70,20 @@ def test_frame_stacks_are_rebuilt_with_zero_padding(filled: tuple[ReplayBuffer, 
     assert padded > 0, "the data should include stacks that reach before an episode start"
 
 
+def test_rows_actions_and_stacks_without_a_window_agree_with_windows(filled: tuple[ReplayBuffer, dict]) -> None:
+    buffer, _ = filled
+    ends = buffer.sample_ends(64, 4, np.random.default_rng(5), event_fraction=0.25)
+    batch = buffer.sample(64, 4, np.random.default_rng(5), event_fraction=0.25)  # the same draws
+    rows, actions = buffer.window_rows(ends, 4)
+    np.testing.assert_array_equal(rows, batch.rows)
+    np.testing.assert_array_equal(actions, batch.actions)
+    stacks = buffer.stacks(rows.reshape(-1))  # first observations of episodes included: zero-padded stacks
+    assert stacks.dtype == np.uint8
+    np.testing.assert_array_equal(stacks, batch.frames.reshape(-1, STACK, *FRAME))
+    with pytest.raises(ValueError, match="cross the start"):
+        buffer.window_rows(np.array([0]), 4)
+
+
 def test_counts_and_episode_filter(filled: tuple[ReplayBuffer, dict]) -> None:
     buffer, rows = filled
     assert len(buffer) == len(rows)

@@ -116,17 +116,17 @@ class Attention(nn.Module):
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
 
     def attend_few(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """`attend` for a few queries per row: queries (B, heads, Q, d) over keys and values (B, heads, N, d)
-        with an additive `bias` (B, 1, Q, N) (0 = may attend, -inf = may not) -> (B, Q, dim).
+        """`attend` for a few queries per row over a few keys: queries (B, heads, Q, d) over keys and values
+        (B, heads, N, d) with an additive `bias` (B, 1, Q, N) (0 = may attend, -inf = may not) -> (B, Q, dim).
 
-        Two batched matrix products: with a query or two per row (imagination steps) they take half the
-        time of the fused attention kernel on the CPU (B=256, 2 queries, 17 keys: 0.66 vs 1.31 ms).
+        Elementwise products and sums instead of batched matrix products, and the softmax over the keys
+        taken along a long axis: with a query per row and 8 keys (imagination steps) this takes 0.23 ms
+        where two batched products and a softmax over the last axis take 0.34 (B=256, 4 heads, 2 threads).
         """
         b, heads, queries, d = q.shape
-        scores = torch.baddbmm(bias.expand(b, heads, queries, -1).reshape(b * heads, queries, -1),
-                               q.reshape(b * heads, queries, d), k.reshape(b * heads, -1, d).transpose(1, 2),
-                               alpha=d**-0.5)
-        out = torch.bmm(scores.softmax(-1), v.reshape(b * heads, -1, d)).view(b, heads, queries, d)
+        scores = (q[:, :, :, None] * k[:, :, None]).sum(-1).mul_(d**-0.5).add_(bias)  # (B, heads, Q, N)
+        weights = scores.view(-1, k.shape[2]).t().softmax(0).t().view(scores.shape)
+        out = (weights[..., None] * v[:, :, None]).sum(-2)  # (B, heads, Q, d)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -185,9 +185,11 @@ class Block(nn.Module):
         (B, 1, N, R), 0 where a new token may attend to a slot and -inf where not (see `Attention.attend_few`).
         """
         q, k, v = self.attn.project(self.norm1(x), rope)
-        where = slots[:, None, :, None].expand_as(k)
-        keys.scatter_(2, where, k)
-        values.scatter_(2, where, v)
+        b, heads, ring, d = keys.shape
+        head_rows = torch.arange(b * heads, device=x.device).view(b, heads, 1) * ring  # index_copy_ beats scatter_
+        rows = (head_rows + slots[:, None]).view(-1)  # (B * heads * N) rows of keys.view(-1, d) to write
+        keys.view(-1, d).index_copy_(0, rows, k.reshape(-1, d))
+        values.view(-1, d).index_copy_(0, rows, v.reshape(-1, d))
         x = x + self.attn.attend_few(q, keys, values, bias)
         return x + self.mlp(self.norm2(x))
 

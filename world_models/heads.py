@@ -12,9 +12,11 @@ Three designs, chosen by `JEPAConfig.head` (see `transition_head`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from world_models.blocks import STATS_EPS, CrossBlock, Folded, linear_pair, standardize, update_running_stats
@@ -108,6 +110,24 @@ class StandardizedHead(nn.Module):
 
         return cast(tuple[Tensor, Tensor, Tensor],
                     self._folded.get((first.weight, first.bias, self.mean, self.var), fold))
+
+
+def standardized_heads(heads: Sequence[StandardizedHead], folded: Folded, z: Tensor, z_next: Tensor) -> list[Tensor]:
+    """What each of several standardized heads gives for the same transitions, in imagination (eval mode,
+    no autograd) as one head: their folded first layers stacked into one pair of matrix products, one
+    GELU, their output layers as one block-diagonal product. `folded` caches the stacked weights."""
+    firsts = [cast(nn.Linear, head.mlp[0]) for head in heads]
+    outs = [cast(nn.Linear, head.mlp[3]) for head in heads]
+
+    def fold() -> tuple[Tensor, ...]:
+        w_z, w_next, bias = (torch.cat(parts) for parts in zip(*(head._first_layer() for head in heads)))
+        return w_z, w_next, bias, torch.block_diag(*(out.weight for out in outs)), torch.cat([o.bias for o in outs])
+
+    sources = tuple(t for head, first, out in zip(heads, firsts, outs)
+                    for t in (first.weight, first.bias, head.mean, head.var, out.weight, out.bias))
+    w_z, w_next, bias, w_out, b_out = folded.get(sources, fold)
+    hidden = F.gelu(linear_pair(z.flatten(1), z_next.flatten(1), w_z, w_next, bias))
+    return list(torch.addmm(b_out, hidden, w_out.T).split([out.out_features for out in outs], dim=1))
 
 
 HEADS = ("mlp", "attention", "standardized")

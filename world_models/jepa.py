@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from world_models.blocks import (
     standardize,
     update_running_stats,
 )
-from world_models.heads import HEADS, transition_head
+from world_models.heads import HEADS, StandardizedHead, standardized_heads, transition_head
 
 
 @dataclass(frozen=True)
@@ -415,6 +415,10 @@ def _event_losses(reward_logits: Tensor, end_logits: Tensor, batch: TrainBatch,
     return reward, F.binary_cross_entropy_with_logits(end_logits, ends.flatten(0, 1))
 
 
+def _all_standardized(heads: tuple[nn.Module, ...]) -> TypeGuard[tuple[StandardizedHead, ...]]:
+    return all(isinstance(head, StandardizedHead) for head in heads)
+
+
 def _window_mask(query_at: Tensor, key_at: Tensor, window: int) -> Tensor:
     """bool (Q, K): a query may attend to the keys of the last `window` positions up to its own."""
     offsets = query_at[:, None] - key_at[None]
@@ -479,6 +483,7 @@ class JEPAWorldModel(WorldModel):
         momentum, hidden = config.stats_momentum, config.head_hidden
         self.reward_head = transition_head(config.head, *heads, 3, momentum, hidden)  # clipped reward -1, 0, +1
         self.end_head = transition_head(config.head, *heads, 2, momentum, hidden)  # game over, life loss
+        self._folded_heads = Folded()  # both standardized heads as one, for imagination
         self.decoder = Decoder(config)
 
     # ---- the WorldModel interface --------------------------------------------------------
@@ -506,17 +511,23 @@ class JEPAWorldModel(WorldModel):
 
     def transition(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Expected clipped reward, continue probability and life-loss probability of (z, z_next): (N,) each."""
-        reward_logits, end_logits = self._head_logits(z, z_next, corrected=True)
+        reward_logits, end_logits = self._head_logits(z, z_next, corrected=True, imagined=True)
         probs = reward_logits.softmax(-1)
         reward = probs[:, 2] - probs[:, 0]
         ends = torch.sigmoid(end_logits)
         return reward, 1.0 - ends[:, 0], ends[:, 1]
 
-    def _head_logits(self, z: Tensor, z_next: Tensor, corrected: bool) -> tuple[Tensor, Tensor]:
+    def _head_logits(self, z: Tensor, z_next: Tensor, corrected: bool, imagined: bool = False
+                     ) -> tuple[Tensor, Tensor]:
         """Reward (N, 3) and end (N, 2) logits of transitions (z, z_next), each (N, K, dim); `corrected` adds
         the prior correction (for data at the real event rates: imagination, validation), training does not
-        (its windows oversample events, and the heads learn that prior)."""
-        reward, end = self.reward_head(z, z_next), self.end_head(z, z_next)
+        (its windows oversample events, and the heads learn that prior); `imagined` (no autograd, eval mode) runs
+        the two heads as one."""
+        heads = (self.reward_head, self.end_head)
+        if imagined and _all_standardized(heads) and not (self.training or torch.is_grad_enabled()):
+            reward, end = standardized_heads(heads, self._folded_heads, z, z_next)  # both as one
+        else:
+            reward, end = self.reward_head(z, z_next), self.end_head(z, z_next)
         if corrected:
             reward, end = reward + self.event_shift[:3], end + self.event_shift[3:]
         return reward, end

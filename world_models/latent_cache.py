@@ -6,6 +6,8 @@ its windows; both index this cache instead of running the encoder again on a row
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -23,10 +25,12 @@ class LatentCache:
 
     Args:
         world_model: encodes rows not yet cached.
+        stacks: reads the uint8 (n, S, H, W) frame stacks of buffer rows (n,) not cached yet, e.g. the
+            buffer's `ReplayBuffer.stacks`; a cache is a cache of one buffer.
     """
 
-    def __init__(self, world_model: WorldModel) -> None:
-        self.world_model = world_model
+    def __init__(self, world_model: WorldModel, stacks: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.world_model, self.stacks = world_model, stacks
         self._latents: Tensor | None = None  # (capacity, *latent_shape)
         self._known = np.zeros(0, dtype=bool)
 
@@ -39,15 +43,15 @@ class LatentCache:
         self._latents, self._known = None, np.zeros(0, dtype=bool)
 
     @torch.no_grad()
-    def encode(self, frames: np.ndarray, rows: np.ndarray, device: torch.device) -> Tensor:
-        """Latents (B, T, *latent_shape) of the observations, uint8 frames (B, T, S, H, W) at buffer rows (B, T)."""
+    def encode(self, rows: np.ndarray, device: torch.device) -> Tensor:
+        """Latents (B, T, *latent_shape) of the observations at buffer rows (B, T) (only rows not cached yet
+        read their frames)."""
         flat = rows.reshape(-1)
         self._grow(int(flat.max()) + 1, device)
         assert self._latents is not None
-        new, first = np.unique(flat[~self._known[flat]], return_index=True)
+        new = np.unique(flat[~self._known[flat]])
         if len(new):
-            where = np.flatnonzero(~self._known[flat])[first]  # one occurrence of each row not cached yet
-            obs = torch.as_tensor(frames.reshape(-1, *frames.shape[2:])[where], device=device)
+            obs = torch.as_tensor(self.stacks(new), device=device)
             self._latents[torch.as_tensor(new, device=device)] = self.world_model.encode(obs[:, None])[:, 0]
             self._known[new] = True
         return self._latents[torch.as_tensor(flat, device=device)].view(*rows.shape, *self._latents.shape[1:])
