@@ -84,17 +84,21 @@ def _dream_throughput(r: dict[str, Any]) -> list[str]:
         "## Dream env throughput (`benchmarks/dream_throughput.py`)",
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. Date: {r['date']}. Command: `{r['command']}`.",
-        "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. "
-        "Target: the dream at N=256 runs at least 10x the real env. Not met (7.1x). History of the figure at "
-        "N=256 in this script: 532 steps/s before any key/value cache, 8,867 with it (commit e23fab0), 14,382 "
-        "(4.5x) with the cache a ring written in place, restarts in place and the standardized heads, 22,397 "
-        "(7.1x) with the current predictor (one token per step, width 64, a rank-128 linear path, heads of 64 "
-        "hidden units: 0.54M multiply-adds per imagined step of one rollout against 2.39M; "
-        "`benchmarks/predictor_cost.py`) and imagination reading folded weights (the heads' standardisation and "
-        "the linear path's input). A model step of 256 now takes about 5 ms on 2 threads, and its matrix products "
-        "are under half of a dream step's time in a profile (torch.profiler, N=256): the rest is the attention "
-        "over a ring of 8 keys with head dimension 16, copies, layer norms and GELUs. Pixel mode is bound by the "
-        "decoder. Repeated runs of this script vary by up to ~40% on this machine.",
+        "Default JEPA world model. Real: `ale_py.AtariVectorEnv` Breakout 64x64x4 with min(N, 64) envs. Imagined "
+        "episodes end at the 15-step horizon and restart staggered (1/15 of the rollouts at every step, as when a "
+        "trained model ends episodes at any step). Each figure is the median of the alternated repeats in the JSON "
+        "(`samples`). Target: the dream at N=256 runs at least 10x the real env. Met (14.5x). History of the figure "
+        "at N=256 in this script: 532 steps/s before any key/value cache, 8,867 with it (commit e23fab0), 14,382 "
+        "(4.5x) with the cache a ring written in place, restarts in place and the standardized heads, 22,397 (7.1x) "
+        "with a predictor of one token per step, width 64, a rank-128 linear path and heads of 64 hidden units "
+        "(0.54M multiply-adds per imagined step of one rollout against 2.39M; `benchmarks/predictor_cost.py`) and "
+        "folded weights; those runs restarted all rollouts together every 15th step and timed 16 vector steps, "
+        "without medians. Then, with staggered restarts and medians: 29,925 (11.3x, real 2,642) with restarts "
+        "from a pool of contexts prefilled N at a time, contexts read without their frames, window ends remembered, "
+        "the dream seeding only torch's CPU generator, attention over the ring by elementwise products, the ring "
+        "written with index_copy_ and both heads run as one; 40,307 (14.5x) with 2 predictor blocks instead of 3 "
+        "(0.49M multiply-adds; run m_depth2 in 'What an imagined step costs'). Pixel mode is bound by the decoder. "
+        "Single runs of this script varied by up to ~40% on this machine.",
         "",
         "| N | real steps/s | dream latent steps/s | latent / real | dream pixels steps/s | pixels / real |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -162,12 +166,13 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "Default JEPA world model (random weights: same compute), one env, `MPCAgent.predict` per real action "
         "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
         f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4. Not met. With the "
-        "previous default predictor (2.39M multiply-adds per imagined step of a rollout, against 0.54M now) CEM "
-        "at that budget took 886 ms (p95 1,078) for 7,403 imagined steps per action, 120 us each; now about "
-        "45 us each. How many steps a plan imagines depends on how fast the distribution narrows (shared prefixes "
-        "are imagined once), which differs between random weights; random shooting imagines a fixed count "
-        "(14,960) and went from 1,606 to about 500 ms. 100 ms at ~13k imagined steps needs ~8 us per step: a "
-        "step is now bound by per-operation overhead on small tensors, not arithmetic.",
+        "previous default predictor (2.39M multiply-adds per imagined step of a rollout) CEM at that budget took "
+        "886 ms (p95 1,078) for 7,403 imagined steps per action, 120 us each; with 0.54M (3 blocks), 572 ms at "
+        "about 45 us each; now (2 blocks, 0.49M, attention over the ring by elementwise products, both heads run "
+        "as one) about 30 us each. How many steps a plan imagines depends on how fast the distribution narrows "
+        "(shared prefixes are imagined once), which differs between random weights; random shooting imagines a "
+        "fixed count (~14,960) and went from 1,606 to about 500 to 414 ms. 100 ms at ~8,600 imagined steps needs "
+        "~12 us per step: a step is bound by per-operation overhead on small tensors, not arithmetic.",
         "",
         "| planner | N | H | I | actions timed | median ms | p95 ms | imagined steps per action | without dedupe |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

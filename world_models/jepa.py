@@ -144,7 +144,7 @@ class JEPAConfig:
     ema_decay: float = 0.996
     jepa_predictor_depth: int = 2
     predictor_dim: int = 64
-    predictor_depth: int = 3
+    predictor_depth: int = 2
     context: int = 8
     action_conditioning: str = "add"
     action_history: int = 4
