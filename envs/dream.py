@@ -1,8 +1,9 @@
 """The dream: a world model's imagination as a gymnasium env, batched over sub-envs.
 
 Each imagined episode starts from a real context sampled from the replay buffer (a window of
-observations and the actions between them, encoded and given to `observe`), then every `step`
-is one batched `world_model.step` for all sub-envs. `DreamVectorEnv` autoresets on the next
+observations and the actions between them, encoded and given to `observe`; restarts take
+contexts from a pool prefilled N at a time), then every `step` is one batched
+`world_model.step` for all sub-envs. `DreamVectorEnv` autoresets on the next
 step, as gymnasium's vector envs do; `DreamEnv` is the single-env view that SB3 and
 `check_env` use. Observations are latents, or in pixel mode decoded frame stacks shaped like
 the real env's observations.
