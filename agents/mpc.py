@@ -26,7 +26,7 @@ class MPCConfig:
     """MPC agent settings.
 
     With the default JEPA model on one CPU thread the default search (N=64, H=8, I=2) takes a
-    median 54 ms per real action and N=512, H=12, I=4 about 0.6 s (`benchmarks/planning.py`,
+    median 61 ms per real action and N=512, H=12, I=4 about 0.26 s (`benchmarks/planning.py`,
     2026-12-02).
 
     Attributes:

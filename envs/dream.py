@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mbrl.replay import ReplayBuffer
 from world_models.base import WorldModel
+from world_models.blocks import tensor_versions
 from world_models.latent_cache import LatentCache
 
 _MAX_EXTRA_CONTEXT = 64  # longest search for a context whose state keeps its shape when stepped
@@ -269,10 +270,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._pool_used += n
         return _rows(state, taken), latent[taken], stack[taken]
 
-    def _weights(self) -> tuple[tuple[int, int], ...]:
-        """Where the world model's tensors live and how often each was changed in place (optimiser steps,
-        loading): prefilled starts are valid while this stays the same."""
-        return tuple((t.data_ptr(), t._version) for t in self._tensors)
+    def _weights(self) -> tuple[tuple[int, int, torch.dtype], ...]:
+        """The world model's tensors' versions (`tensor_versions`): prefilled starts are valid while they stay."""
+        return tensor_versions(self._tensors)
 
     def _prefill(self, n: int) -> tuple[Any, Tensor, np.ndarray]:
         """`n` new episodes from real contexts: (state, latents (n, *latent_shape), pixel stacks (n, S, H, W)).

@@ -407,7 +407,8 @@ class ReplayBuffer:
     def stacks(self, rows: np.ndarray) -> np.ndarray:
         """uint8 (n, S, H, W) frame stacks of the observations at buffer rows (n,), zero before an episode's start."""
         chain = self._chains(np.asarray(rows, dtype=np.int64), self.frame_stack)
-        return np.where((chain >= 0)[..., None, None], self._rows["frame"][np.maximum(chain, 0)], 0).astype(np.uint8)
+        frames = np.where((chain >= 0)[..., None, None], self._rows["frame"][np.maximum(chain, 0)], 0)
+        return frames.astype(np.uint8, copy=False)
 
     def _checked_ends(self, ends: np.ndarray, seq_len: int) -> np.ndarray:
         ends = np.asarray(ends, dtype=np.int64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -29,6 +29,12 @@ def standardize(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     return (x - mean) * (var + STATS_EPS).rsqrt()
 
 
+def tensor_versions(tensors: Iterable[Tensor]) -> tuple[tuple[int, int, torch.dtype], ...]:
+    """Where each tensor lives, how often it was changed in place (optimiser steps, loading) and its dtype:
+    equal tuples mean unchanged tensors."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+
 class Folded:
     """A tensor computed from parameters and buffers (e.g. weights with a normalisation folded in), computed
     again only when one of them changes: their version counters move with every in-place update
@@ -39,7 +45,7 @@ class Folded:
         self._value: Any = None
 
     def get(self, sources: tuple[Tensor, ...], compute: Callable[[], Any]) -> Any:
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
+        key = tensor_versions(sources)
         if self._key != key:
             with torch.no_grad():
                 self._value = compute()

@@ -66,13 +66,15 @@ class JEPAConfig:
         predictor_dim: width of the dynamics predictor.
         predictor_depth: blocks of the dynamics predictor.
 
-            The default predictor (add conditioning, width 64, a rank-128 linear path, heads of 64
-            hidden units) costs 0.54M multiply-adds per imagined step of one rollout, against 2.39M
-            for the previous one (token conditioning, width 128, a full linear path, heads of 256).
-            In two stage-2 runs (two seeds) against one of the previous, on the same encoder, it was
-            as good one step out and drifted far less: imagined-latent error over copying 0.58 /
-            0.76-0.77 / 0.79 at 1 / 5 / 10 steps against 0.60 / 0.91 / 1.23, ball-x probe 5 steps
-            out 0.32-0.35 against -2.09 (benchmarks/RESULTS.md, "What an imagined step costs").
+            The default predictor (add conditioning, 2 blocks of width 64, a rank-128 linear path,
+            heads of 64 hidden units) costs 0.49M multiply-adds per imagined step of one rollout,
+            against 2.39M for the previous one (token conditioning, 3 blocks of width 128, a full
+            linear path, heads of 256). With 3 blocks (0.54M), in two stage-2 runs (two seeds)
+            against one of the previous, on the same encoder, it was as good one step out and
+            drifted far less: imagined-latent error over copying 0.58 / 0.76-0.77 / 0.79 at 1 / 5 /
+            10 steps against 0.60 / 0.91 / 1.23, ball-x probe 5 steps out 0.32-0.35 against -2.09;
+            2 blocks measured about the same (run m_depth2; benchmarks/RESULTS.md, "What an
+            imagined step costs").
         context: history steps each token of the dynamics predictor attends to (a sliding window, so
             imagination keeps the window's keys and values instead of re-reading it every step).
         action_conditioning: "add" (the action's embedding added to the latent's token: one token per
