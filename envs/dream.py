@@ -187,6 +187,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         restart, live = self._ended.copy(), ~self._ended
         with self._model_rng():
             out = self.world_model.step(self._state, torch.as_tensor(actions, device=self.device))
+            assert out.latent is not None, "a step asked for its latent gave none"
             _check_finite(live, latent=out.latent, reward=out.reward, cont=out.cont, life_loss=out.life_loss)
             state, latent = out.state, out.latent
             if self.config.observation == "pixels":

@@ -31,6 +31,7 @@ def open_loop(
     frames = torch.from_numpy(window.frames).to(device)  # (1, context + steps, S, H, W)
     actions = torch.from_numpy(window.actions).to(device)  # (1, context - 1 + steps)
     imagined = imagine(model, model.encode(frames[:, :context]), actions).latent  # (1, steps, *latent_shape)
+    assert imagined is not None  # imagine always gives them
     decoded = model.decode(imagined)[0]  # (steps, H, W) in [0, 1]
     real = window.frames[0, context:, -1]  # (steps, H, W) newest frames of the same steps
     return real, (decoded.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

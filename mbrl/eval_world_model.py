@@ -147,6 +147,7 @@ def evaluate(
         z = model.encode(torch.from_numpy(data.frames[i : i + batch, :context]).to(device))
         actions = torch.from_numpy(data.actions[i : i + batch]).to(device)
         out = imagine(model, z, actions)
+        assert out.latent is not None  # imagine always gives them
         predicted.append(out.latent.cpu())
         rewards.append(out.reward.cpu())
         life.append(out.life_loss.cpu())

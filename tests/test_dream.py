@@ -50,7 +50,7 @@ class Walker(WorldModel):
         self.observed.append((latents.clone(), actions.clone()))
         return {"z": latents[:, -1]}
 
-    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+    def step(self, state: dict[str, Tensor], action: Tensor, latent: bool = True) -> StepOutput:
         z = state["z"] + torch.stack([action.float(), torch.ones(len(action))], dim=-1)
         reward = torch.where(action == 1, 0.75, torch.where(action == 2, -0.25, 0.0))
         outputs = {"latent": z, "reward": reward, "cont": (z[:, 1] < self.end).float(),
@@ -215,7 +215,7 @@ def test_pixel_observations_are_stacks_of_decoded_frames() -> None:
 class EndOnThree(JEPAWorldModel):
     """A tiny JEPA that keeps 8 latents of history, never ends the game, and loses a life exactly on action 3."""
 
-    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+    def step(self, state: dict[str, Tensor], action: Tensor, latent: bool = True) -> StepOutput:
         out = super().step(state, action)
         return out._replace(cont=torch.ones_like(out.cont), life_loss=(action == 3).float())
 

@@ -10,6 +10,7 @@ import torch
 from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
 from world_models.base import TrainBatch, event_logit_shift, imagine
 from world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
+from world_models.heads import StandardizedHead
 from world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
 from world_models.registry import build
 
@@ -60,8 +61,11 @@ def test_shapes(model: JEPAWorldModel) -> None:
     per_step = model.dynamics.per_step  # tokens per step: 1 with the default "add" conditioning
     ring = per_step * TINY.context - 1 + per_step  # the window before a step's tokens, and the step's
     per_block = [(3, 2, ring, 16)] * TINY.predictor_depth  # (B, heads, ring, head dim)
-    assert shapes(out.state) == {"latent": (3, 2, 32), "previous": (3, 2, 32), "actions": (3, TINY.action_history - 1),
-                                 "keys": per_block, "values": per_block, "key_at": (3, ring), "position": (3,)}
+    skip, hidden = TINY.skip_rank, 2 * TINY.head_hidden  # the reads: input layer, linear path of z and z_t-1, heads
+    reads = TINY.predictor_dim + 2 * skip + 2 * hidden
+    assert shapes(out.state) == {"latent": (3, 2, 32), "reads": (3, reads), "previous_read": (3, skip),
+                                 "actions": (3, TINY.action_history - 1), "keys": per_block, "values": per_block,
+                                 "key_at": (3, ring), "position": (3,)}
     assert out.state["position"].tolist() == [6 * per_step] * 3  # 5 context steps and 1 imagined
     short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
     assert shapes(short) == shapes(out.state) and (short["key_at"] < 0).all()
@@ -596,3 +600,33 @@ def test_imagination_reads_folded_weights_that_follow_every_update(head: str, sk
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("head", ["standardized", "mlp"])
+def test_imagination_with_carried_reads_equals_reading_every_latent(head: str) -> None:
+    """`observe` states carry the linear reads of their latent and update them by the step's low-rank change
+    (world_models/jepa_reads.py): over three context windows of steps that gives the latents and events of
+    reading each new latent again (a state from `dynamics.prefill` alone), also after the weights move, and
+    steps that skip the latent change nothing after them."""
+    torch.manual_seed(0)
+    model = JEPAWorldModel(dataclasses.replace(TINY, head=head, skip_rank=8)).eval()
+    g = torch.Generator().manual_seed(1)
+    z, actions = torch.randn(3, 4, 2, 32, generator=g), torch.randint(0, 4, (3, 3 + 3 * TINY.context), generator=g)
+    for _ in range(2):  # the second time after every parameter and statistic moved
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # also makes the linear path, which starts at zero, count
+            for module in (model.reward_head, model.end_head):
+                if isinstance(module, StandardizedHead):
+                    module.mean.add_(0.1 * torch.randn_like(module.mean))
+                    module.var.mul_(1.0 + torch.rand_like(module.var))
+        carried, plain = model.observe(z, actions[:, :3]), model.dynamics.prefill(z, actions[:, :3])
+        assert "reads" in carried and "reads" not in plain
+        for t in range(3, actions.shape[1]):
+            wanted = t % 3 == 0  # the steps between skip the latent (standardized heads): later steps add it
+            a, b = model.step(carried, actions[:, t], latent=wanted), model.step(plain, actions[:, t])
+            assert (a.latent is None) == (not wanted and head == "standardized")
+            for x, y in zip(a[1:], b[1:]):
+                if x is not None:
+                    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+            carried, plain = a.state, b.state

@@ -54,7 +54,7 @@ class Chain(WorldModel):
     def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
         return {"z": latents[:, -1].clone()}
 
-    def step(self, state: dict[str, Tensor], action: Tensor) -> StepOutput:
+    def step(self, state: dict[str, Tensor], action: Tensor, latent: bool = True) -> StepOutput:
         self.steps += len(action)
         t, path, distractor = state["z"].unbind(-1)
         last = (t == H - 1).float()
@@ -176,7 +176,7 @@ class Fixed(WorldModel):
     def observe(self, latents: Tensor, actions: Tensor) -> Tensor:
         return latents[:, -1]
 
-    def step(self, state: Tensor, action: Tensor) -> StepOutput:
+    def step(self, state: Tensor, action: Tensor, latent: bool = True) -> StepOutput:
         a = action.float()
         z = state + a[:, None]
         return StepOutput(z, z, a, 1 - 0.2 * a, 0.1 * a)

@@ -39,14 +39,15 @@ class StepOutput(NamedTuple):
 
     Attributes:
         state: the family's imagination state after the step (pass it to the next `step`).
-        latent: (B, *latent_shape) the predicted next latent.
+        latent: (B, *latent_shape) the predicted next latent; None when the step was asked not to
+            give it (`WorldModel.step(..., latent=False)`) and the family skipped it.
         reward: (B,) expected clipped reward of the step.
         cont: (B,) probability that the episode continues (no game over).
         life_loss: (B,) probability that a life was lost in the step.
     """
 
     state: Any
-    latent: Tensor
+    latent: Tensor | None
     reward: Tensor
     cont: Tensor
     life_loss: Tensor
@@ -124,12 +125,15 @@ class WorldModel(nn.Module, ABC):
         """
 
     @abstractmethod
-    def step(self, state: Any, action: Tensor) -> StepOutput:
+    def step(self, state: Any, action: Tensor, latent: bool = True) -> StepOutput:
         """Imagine one step for every rollout: int64 (B,) actions taken at the current latent.
 
         The step consumes `state`: a family may update its tensors in place (JEPA writes its
         key/value cache), so continue from the returned state only; to imagine several
         continuations of one state, step copies of it (e.g. rows chosen with `index_select`).
+        With `latent=False` the caller does not read this step's latent (a planner that scores
+        rewards only), and a family may skip computing it (StepOutput.latent None); the next
+        steps are the same either way.
         """
 
     @abstractmethod
@@ -168,4 +172,8 @@ def imagine(model: WorldModel, latents: Tensor, actions: Tensor) -> StepOutput:
         out = model.step(state, actions[:, t])
         state = out.state
         outs.append(out)
-    return StepOutput(state, *(torch.stack(parts, dim=1) for parts in list(zip(*outs))[1:]))
+    predicted = [out.latent for out in outs if out.latent is not None]
+    if len(predicted) < len(outs):
+        raise RuntimeError(f"{type(model).__name__}.step gave no latent although asked for one")
+    return StepOutput(state, torch.stack(predicted, dim=1),
+                      *(torch.stack(parts, dim=1) for parts in list(zip(*outs))[2:]))

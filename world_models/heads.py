@@ -13,7 +13,7 @@ Three designs, chosen by `JEPAConfig.head` (see `transition_head`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -112,22 +112,46 @@ class StandardizedHead(nn.Module):
                     self._folded.get((first.weight, first.bias, self.mean, self.var), fold))
 
 
-def standardized_heads(heads: Sequence[StandardizedHead], folded: Folded, z: Tensor, z_next: Tensor) -> list[Tensor]:
-    """What each of several standardized heads gives for the same transitions, in imagination (eval mode,
-    no autograd) as one head: their folded first layers stacked into one pair of matrix products, one
-    GELU, their output layers as one block-diagonal product. `folded` caches the stacked weights."""
-    firsts = [cast(nn.Linear, head.mlp[0]) for head in heads]
+class FoldedHeads(NamedTuple):
+    """Several standardized heads as one, for imagination (eval-mode statistics, no autograd): hidden units
+    gelu(w_z z + w_next z_next + bias), then logits hidden @ w_out.T + b_out, `sizes` logits per head."""
+
+    w_z: Tensor
+    w_next: Tensor
+    bias: Tensor
+    w_out: Tensor
+    b_out: Tensor
+    sizes: tuple[int, ...]
+
+    def logits(self, hidden: Tensor) -> list[Tensor]:
+        """The heads' logits from their pre-activation hidden units (N, hidden)."""
+        return list(torch.addmm(self.b_out, F.gelu(hidden), self.w_out.T).split(self.sizes, dim=1))
+
+
+def fold_standardized_heads(heads: Sequence[StandardizedHead], folded: Folded) -> FoldedHeads:
+    """Their folded first layers stacked, their output layers as one block-diagonal matrix; `folded` caches
+    them until a weight or statistic changes."""
     outs = [cast(nn.Linear, head.mlp[3]) for head in heads]
 
-    def fold() -> tuple[Tensor, ...]:
+    def fold() -> FoldedHeads:
         w_z, w_next, bias = (torch.cat(parts) for parts in zip(*(head._first_layer() for head in heads)))
-        return w_z, w_next, bias, torch.block_diag(*(out.weight for out in outs)), torch.cat([o.bias for o in outs])
+        return FoldedHeads(w_z, w_next, bias, torch.block_diag(*(out.weight for out in outs)),
+                           torch.cat([o.bias for o in outs]), tuple(out.out_features for out in outs))
 
-    sources = tuple(t for head, first, out in zip(heads, firsts, outs)
-                    for t in (first.weight, first.bias, head.mean, head.var, out.weight, out.bias))
-    w_z, w_next, bias, w_out, b_out = folded.get(sources, fold)
-    hidden = F.gelu(linear_pair(z.flatten(1), z_next.flatten(1), w_z, w_next, bias))
-    return list(torch.addmm(b_out, hidden, w_out.T).split([out.out_features for out in outs], dim=1))
+    return cast(FoldedHeads, folded.get(standardized_sources(heads), fold))
+
+
+def standardized_sources(heads: Sequence[StandardizedHead]) -> tuple[Tensor, ...]:
+    """The weights and statistics the folded heads are computed from (a `Folded` cache's key)."""
+    return tuple(t for head in heads for t in (*head.mlp[0].parameters(), head.mean, head.var,
+                                              *head.mlp[3].parameters()))
+
+
+def standardized_heads(heads: Sequence[StandardizedHead], folded: Folded, z: Tensor, z_next: Tensor) -> list[Tensor]:
+    """What each of several standardized heads gives for the same transitions, in imagination (eval mode,
+    no autograd) as one head: one pair of matrix products, one GELU, one output product."""
+    one = fold_standardized_heads(heads, folded)
+    return one.logits(linear_pair(z.flatten(1), z_next.flatten(1), one.w_z, one.w_next, one.bias))
 
 
 HEADS = ("mlp", "attention", "standardized")

@@ -44,7 +44,16 @@ from world_models.blocks import (
     standardize,
     update_running_stats,
 )
-from world_models.heads import HEADS, StandardizedHead, standardized_heads, transition_head
+from world_models.heads import (
+    HEADS,
+    FoldedHeads,
+    StandardizedHead,
+    fold_standardized_heads,
+    standardized_heads,
+    standardized_sources,
+    transition_head,
+)
+from world_models.jepa_reads import ReadFold, fold_reads, read_sources, step_with_reads, supports_reads, with_reads
 
 
 @dataclass(frozen=True)
@@ -325,11 +334,13 @@ class Dynamics(nn.Module):
         z_next = z + self._predict(x)[:, 0] + self._skip(z, state["previous"])
         return z_next, {**state, "latent": z_next, "previous": z}
 
-    def _advance(self, state: dict[str, Any], action: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def _advance(self, state: dict[str, Any], action: Tensor, projected: Tensor | None = None
+                 ) -> tuple[Tensor, dict[str, Any]]:
         """The tokens of the state's newest latent and `action` (B,) through the blocks over the ring ->
-        block outputs (B, per_step, width) and the state with the ring and the action history advanced."""
+        block outputs (B, per_step, width) and the state with the ring and the action history advanced.
+        `projected`: the input layer's output for the newest latent (B, width), if the caller has it."""
         history = torch.cat([state["actions"], action[:, None]], dim=1)
-        x = self._tokens(state["latent"][:, None], history)  # (B, per_step, width)
+        x = self._tokens(state["latent"][:, None], history, None if projected is None else projected[:, None])
         b, n = x.shape[:2]
         at = state["position"][:, None] + torch.arange(n, device=x.device)  # (B, N) positions of the new tokens
         slots = at % state["key_at"].shape[1]  # overwrites tokens older than any new one attends to
@@ -347,14 +358,15 @@ class Dynamics(nn.Module):
 
     # ---- shared by both paths ------------------------------------------------------------
 
-    def _tokens(self, z: Tensor, actions: Tensor) -> Tensor:
+    def _tokens(self, z: Tensor, actions: Tensor, projected: Tensor | None = None) -> Tensor:
         """Latents (B, T, K, dim) and actions (B, T') -> tokens (B, T * per_step, width).
 
         The last T actions are those taken at the T latents; with "cross" conditioning the
-        earlier ones (T' > T) are history the first latents' tokens attend to.
+        earlier ones (T' > T) are history the first latents' tokens attend to. `projected`: the
+        input layer's output for the latents (B, T, width), if the caller has it.
         """
         t = z.shape[1]
-        x = self.inp(z.flatten(2))  # (B, T, width)
+        x = self.inp(z.flatten(2)) if projected is None else projected  # (B, T, width)
         if self.cfg.action_conditioning == "cross":
             return x + self._attend_to_actions(x, actions)
         a = self.action(actions[:, actions.shape[1] - t :])
@@ -486,6 +498,7 @@ class JEPAWorldModel(WorldModel):
         self.reward_head = transition_head(config.head, *heads, 3, momentum, hidden)  # clipped reward -1, 0, +1
         self.end_head = transition_head(config.head, *heads, 2, momentum, hidden)  # game over, life loss
         self._folded_heads = Folded()  # both standardized heads as one, for imagination
+        self._folded_reads = Folded()  # what imagination carries the reads of latents with
         self.decoder = Decoder(config)
 
     # ---- the WorldModel interface --------------------------------------------------------
@@ -498,13 +511,32 @@ class JEPAWorldModel(WorldModel):
 
     @torch.no_grad()
     def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Any]:
-        return self.dynamics.prefill(latents, actions)
+        state = self.dynamics.prefill(latents, actions)
+        return with_reads(state, self._read_fold()[0]) if supports_reads(self.dynamics) else state
 
     @torch.no_grad()
-    def step(self, state: dict[str, Any], action: Tensor) -> StepOutput:
-        z_next, new_state = self.dynamics.step(state, action)
-        reward, cont, life_loss = self.transition(state["latent"], z_next)
-        return StepOutput(new_state, z_next, reward, cont, life_loss)
+    def step(self, state: dict[str, Any], action: Tensor, latent: bool = True) -> StepOutput:
+        """One imagined step; states from `observe` carry their latent's linear reads (world_models/jepa_reads.py)
+        unless the linear path is full-rank, and then `latent=False` skips computing the latent."""
+        if "reads" not in state:
+            z_next, new_state = self.dynamics.step(state, action)
+            reward, cont, life_loss = self.transition(state["latent"], z_next)
+            return StepOutput(new_state, z_next, reward, cont, life_loss)
+        fold, heads = self._read_fold()
+        predicted, new_state, logits = step_with_reads(self.dynamics, fold, heads, state, action, latent)
+        if logits is None:  # heads that read latents: the state had no pending change
+            assert predicted is not None
+            return StepOutput(new_state, predicted, *self.transition(state["latent"], predicted))
+        reward_logits, end_logits = logits
+        return StepOutput(new_state, predicted, *self._events(reward_logits + self.event_shift[:3],
+                                                           end_logits + self.event_shift[3:]))
+
+    def _read_fold(self) -> tuple[ReadFold, FoldedHeads | None]:
+        """The folded weights of imagination with carried reads, kept until a weight or statistic changes."""
+        heads = (self.reward_head, self.end_head)
+        folded_heads = fold_standardized_heads(heads, self._folded_heads) if _all_standardized(heads) else None
+        sources = read_sources(self.dynamics) + (standardized_sources(heads) if _all_standardized(heads) else ())
+        return self._folded_reads.get(sources, lambda: fold_reads(self.dynamics, folded_heads)), folded_heads
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -513,7 +545,11 @@ class JEPAWorldModel(WorldModel):
 
     def transition(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Expected clipped reward, continue probability and life-loss probability of (z, z_next): (N,) each."""
-        reward_logits, end_logits = self._head_logits(z, z_next, corrected=True, imagined=True)
+        return self._events(*self._head_logits(z, z_next, corrected=True, imagined=True))
+
+    @staticmethod
+    def _events(reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Expected clipped reward, continue and life-loss probabilities (N,) from corrected logits."""
         probs = reward_logits.softmax(-1)
         reward = probs[:, 2] - probs[:, 0]
         ends = torch.sigmoid(end_logits)

@@ -63,20 +63,23 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
         weight = 1.0
         latent = None
         for t in range(horizon):
+            want_latent = value_fn is not None and t == horizon - 1  # only a value reads a latent
             if shared:
                 pairs = node * world_model.num_actions + flat[:, t]
                 unique, node = torch.unique(pairs, return_inverse=True)  # node: (B*N,) into unique
                 out = world_model.step(_select(state, unique // world_model.num_actions),
-                                       unique % world_model.num_actions)
+                                       unique % world_model.num_actions, latent=want_latent)
             else:
-                out = world_model.step(state, flat[:, t])
+                out = world_model.step(state, flat[:, t], latent=want_latent)
             state = out.state
             gain = out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
             total = total + weight * alive * gain[node]
             alive = alive * out.cont[node]
             weight *= discount
             latent = out.latent
-        if value_fn is not None and latent is not None:
+        if value_fn is not None:
+            if latent is None:
+                raise RuntimeError(f"{type(world_model).__name__}.step gave no latent although asked for one")
             total = total + weight * alive * value_fn(latent)[node]
         return total.view(b, n)
 
