@@ -48,9 +48,9 @@ class CountingSteps:
         self._step = model.step
         model.step = self  # type: ignore[method-assign]
 
-    def __call__(self, state: Any, action: torch.Tensor) -> Any:
+    def __call__(self, state: Any, action: torch.Tensor, latent: bool = True) -> Any:
         self.count += len(action)
-        return self._step(state, action)
+        return self._step(state, action, latent=latent)
 
 
 def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig, actions: int,
@@ -104,17 +104,25 @@ def step_profile(model: JEPAWorldModel, batch: int, repeats: int = 5) -> dict[st
             fn()
         return (time.perf_counter() - start) / repeats * 1e3
 
-    def step() -> None:  # a step consumes its state (the key/value ring is written in place): chain them
+    plain = model.dynamics.prefill(latents, actions[:, :-1])  # no carried reads: each step reads its latent
+
+    def step(latent: bool) -> None:  # a step consumes its state (the key/value ring is written in place): chain them
         nonlocal state
-        state = model.step(state, actions[:, -1]).state
+        state = model.step(state, actions[:, -1], latent=latent).state
 
     def predictor_step() -> None:
-        nonlocal state
-        state = model.dynamics.step(state, actions[:, -1])[1]
+        nonlocal plain
+        plain = model.dynamics.step(plain, actions[:, -1])[1]
+
+    def plain_step() -> None:
+        nonlocal plain
+        plain = model.step(plain, actions[:, -1]).state
 
     return {
         "batch": batch,
-        "step_ms": ms(step),
+        "step_ms": ms(lambda: step(True)),
+        "step_without_latent_ms": ms(lambda: step(False)),
+        "step_reading_each_latent_ms": ms(plain_step),
         "predictor_cached_ms": ms(predictor_step),
         "predictor_full_window_ms": ms(lambda: model.dynamics(latents, actions)),
         "heads_ms": ms(lambda: model.transition(latents[:, -1], latents[:, -2])),
@@ -154,9 +162,9 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=30, help="timed actions per row")
     parser.add_argument("--large-actions", type=int, default=10, help="timed actions per row at the issue budget")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: on a shared 2-core machine a second thread waits on the "
-                        "other processes and makes small batches up to 40x slower)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads; the planning objective runs imagined steps of fewer than "
+                        "128 rollouts on one thread either way (a second thread slows small batches down)")
     parser.add_argument("--run", type=Path, help="also score MPC with this run's trained world model vs random")
     parser.add_argument("--episodes", type=int, default=10, help="full real games per policy with --run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json")

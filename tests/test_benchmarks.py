@@ -41,12 +41,17 @@ def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_pa
 def test_predictor_cost_counts_the_multiply_adds_the_linear_path_rank_and_head_width_save() -> None:
     tiny = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_predictor_depth=1, predictor_dim=32,
                       predictor_depth=1, context=4, decoder_dim=16)
-    d = tiny.summary_tokens * tiny.dim  # latent features
+    d, w = tiny.summary_tokens * tiny.dim, tiny.predictor_dim  # latent features, predictor width
 
     def macs(**changes: object) -> float:
         return macs_per_rollout_step(JEPAWorldModel(dataclasses.replace(tiny, **changes)).eval())
 
-    assert macs(skip_rank=0) - macs(skip_rank=8) == 2 * d * d - (2 * d * 8 + 8 * d)  # (2d -> d) against (2d -> 8 -> d)
-    # two heads, 2d -> hidden -> 3 and 2 logits, run as one: their output layers one block-diagonal (3 + 2) x 2 hidden
-    heads = 2 * d * (64 - 16) * 2 + 2 * (64 - 16) * (3 + 2)
-    assert macs(head_hidden=64) - macs(head_hidden=16) == heads
+    def reads_and_heads(rank: int, hidden: int) -> int:
+        """A step's carried reads (world_models/jepa_reads.py): rows for the input layer, the linear path's two
+        reads and both heads' reads of z_t and z_t+1 (2 x 2 x hidden), times the change's predictor_dim + rank + 1
+        columns; the latent's update (d rows); the two heads' output layers run as one block-diagonal 2 hidden -> 5."""
+        columns = w + rank + 1
+        return (w + 2 * rank + 4 * hidden + d) * columns + 2 * hidden * 5
+
+    assert macs(skip_rank=16, head_hidden=64) - macs(skip_rank=8, head_hidden=16) == (
+        reads_and_heads(16, 64) - reads_and_heads(8, 16))

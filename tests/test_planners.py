@@ -239,6 +239,26 @@ def test_dedupe_matches_full_imagination_on_jepa(jepa: JEPAWorldModel) -> None:
     torch.testing.assert_close(again, fast, rtol=0, atol=0)
 
 
+def test_objective_runs_small_steps_on_one_thread_and_gives_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
+    g = torch.Generator().manual_seed(0)
+    state = jepa.observe(torch.randn(1, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (1, 2), generator=g))
+    sequences = torch.randint(0, 4, (1, 64, 4), generator=g)
+    seen = []
+    step = jepa.step
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append((len(args[1]), torch.get_num_threads()))  # type: ignore[arg-type]
+        return step(*args, **kwargs)  # type: ignore[arg-type]
+
+    jepa.step = spy  # type: ignore[method-assign]
+    torch.set_num_threads(2)
+    returns = world_model_objective(jepa, parallel_from=16)(state, sequences)
+    assert torch.get_num_threads() == 2
+    assert [threads for rows, threads in seen] == [2 if rows >= 16 else 1 for rows, _ in seen]
+    assert {threads for _, threads in seen} == {1, 2}  # 4 first actions, then more prefixes than 16
+    torch.testing.assert_close(world_model_objective(jepa, parallel_from=1)(state, sequences), returns)
+
+
 def frames(k: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (k, 4, 64, 64), dtype=np.uint8)
 

@@ -110,16 +110,18 @@ class Attention(nn.Module):
 
     def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, N, dim) -> queries, keys, values (B, heads, N, head_dim), queries and keys rotated by `rope`."""
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return q, k, v
+        b, n, _ = x.shape  # view and permute: einops' parsing costs as much as a small step's projection
+        qkv = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d)
+        if rope is None:
+            return qkv[0], qkv[1], qkv[2]
+        q, k = apply_rope(qkv[:2], *rope)  # both in one rotation
+        return q, k, qkv[2]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
         """Queries (B, heads, Q, d) over keys and values (B, heads, N, d) -> (B, Q, dim); `mask`: bool (Q, N) or
         broadcastable to (B, heads, Q, N), True = may attend."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-        return self.out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.out(out.transpose(1, 2).flatten(2))  # (B, N, heads * d)
 
     def attend_few(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
         """`attend` for a few queries per row over a few keys: queries (B, heads, Q, d) over keys and values
@@ -133,7 +135,7 @@ class Attention(nn.Module):
         scores = (q[:, :, :, None] * k[:, :, None]).sum(-1).mul_(d**-0.5).add_(bias)  # (B, heads, Q, N)
         weights = scores.view(-1, k.shape[2]).t().softmax(0).t().view(scores.shape)
         out = (weights[..., None] * v[:, :, None]).sum(-2)  # (B, heads, Q, d)
-        return self.out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.out(out.transpose(1, 2).flatten(2))  # (B, Q, heads * d)
 
 
 class CrossAttention(nn.Module):

@@ -142,9 +142,13 @@ def fold_standardized_heads(heads: Sequence[StandardizedHead], folded: Folded) -
 
 
 def standardized_sources(heads: Sequence[StandardizedHead]) -> tuple[Tensor, ...]:
-    """The weights and statistics the folded heads are computed from (a `Folded` cache's key)."""
-    return tuple(t for head in heads for t in (*head.mlp[0].parameters(), head.mean, head.var,
-                                              *head.mlp[3].parameters()))
+    """The weights and statistics the folded heads are computed from (a `Folded` cache's key; read by attribute,
+    since imagination checks it every step)."""
+    sources: list[Tensor] = []
+    for head in heads:
+        first, out = cast(nn.Linear, head.mlp[0]), cast(nn.Linear, head.mlp[3])
+        sources += (first.weight, first.bias, head.mean, head.var, out.weight, out.bias)
+    return tuple(sources)
 
 
 def standardized_heads(heads: Sequence[StandardizedHead], folded: Folded, z: Tensor, z_next: Tensor) -> list[Tensor]:

@@ -532,11 +532,17 @@ class JEPAWorldModel(WorldModel):
                                                            end_logits + self.event_shift[3:]))
 
     def _read_fold(self) -> tuple[ReadFold, FoldedHeads | None]:
-        """The folded weights of imagination with carried reads, kept until a weight or statistic changes."""
+        """The folded weights of imagination with carried reads (and of the standardized heads, or None), kept
+        until a weight or statistic changes."""
         heads = (self.reward_head, self.end_head)
-        folded_heads = fold_standardized_heads(heads, self._folded_heads) if _all_standardized(heads) else None
-        sources = read_sources(self.dynamics) + (standardized_sources(heads) if _all_standardized(heads) else ())
-        return self._folded_reads.get(sources, lambda: fold_reads(self.dynamics, folded_heads)), folded_heads
+        if not _all_standardized(heads):
+            return self._folded_reads.get(read_sources(self.dynamics), lambda: (fold_reads(self.dynamics, None), None))
+
+        def fold() -> tuple[ReadFold, FoldedHeads]:
+            folded_heads = fold_standardized_heads(heads, self._folded_heads)
+            return fold_reads(self.dynamics, folded_heads), folded_heads
+
+        return self._folded_reads.get(read_sources(self.dynamics) + standardized_sources(heads), fold)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -81,8 +81,11 @@ def fold_reads(dynamics: Dynamics, heads: FoldedHeads | None) -> ReadFold:
 
 def read_sources(dynamics: Dynamics) -> tuple[Tensor, ...]:
     """The predictor's tensors `fold_reads` reads (with the heads', they key its cache)."""
-    return (dynamics.inp.weight, dynamics.out.weight, dynamics.out.bias,
-            *(dynamics.skip.parameters() if dynamics.cfg.predictor_skip else ()))
+    sources = (dynamics.inp.weight, dynamics.out.weight, dynamics.out.bias)
+    if not dynamics.cfg.predictor_skip:
+        return sources
+    first, second = (cast(nn.Linear, layer) for layer in cast(nn.Sequential, dynamics.skip))
+    return (*sources, first.weight, second.weight, second.bias)
 
 
 def with_reads(state: dict[str, Any], fold: ReadFold) -> dict[str, Any]:
