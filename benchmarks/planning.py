@@ -37,7 +37,8 @@ from world_models.jepa import JEPAConfig, JEPAWorldModel
 HERE = Path(__file__).resolve().parent
 TARGET_MS = 100.0
 ISSUE_BUDGET = (512, 12, 4)  # candidates, horizon, iterations
-SMALLER = [(128, 8, 3), (64, 8, 2), (64, 8, 1), (32, 6, 2), (64, 4, 2), (32, 4, 2), (16, 4, 2)]
+SMALLER = [(512, 8, 2), (256, 12, 3), (256, 8, 3), (128, 8, 3), (64, 8, 2), (64, 8, 1), (32, 6, 2), (64, 4, 2),
+           (32, 4, 2), (16, 4, 2)]
 
 
 class CountingSteps:

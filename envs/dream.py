@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel
+from world_models.base import WorldModel, map_state
 from world_models.blocks import tensor_versions
 from world_models.latent_cache import LatentCache
 
@@ -376,37 +376,14 @@ def _check_finite(rows: np.ndarray | None, **outputs: Tensor) -> None:
 
 def _shapes(state: Any) -> Any:
     """The per-rollout shapes of a state's tensors, in the state's structure."""
-    if isinstance(state, Tensor):
-        return tuple(state.shape[1:])
-    if isinstance(state, dict):
-        return {key: _shapes(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return [_shapes(value) for value in state]
-    return state
+    return map_state(lambda tensor: tuple(tensor.shape[1:]), state)
 
 
 def _rows(state: Any, rows: slice) -> Any:
-    """Batch rows `rows` of a state (tensors, and dicts, lists and (named) tuples of them), as views."""
-    if isinstance(state, Tensor):
-        return state[rows]
-    if isinstance(state, dict):
-        return {key: _rows(value, rows) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(*(_rows(value, rows) for value in state)) if hasattr(state, "_fields") else \
-            type(state)(_rows(value, rows) for value in state)
-    return state
+    """Batch rows `rows` of a state, as views."""
+    return map_state(lambda tensor: tensor[rows], state)
 
 
 def _scatter_(state: Any, rows: Tensor, fresh: Any) -> None:
-    """Write `fresh` into batch rows `rows` of `state`, in place (the env owns its state): tensors, and dicts,
-    lists and (named) tuples of them; other values must be equal in both."""
-    if isinstance(state, Tensor):
-        state.index_copy_(0, rows, fresh.to(state.dtype))
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            _scatter_(value, rows, fresh[key])
-    elif isinstance(state, (list, tuple)):
-        for s, f in zip(state, fresh):
-            _scatter_(s, rows, f)
-    elif state != fresh:
-        raise TypeError(f"cannot merge world-model states holding {type(state).__name__} values that differ")
+    """Write `fresh` into batch rows `rows` of `state`, in place (the env owns its state)."""
+    map_state(lambda tensor, new: tensor.index_copy_(0, rows, new.to(tensor.dtype)), state, fresh)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -17,7 +18,7 @@ from torch import Tensor
 from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, _check_finite, latent_space
 from envs.wrappers import LatentObservation, LatentObservationVector
 from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
-from world_models.base import StepOutput, TrainBatch, WorldModel
+from world_models.base import StepOutput, TrainBatch, WorldModel, map_state
 from world_models.jepa import JEPAWorldModel
 from world_models.latent_cache import LatentCache
 
@@ -429,3 +430,21 @@ def test_a_dream_policy_runs_unchanged_on_the_real_env() -> None:
             if terminated or truncated:
                 obs, _ = env.reset()
     real.close()
+
+
+class Pair(NamedTuple):
+    a: torch.Tensor
+    b: int
+
+
+def test_map_state_walks_nested_states_and_refuses_to_combine_differing_values() -> None:
+    """One walker serves the dream (shapes, rows, in-place restarts) and the planners (rows by index)."""
+    state = {"z": torch.arange(6.0).view(3, 2), "ring": [torch.zeros(3, 4)], "pair": Pair(torch.ones(3), 7)}
+    picked = map_state(lambda t: t.index_select(0, torch.tensor([2, 0])), state)
+    assert picked["z"].tolist() == [[4.0, 5.0], [0.0, 1.0]] and picked["ring"][0].shape == (2, 4)
+    assert isinstance(picked["pair"], Pair) and picked["pair"].b == 7
+    fresh = map_state(lambda t: t + 10, picked)
+    map_state(lambda t, new: t.index_copy_(0, torch.tensor([0, 1]), new), state, fresh)
+    assert state["z"].tolist() == [[14.0, 15.0], [10.0, 11.0], [4.0, 5.0]]
+    with pytest.raises(TypeError, match="int values differ"):
+        map_state(lambda t, new: t, state, {**fresh, "pair": Pair(fresh["pair"].a, 8)})

@@ -7,6 +7,7 @@ training loop use only this interface, so a new family is one new file plus a re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -177,3 +178,23 @@ def imagine(model: WorldModel, latents: Tensor, actions: Tensor) -> StepOutput:
         raise RuntimeError(f"{type(model).__name__}.step gave no latent although asked for one")
     return StepOutput(state, torch.stack(predicted, dim=1),
                       *(torch.stack(parts, dim=1) for parts in list(zip(*outs))[2:]))
+
+
+def map_state(fn: Callable[..., Any], state: Any, *others: Any) -> Any:
+    """`fn` applied to every tensor of a (nested) imagination state, with the tensors at the same place in
+    `others` (states of the same structure) as further arguments; the results in the state's structure.
+
+    A state is tensors (batch dim first) in dicts, lists and (named) tuples; any other value is kept as it
+    is and must be equal in all the states.
+    """
+    if isinstance(state, Tensor):
+        return fn(state, *others)
+    if isinstance(state, dict):
+        return {key: map_state(fn, value, *(other[key] for other in others)) for key, value in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple
+        return type(state)(*(map_state(fn, *values) for values in zip(state, *others, strict=True)))
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(fn, *values) for values in zip(state, *others, strict=True))
+    if any(other != state for other in others):
+        raise TypeError(f"cannot combine imagination states whose {type(state).__name__} values differ")
+    return state

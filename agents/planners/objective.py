@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from agents.planners.base import Objective
-from world_models.base import WorldModel
+from world_models.base import WorldModel, map_state
 
 ValueFn = Callable[[Tensor], Tensor]
 """latents (M, *latent_shape) -> values (M,): a critic to see past the horizon."""
@@ -109,13 +109,4 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
 
 def _select(state: Any, index: Tensor) -> Any:
     """Rows `index` of every tensor in a (nested) imagination state, batch dim first."""
-    if isinstance(state, Tensor):
-        return state.index_select(0, index)
-    if isinstance(state, dict):
-        return {key: _select(value, index) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple
-        return type(state)(*(_select(value, index) for value in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(_select(value, index) for value in state)
-    raise TypeError(f"cannot batch an imagination state of type {type(state).__name__}; "
-                    "expected tensors, or dicts, tuples or lists of them")
+    return map_state(lambda tensor: tensor.index_select(0, index), state)
