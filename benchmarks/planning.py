@@ -5,9 +5,11 @@ shift the warm start) for one env, timed over `--actions` actions after `--warmu
 random frames (untrained weights and random frames cost the same compute as trained ones and
 real frames). Rows: CEM, MPPI and random shooting at the issue's budget N=512, H=12, I=4, and
 CEM at smaller budgets, to find what meets 100 ms per action. Also profiles one imagination
-step at N=512 to show where the time goes: the full `step`, its predictor part (two new tokens
-over the cached keys and values of the window), the predictor re-reading the whole window
-(what a step cost before the cache), and the reward and termination heads.
+step at N=512 to show where the time goes: the full `step` with and without its latent (the
+planners skip it), a step that reads its new latent again instead of carrying its reads (as
+before world_models/jepa_reads.py), its predictor part (the new token over the cached keys and
+values of the window), the predictor re-reading the whole window (what a step cost before the
+cache), and the reward and termination heads on latents.
 
 With `--run runs/NAME` it also plays `--episodes` full real games with MPC on that run's trained
 world model (the run's `mpc` settings, `mbrl plan`'s code path) and as many with the random
