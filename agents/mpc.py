@@ -25,9 +25,9 @@ from world_models.base import WorldModel
 class MPCConfig:
     """MPC agent settings.
 
-    With the default JEPA model on one CPU thread the default search (N=64, H=8, I=2) takes a
-    median 61 ms per real action and N=512, H=12, I=4 about 0.26 s (`benchmarks/planning.py`,
-    2026-12-02).
+    With the default JEPA model on 2 CPU cores the default search (N=64, H=8, I=2) takes a
+    median 22 ms per real action and N=512, H=12, I=4 about 0.15 s (`benchmarks/planning.py`,
+    2026-12-02, AMD EPYC).
 
     Attributes:
         planner: "cem", "mppi" or "shooting" (a key of `agents.planners.PLANNERS`).

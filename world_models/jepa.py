@@ -392,15 +392,21 @@ class Dynamics(nn.Module):
         if torch.is_grad_enabled():
             x = first(torch.cat([z.flatten(-2), (z - previous).flatten(-2)], dim=-1))
         else:
-            def fold() -> tuple[Tensor, Tensor]:
-                w_a, w_b = first.weight.chunk(2, dim=1)
-                return w_a + w_b, -w_b
-
-            w_z, w_previous = self._folded_skip.get((first.weight,), fold)
-            x = linear_pair(z.flatten(-2), previous.flatten(-2), w_z, w_previous, first.bias)
+            x = linear_pair(z.flatten(-2), previous.flatten(-2), *self.skip_reads(), first.bias)
         for layer in layers[1:]:
             x = layer(x)
         return x.unflatten(-1, self.latent_shape)
+
+    def skip_reads(self) -> tuple[Tensor, Tensor]:
+        """The linear path's first layer as two reads, (W_a + W_b) of z and -W_b of the latent before it (see
+        `_skip`), cached until the weight changes."""
+        first = cast(nn.Linear, self.skip if isinstance(self.skip, nn.Linear) else cast(nn.Sequential, self.skip)[0])
+
+        def fold() -> tuple[Tensor, Tensor]:
+            w_a, w_b = first.weight.chunk(2, dim=1)
+            return w_a + w_b, -w_b
+
+        return cast(tuple[Tensor, Tensor], self._folded_skip.get((first.weight,), fold))
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -527,9 +533,7 @@ class JEPAWorldModel(WorldModel):
         if logits is None:  # heads that read latents: the state had no pending change
             assert predicted is not None
             return StepOutput(new_state, predicted, *self.transition(state["latent"], predicted))
-        reward_logits, end_logits = logits
-        return StepOutput(new_state, predicted, *self._events(reward_logits + self.event_shift[:3],
-                                                           end_logits + self.event_shift[3:]))
+        return StepOutput(new_state, predicted, *self._events(*self._corrected(*logits)))
 
     def _read_fold(self) -> tuple[ReadFold, FoldedHeads | None]:
         """The folded weights of imagination with carried reads (and of the standardized heads, or None), kept
@@ -572,9 +576,11 @@ class JEPAWorldModel(WorldModel):
             reward, end = standardized_heads(heads, self._folded_heads, z, z_next)  # both as one
         else:
             reward, end = self.reward_head(z, z_next), self.end_head(z, z_next)
-        if corrected:
-            reward, end = reward + self.event_shift[:3], end + self.event_shift[3:]
-        return reward, end
+        return self._corrected(reward, end) if corrected else (reward, end)
+
+    def _corrected(self, reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Reward and end logits with the prior correction for the real event rates (`event_shift`) added."""
+        return reward_logits + self.event_shift[:3], end_logits + self.event_shift[3:]
 
     def standardize(self, summary: Tensor) -> Tensor:
         """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""

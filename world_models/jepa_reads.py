@@ -66,12 +66,11 @@ def fold_reads(dynamics: Dynamics, heads: FoldedHeads | None) -> ReadFold:
     bias: Tensor = out.bias
     skip = 0
     if dynamics.cfg.predictor_skip:
-        first, second = (cast(nn.Linear, layer) for layer in cast(nn.Sequential, dynamics.skip))
-        w_a, w_b = first.weight.chunk(2, dim=1)  # reads [z, z - previous]: (W_a + W_b) z - W_b previous
-        rows += [w_a + w_b, -w_b]
+        second = cast(nn.Linear, cast(nn.Sequential, dynamics.skip)[1])
+        rows += dynamics.skip_reads()  # of z and of the latent before it
         columns.append(second.weight)
         bias = bias + second.bias
-        skip = first.out_features
+        skip = second.in_features
     head_rows = 0
     if heads is not None:
         rows += [heads.w_z, heads.w_next]
