@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mbrl.atomic import write_atomic
+from mbrl.memory import keep_freed_memory
 from report import HERE, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
     from mbrl.run_config import resolve_config
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -34,6 +34,7 @@ from envs.dream import DreamVectorEnv
 from envs.registration import load_world_model
 from mbrl.eval_world_model import IN_PLAY, in_play
 from mbrl.evaluate import eval_env_config, evaluate_agent
+from mbrl.memory import keep_freed_memory
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.run_config import RunConfig, resolve_config
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the dream, agent and eval settings (defaults otherwise)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
     torch.set_num_threads(args.threads)
 
     run = RunDir(Path(args.run))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from envs.dream import DreamConfig, DreamVectorEnv
+from mbrl.memory import keep_freed_memory
 from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
 from mbrl.run_config import RunConfig
 from report import save_result
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measurements of each figure; the median is kept")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "dream_throughput.json")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
 
     torch.manual_seed(0)
     model = JEPAWorldModel(RunConfig().world_model).eval()

@@ -32,6 +32,7 @@ import torch
 
 from agents.mpc import MPCAgent, MPCConfig
 from agents.planners import PlannerConfig
+from mbrl.memory import keep_freed_memory
 from report import save_result
 from world_models.base import WorldModel
 from world_models.jepa import JEPAConfig, JEPAWorldModel
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="full real games per policy with --run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -24,6 +24,7 @@ from planning import full_context
 from torch.utils.flop_counter import FlopCounterMode
 
 from mbrl.checkpoint import load_checkpoint
+from mbrl.memory import keep_freed_memory
 from mbrl.run import RunDir
 from mbrl.train_world_model import BEST, CHECKPOINT
 from report import save_result
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="text printed under the table")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "predictor_cost.json")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error("--labels needs one name per run")

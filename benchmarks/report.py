@@ -190,9 +190,14 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "elementwise products and both heads run as one. Now imagination carries the linear reads of each latent "
         "(world_models/jepa_reads.py: 0.31M multiply-adds, 0.21M when the planner skips the latent, which it does "
         "without a value function), and imagined steps of fewer than 128 rollouts run on one thread, larger ones "
-        "on two. What remains is per-step and per-row work outside the matrix products: a plan takes 48 calls of "
-        "`step` (I x H), the first ones of a few rollouts, each with ~0.7 ms of fixed cost, and ~9 us per rollout "
-        "step against ~2 us of arithmetic.",
+        "on two. Since 2026-12-02's third run the process keeps freed memory for reuse (mbrl/memory.py: "
+        "~16,000 page faults per action before in the worst heap states, ~600 after); the same script gave 146 ms "
+        "before it and 126 ms after, but five alternated runs of each (CEM row only) gave medians 98-120 ms "
+        "without and 114-135 with, so on this shared machine the change is within run-to-run spread for "
+        "planning (it is clearer for the dream env's pixel mode). What remains is per-step and per-row work "
+        "outside the matrix products: a plan takes 48 calls of `step` (I x H), ~207 torch calls each (~0.7 ms "
+        "of fixed cost), and ~10 us per rollout step against ~2.3 us of arithmetic; carrying the reads in "
+        "bfloat16 (AVX512-BF16) made a 512-rollout step 7% faster on two threads, not kept.",
         "",
         "| planner | N | H | I | actions timed | median ms | p95 ms | imagined steps per action | without dedupe |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mbrl.memory import keep_freed_memory
 from mbrl.run_config import RunConfig
 from report import save_result
 from world_models.base import TrainBatch
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10, help="timed updates per stage")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "world_model_train.json")
     args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
 
     torch.manual_seed(0)
     model = JEPAWorldModel(RunConfig().world_model)

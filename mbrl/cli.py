@@ -17,6 +17,7 @@ import numpy as np
 
 import mbrl
 from mbrl.errors import UserError
+from mbrl.memory import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `mbrl` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
