@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -332,3 +334,43 @@ def test_mpc_agent_plays_breakout(jepa: JEPAWorldModel) -> None:
         if start:
             obs, _ = env.reset()
     env.close()
+
+
+def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
+    """The objective switches torch's process-wide thread count per step, so calls from two Python threads must
+    not interleave. Here B tries to start while A is inside a small step (1 thread) and A finishes first:
+    interleaved, B ran steps at thread counts A had set and its returns differed from the serial ones."""
+    g = torch.Generator().manual_seed(0)
+    state = jepa.observe(torch.randn(1, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (1, 2), generator=g))
+    sequences = torch.randint(0, 4, (1, 64, 4), generator=g)
+    objective = world_model_objective(jepa, parallel_from=16)
+    torch.set_num_threads(2)
+    expected = objective(state, sequences)
+    b_inside, a_done = threading.Event(), threading.Event()
+    step = jepa.step
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "A":
+            b_inside.wait(timeout=1.0)  # with the objective serialised, B cannot get inside: go on after 1 s
+        else:
+            b_inside.set()
+            a_done.wait(timeout=10.0)
+        return step(*args, **kwargs)
+
+    jepa.step = spy  # type: ignore[method-assign]
+    results: dict[str, torch.Tensor] = {}
+
+    def plan() -> None:
+        results[threading.current_thread().name] = objective(state, sequences)
+        if threading.current_thread().name == "A":
+            a_done.set()
+
+    a = threading.Thread(target=plan, name="A")
+    a.start()
+    time.sleep(0.05)  # A is inside its first step
+    b = threading.Thread(target=plan, name="B")
+    b.start()
+    a.join()
+    b.join()
+    assert torch.get_num_threads() == 2
+    assert torch.equal(results["A"], expected) and torch.equal(results["B"], expected)

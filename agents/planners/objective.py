@@ -13,6 +13,7 @@ with a weak reward head, so a penalty of ~1 makes the planner keep the ball in p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ ValueFn = Callable[[Tensor], Tensor]
 
 PARALLEL_FROM = 128
 """Imagined steps of fewer rollouts than this run on one thread (see `world_model_objective`)."""
+
+_THREAD_COUNT = threading.Lock()
+"""Held by an objective call while it switches torch's (process-wide) thread count."""
 
 
 def world_model_objective(world_model: WorldModel, discount: float = 0.99, value_fn: ValueFn | None = None,
@@ -49,7 +53,8 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
     differ) run on one thread and larger ones on torch's threads: on 2 CPU cores a second thread
     costs more in synchronisation than it saves on small batches (CEM at N=512, H=12, I=4 on the
     default JEPA model, alternating per action: 175 ms per action on one thread, 147 on two, 130
-    switching at 128 rollouts).
+    switching at 128 rollouts). The thread count is process-wide, so calls from several Python
+    threads run one at a time.
 
     Args:
         world_model: the model to imagine with.
@@ -62,11 +67,12 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
 
     @torch.no_grad()
     def objective(state: Any, action_sequences: Tensor) -> Tensor:
-        threads = torch.get_num_threads()
-        try:
-            return imagined_returns(state, action_sequences, threads)
-        finally:
-            torch.set_num_threads(threads)
+        with _THREAD_COUNT:  # the count is process-wide: calls from other Python threads wait
+            threads = torch.get_num_threads()
+            try:
+                return imagined_returns(state, action_sequences, threads)
+            finally:
+                torch.set_num_threads(threads)
 
     def imagined_returns(state: Any, action_sequences: Tensor, threads: int) -> Tensor:
         b, n, horizon = action_sequences.shape[:3]
