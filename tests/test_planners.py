@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -346,12 +345,14 @@ def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JE
     objective = world_model_objective(jepa, parallel_from=16)
     torch.set_num_threads(2)
     expected = objective(state, sequences)
-    b_inside, a_done = threading.Event(), threading.Event()
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
     step = jepa.step
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "A":
-            b_inside.wait(timeout=1.0)  # with the objective serialised, B cannot get inside: go on after 1 s
+            if not a_inside.is_set():  # A's first step
+                a_inside.set()
+                b_inside.wait(timeout=1.0)  # with the objective serialised, B cannot get inside: go on after 1 s
         else:
             b_inside.set()
             a_done.wait(timeout=10.0)
@@ -367,7 +368,7 @@ def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JE
 
     a = threading.Thread(target=plan, name="A")
     a.start()
-    time.sleep(0.05)  # A is inside its first step
+    assert a_inside.wait(timeout=10.0)
     b = threading.Thread(target=plan, name="B")
     b.start()
     a.join()
