@@ -1,15 +1,18 @@
 """Latent MPC speed: milliseconds per real action of CEM, MPPI and random shooting on the default JEPA model.
 
-One `MPCAgent.predict` per real action (encode the newest frame stack, plan in imagination,
-shift the warm start) for one env, timed over `--actions` actions after `--warmup` ones, on
-random frames (untrained weights and random frames cost the same compute as trained ones and
-real frames). Rows: CEM, MPPI and random shooting at the issue's budget N=512, H=12, I=4, and
-CEM at smaller budgets, to find what meets 100 ms per action. Also profiles one imagination
-step at N=512 to show where the time goes: the full `step` with and without its latent (the
-planners skip it), a step that reads its new latent again instead of carrying its reads (as
-before world_models/jepa_reads.py), its predictor part (the new token over the cached keys and
-values of the window), the predictor re-reading the whole window (what a step cost before the
-cache), and the reward and termination heads on latents.
+One `MPCAgent.predict` per real action (encode the newest frame stack, plan in imagination, shift
+the warm start) for one env, timed over `--actions` actions after `--warmup` ones, in `--rounds`
+rounds that measure every row in turn (timings on a shared 2-core machine drift by ~30% within
+minutes; a slow spell then hits all rows alike, and the rounds' medians show the spread).
+Untrained weights on random frames: per imagined step they cost what trained ones cost, but a
+trained model's plans share fewer prefixes (runs/q1 on real frames: 9,789 imagined steps per
+action at the issue's budget against 8,656 here). Rows: CEM, MPPI and random shooting at the
+issue's budget N=512, H=12, I=4, and CEM at smaller budgets, to find what meets 100 ms per action.
+Also profiles one imagination step at N=512 to show where the time goes: the full `step` with and
+without its latent (the planners skip it), a step that reads its new latent again instead of
+carrying its reads (as before world_models/jepa_reads.py), its predictor part (the new token over
+the cached keys and values of the window), the predictor re-reading the whole window (what a step
+cost before the cache), and the reward and termination heads on latents.
 
 With `--run runs/NAME` it also plays `--episodes` full real games with MPC on that run's trained
 world model (the run's `mpc` settings, `mbrl plan`'s code path) and as many with the random
@@ -58,8 +61,8 @@ class CountingSteps:
 
 
 def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig, actions: int,
-               warmup: int) -> dict[str, Any]:
-    """Milliseconds per real action of an MPC agent on one env, and imagined steps per action."""
+               warmup: int) -> tuple[list[float], list[int]]:
+    """Milliseconds of each timed real action of a new MPC agent on one env, and its imagined steps."""
     agent = MPCAgent(model, config, seed=0)
     rng = np.random.default_rng(0)
     times, steps = [], []
@@ -72,16 +75,34 @@ def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig,
         if k >= warmup:
             times.append(elapsed * 1e3)
             steps.append(counter.count)
-    ms = np.array(times)
-    search = config.search
-    row = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
-           "iterations": search.iterations, "actions": actions, "median_ms": float(np.median(ms)),
-           "p95_ms": float(np.percentile(ms, 95)), "imagined_steps": float(np.mean(steps)),
-           "imagined_steps_without_dedupe": search.candidates * search.horizon * search.iterations}
-    print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}: median "
-          f"{row['median_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, imagined steps {row['imagined_steps']:.0f} / "
-          f"{row['imagined_steps_without_dedupe']}", flush=True)
-    return row
+    return times, steps
+
+
+def timed_rows(model: JEPAWorldModel, configs: list[tuple[MPCConfig, int]], rounds: int,
+               warmup: int) -> list[dict[str, Any]]:
+    """One row per (config, timed actions): `rounds` rounds that time every config in turn (so a slow spell of
+    a shared machine hits all rows alike), medians and p95 over the actions of all rounds, and each round's
+    median (their spread is the machine's)."""
+    counter = CountingSteps(model)
+    samples: list[list[tuple[list[float], list[int]]]] = [[] for _ in configs]
+    for _ in range(rounds):
+        for k, (config, actions) in enumerate(configs):
+            samples[k].append(time_agent(model, counter, config, actions, warmup))
+    rows = []
+    for (config, _), runs in zip(configs, samples):
+        ms = np.concatenate([times for times, _ in runs])
+        search = config.search
+        row = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
+               "iterations": search.iterations, "actions": len(ms), "median_ms": float(np.median(ms)),
+               "p95_ms": float(np.percentile(ms, 95)), "round_medians_ms": [float(np.median(t)) for t, _ in runs],
+               "imagined_steps": float(np.mean(np.concatenate([steps for _, steps in runs]))),
+               "imagined_steps_without_dedupe": search.candidates * search.horizon * search.iterations}
+        rounds_ms = ", ".join(f"{m:.0f}" for m in row["round_medians_ms"])
+        print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}: median "
+              f"{row['median_ms']:.0f} ms (rounds {rounds_ms}), p95 {row['p95_ms']:.0f} ms, imagined steps "
+              f"{row['imagined_steps']:.0f} / {row['imagined_steps_without_dedupe']}", flush=True)
+        rows.append(row)
+    return rows
 
 
 @torch.no_grad()
@@ -165,7 +186,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actions", type=int, default=30, help="timed actions per row")
     parser.add_argument("--large-actions", type=int, default=10, help="timed actions per row at the issue budget")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed actions before each row's timed ones")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every row is measured, all rows in turn each round (default 3)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads; the planning objective runs imagined steps of fewer than "
                         "128 rollouts on one thread either way (a second thread slows small batches down)")
@@ -180,19 +203,16 @@ def main() -> None:
     model = JEPAWorldModel(JEPAConfig(num_actions=4)).eval()
     profile = step_profile(model, ISSUE_BUDGET[0])
     print("one step at N=512:", {k: round(v, 1) for k, v in profile.items()}, flush=True)
-    counter = CountingSteps(model)
-    n, h, i = ISSUE_BUDGET
     def mpc(name: str, n: int, h: int, i: int) -> MPCConfig:
         return MPCConfig(planner=name, search=PlannerConfig(candidates=n, horizon=h, iterations=i))
 
-    rows = [time_agent(model, counter, mpc(name, n, h, i), args.large_actions, args.warmup)
-            for name in ("cem", "mppi", "shooting")]
-    for n, h, i in SMALLER:
-        rows.append(time_agent(model, counter, mpc("cem", n, h, i), args.actions, args.warmup))
+    configs = [(mpc(name, *ISSUE_BUDGET), args.large_actions) for name in ("cem", "mppi", "shooting")]
+    configs += [(mpc("cem", n, h, i), args.actions) for n, h, i in SMALLER]
+    rows = timed_rows(model, configs, args.rounds, args.warmup)
     meets = [r for r in rows if r["planner"] == "cem" and r["p95_ms"] <= TARGET_MS]
     best = max(meets, key=lambda r: r["imagined_steps_without_dedupe"], default=None)
     command = (f"python benchmarks/planning.py --actions {args.actions} --large-actions {args.large_actions} "
-               f"--warmup {args.warmup} --threads {args.threads}"
+               f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}"
                + (f" --run {args.run} --episodes {args.episodes}" if args.run else ""))
     score = play(args.run, args.episodes, seed=0) if args.run else None
     save_result({

@@ -180,7 +180,8 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}, load average {r['load_average']:.1f} at the "
         f"end (the machine is shared). Date: {r['date']}. Command: `{r['command']}`.",
-        "Default JEPA world model (random weights: same compute), one env, `MPCAgent.predict` per real action "
+        "Default JEPA world model (random weights: the same compute per imagined step; a trained model on real "
+        "frames imagined 13% more steps per action at N=512, H=12, I=4), one env, `MPCAgent.predict` per real action "
         "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
         f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4: "
         + ("met." if _cem_issue_row(r) is not None and _cem_issue_row(r)["p95_ms"] <= r["target_ms"] else "not met.")
@@ -194,18 +195,21 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "~16,000 page faults per action before in the worst heap states, ~600 after); the same script gave 146 ms "
         "before it and 126 ms after, but five alternated runs of each (CEM row only) gave medians 98-120 ms "
         "without and 114-135 with, so on this shared machine the change is within run-to-run spread for "
-        "planning (it is clearer for the dream env's pixel mode). What remains is per-step and per-row work "
+        "planning (it is clearer for the dream env's pixel mode). Since then the script measures every row in "
+        "3 rounds, all rows in turn, and shows each round's median. What remains is per-step and per-row work "
         "outside the matrix products: a plan takes 48 calls of `step` (I x H), ~207 torch calls each (~0.7 ms "
         "of fixed cost), and ~10 us per rollout step against ~2.3 us of arithmetic; carrying the reads in "
         "bfloat16 (AVX512-BF16) made a 512-rollout step 7% faster on two threads, not kept.",
         "",
-        "| planner | N | H | I | actions timed | median ms | p95 ms | imagined steps per action | without dedupe |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| planner | N | H | I | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps per action "
+        "| without dedupe |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
+        rounds = ", ".join(f"{m:.0f}" for m in row.get("round_medians_ms", [])) or "-"
         lines.append(f"| {row['planner']} | {row['candidates']} | {row['horizon']} | {row['iterations']} | "
-                     f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {row['imagined_steps']:.0f} | "
-                     f"{row['imagined_steps_without_dedupe']} |")
+                     f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {rounds} | "
+                     f"{row['imagined_steps']:.0f} | {row['imagined_steps_without_dedupe']} |")
     lines += [
         "",
         f"One imagined step of {p['batch']} rollouts with a full context window: {p['step_ms']:.1f} ms, "
