@@ -26,7 +26,7 @@ class MPCConfig:
     """MPC agent settings.
 
     With the default JEPA model on 2 CPU cores the default search (N=64, H=8, I=2) takes a
-    median 22 ms per real action and N=512, H=12, I=4 about 0.15 s (`benchmarks/planning.py`,
+    median 22 ms per real action and N=512, H=12, I=4 about 0.11 s (`benchmarks/planning.py`,
     2026-12-02, AMD EPYC).
 
     Attributes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import platform
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
@@ -26,11 +27,8 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     """Set glibc's malloc to serve blocks below `mmap_threshold` bytes from its heap and to return the heap's
     free top to the OS only beyond `trim_threshold` bytes. Returns whether it applied (False where the C
     library is not glibc, e.g. macOS or musl: nothing changes there)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    if platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
                                                                                         trim_threshold))
