@@ -88,6 +88,17 @@ def test_rope_depends_only_on_relative_position() -> None:
     assert not torch.allclose(apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).T, q @ k.T)
 
 
+def test_imagination_reads_rotary_angles_from_a_table_that_grows_with_the_rollouts(model: JEPAWorldModel) -> None:
+    """The predictor's steps look up cos and sin of their token positions in a table: the values `rope_angles`
+    gives for those positions, also past the table's first size, which then grows."""
+    dynamics, head_dim = model.dynamics, TINY.predictor_dim // TINY.heads
+    for positions in ([0, 5, 63, 2], [300, 7, 64]):
+        at = torch.tensor(positions)
+        for got, wanted in zip(dynamics._rope_at(at), rope_angles(at[:, None], head_dim)):
+            assert torch.equal(got, wanted)
+    assert dynamics._rope_table is not None and len(dynamics._rope_table[0]) > 300
+
+
 def test_ema_target_gets_no_gradients_and_follows_the_ema_rule(model: JEPAWorldModel) -> None:
     model.train()
     model.loss(batch(), "encoder")["total"].backward()

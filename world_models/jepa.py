@@ -275,6 +275,7 @@ class Dynamics(nn.Module):
             last = cast(nn.Linear, self.skip if isinstance(self.skip, nn.Linear) else self.skip[-1])
             nn.init.zeros_(last.weight)  # starts as the plain predictor
             nn.init.zeros_(last.bias)
+        self._rope_table: tuple[Tensor, Tensor] | None = None  # see _rope_at
         self.per_step = 2 if cfg.action_conditioning == "token" else 1  # tokens per step: z_t and a_t, or one
         self.window = self.per_step * cfg.context  # tokens a token attends to, itself included
 
@@ -346,15 +347,25 @@ class Dynamics(nn.Module):
         slots = at % state["key_at"].shape[1]  # overwrites tokens older than any new one attends to
         key_at = state["key_at"].scatter(1, slots, at)
         offsets = at[:, :, None] - key_at[:, None, :]  # (B, N, ring)
-        seen = (offsets >= 0) & (offsets < self.window)
-        bias = torch.zeros(seen.shape, device=x.device).masked_fill_(~seen, float("-inf"))[:, None]
-        cos, sin = rope_angles(at.reshape(-1, 1), x.shape[-1] // self.cfg.heads)
+        bias = torch.where((offsets >= 0) & (offsets < self.window), 0.0, float("-inf"))[:, None]
+        cos, sin = self._rope_at(at.reshape(-1))
         rope = (cos.view(b, 1, n, -1), sin.view(b, 1, n, -1))
         for block, keys, values in zip(self.blocks, state["keys"], state["values"]):
             assert isinstance(block, Block)
             x = block.forward_ring(x, rope, keys, values, slots, bias)
         return x, {**state, "key_at": key_at, "position": state["position"] + n,
                    "actions": _left_pad(history, self.cfg.action_history - 1)}
+
+    def _rope_at(self, at: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotary cos and sin (N, head_dim / 2) of token positions `at` (N,), read from a table of positions
+        0, 1, ... that grows with the longest rollout (the same values as `rope_angles` of `at`, for two index
+        operations instead of ~10 small ones and a cos and sin of every row)."""
+        last = int(at.max())
+        table = self._rope_table
+        if table is None or table[0].device != at.device or last >= len(table[0]):
+            positions = torch.arange(max(2 * (last + 1), 64), device=at.device)
+            table = self._rope_table = rope_angles(positions[:, None], self.cfg.predictor_dim // self.cfg.heads)
+        return table[0].index_select(0, at), table[1].index_select(0, at)
 
     # ---- shared by both paths ------------------------------------------------------------
 

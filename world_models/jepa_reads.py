@@ -106,6 +106,7 @@ def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | Non
     """One imagined step of a state from `with_reads`: the next latent (B, K, dim), the next state and the
     heads' logits (None when `heads` is None: the caller runs them on the latents).
 
+    The reads are updated in place (a state is consumed by its step), which spares a copy of them.
     With `latent=False` (and standardized heads) the latent is not computed: the state keeps its last
     computed latent and the sum of the changes [u, 1] since ("pending"), and a later step adds them.
     """
@@ -117,15 +118,17 @@ def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | Non
         parts.append(reads[:, width : width + skip] + state["previous_read"])
     parts.append(reads.new_ones(len(reads), 1))
     u = torch.cat(parts, dim=1)  # (B, C + 1)
-    reads_next = torch.addmm(reads, u, fold.read_change.T)
+    start = width + 2 * skip
+    head_input = None if heads is None else reads[:, start : start + head_rows] + heads.bias  # of z_t
+    previous_read = reads[:, width + skip : width + 2 * skip].clone() if skip else None  # of z_t by the path
+    reads = torch.addmm(reads, u, fold.read_change.T, out=reads)  # in place; addmm_ would escape FLOP counts
     logits = None
     if heads is not None:
-        start = width + 2 * skip
-        logits = heads.logits((reads[:, start : start + head_rows] + reads_next[:, start + head_rows :])
-                              .add_(heads.bias))
-    state = {**state, "reads": reads_next}
+        assert head_input is not None
+        logits = heads.logits(head_input.add_(reads[:, start + head_rows :]))  # and of z_t+1
+    state = {**state, "reads": reads}
     if skip:
-        state["previous_read"] = reads[:, width + skip : width + 2 * skip]
+        state["previous_read"] = previous_read
     pending = state.pop("pending", None)
     change = u if pending is None else pending + u
     if not latent and heads is not None:
