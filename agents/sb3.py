@@ -12,6 +12,8 @@ batched `step` call plus, when some episode ended, one batched partial `reset`.
     from envs import make_dream_vector_env
     venv = DreamVecEnv(make_dream_vector_env(64, "runs/NAME"))
     stable_baselines3.PPO("MlpPolicy", VecMonitor(venv)).learn(100_000)
+
+`LatentVecEnv` is the same agent's view of the real game: real frame stacks encoded to latents.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from envs.dream import latent_space
+from envs.wrappers import encode_observations
+from world_models.base import WorldModel
 
 
 class DreamVecEnv(VecEnv):
@@ -146,6 +153,39 @@ class DreamVecEnv(VecEnv):
         if sorted(set(self._indices(indices))) != list(range(self.num_envs)):
             raise ValueError(f"{what}: the sub-envs of a vector env are one object, so only all of them "
                              f"(indices=None) can be changed, got indices {indices!r}")
+
+
+class LatentVecEnv(VecEnvWrapper):
+    """An SB3 `VecEnv` of real uint8 (S, H, W) frame stacks seen as the world model's latents: each step's
+    observations, and the `terminal_observation` of each episode that ended, in one batched encode.
+
+    An agent then learns on the real game in the space the dream gives it, which tells what the
+    representation allows apart from what the dream teaches (`benchmarks/dream_gap.py --learn-in real`).
+
+    Args:
+        venv: SB3 vector env of real frame stacks, e.g. a `DummyVecEnv` of `envs.atari.make_env`.
+        world_model: encodes the frames (it must live on `device`).
+        device: torch device of the encoding.
+    """
+
+    def __init__(self, venv: VecEnv, world_model: WorldModel, device: torch.device | str = "cpu") -> None:
+        super().__init__(venv, observation_space=latent_space(world_model))
+        self.world_model, self.device = world_model, torch.device(device)
+
+    def reset(self) -> VecEnvObs:
+        return self._encode(np.asarray(self.venv.reset()))
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        ended = [i for i, info in enumerate(infos) if "terminal_observation" in info]
+        if ended:
+            last = self._encode(np.stack([infos[i]["terminal_observation"] for i in ended]))
+            for i, latent in zip(ended, last):
+                infos[i]["terminal_observation"] = latent
+        return self._encode(np.asarray(obs)), rewards, dones, infos
+
+    def _encode(self, frames: np.ndarray) -> np.ndarray:
+        return encode_observations(self.world_model, frames, self.device)
 
 
 def _split_infos(info: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:

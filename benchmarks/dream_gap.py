@@ -10,7 +10,13 @@ the policy acts in the real game: the share of each action and, for games with a
 serves stalls with the ball out of play). A dream that pays much more per step than the real
 game, for actions that earn nothing there, is being exploited rather than learnt from.
 
-    python benchmarks/dream_gap.py --run runs/NAME --label NAME [--dream-steps 100000] [--set key=value ...]
+With `--learn-in real` the same agent (same config, fresh weights) learns on the real game
+instead, seeing it through the run's encoder (`agents.sb3.LatentVecEnv`; episodic life and
+clipped rewards, as the dream ends at a lost life and pays clipped rewards): what the latent
+allows without the world model's errors, at the same number of agent steps, which then are
+real steps ("train_reward_per_step" is then the real game's clipped reward per step).
+
+    python benchmarks/dream_gap.py --run runs/NAME --label NAME [--dream-steps 100000] [--learn-in real]
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
-from agents.sb3 import DreamVecEnv
+from agents.sb3 import DreamVecEnv, LatentVecEnv
 from agents.sb3_agent import LatentAgent, build_agent
-from envs.atari import make_vector_env
+from envs.atari import make_env, make_vector_env
 from envs.dream import DreamVectorEnv
 from envs.registration import load_world_model
 from mbrl.eval_world_model import IN_PLAY, in_play
@@ -39,6 +45,7 @@ from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.run_config import RunConfig, resolve_config
 from report import HERE, save_result
+from world_models.base import WorldModel
 from world_models.latent_cache import LatentCache
 
 RESULT = HERE / "results" / "dream_gap.json"
@@ -66,11 +73,27 @@ def behaviour(agent: LatentAgent, config: RunConfig, steps: int, seed: int) -> d
     return out
 
 
+def training_env(where: str, run: RunDir, model: WorldModel, config: RunConfig, seed: int) -> VecEnv:
+    """The SB3 env the agent learns in: the run's batched dream, or as many real games seen as latents."""
+    if where == "real":
+        real = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
+        games = DummyVecEnv([lambda: make_env(real)] * config.loop.dream_envs)
+        games.seed(seed)
+        return LatentVecEnv(games, model)
+    buffer = ReplayBuffer.load(run.replay_dir)
+    train_ids, _ = split_episodes(buffer, config.world_model_training.holdout_every)
+    dream = DreamVectorEnv(model, buffer, config.loop.dream_envs, dataclasses.replace(config.dream, device="cpu"),
+                           seed=seed, episodes=train_ids, latent_cache=LatentCache(model, buffer.stacks))
+    return DreamVecEnv(dream)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a run with a trained world model and its replay buffer")
     parser.add_argument("--label", required=True, help="name of the result row (a row with this label is replaced)")
-    parser.add_argument("--dream-steps", type=int, default=100_000, help="agent steps in the dream, in all")
+    parser.add_argument("--dream-steps", type=int, default=100_000, help="agent steps, in all")
+    parser.add_argument("--learn-in", choices=("dream", "real"), default="dream",
+                        help="where the agent learns: the run's dream, or the real game seen through the run's encoder")
     parser.add_argument("--chunks", type=int, default=4, help="real evaluations, after equal shares of the steps")
     parser.add_argument("--episodes", type=int, default=16, help="full real games per evaluation")
     parser.add_argument("--behaviour-steps", type=int, default=1500, help="real steps (x 4 games) for action shares")
@@ -87,11 +110,8 @@ def main() -> None:
     config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}", *args.set], base)
     device = torch.device("cpu")
     model, _ = load_world_model(run, device)
-    buffer = ReplayBuffer.load(run.replay_dir)
-    train_ids, _ = split_episodes(buffer, config.world_model_training.holdout_every)
-    dream = DreamVectorEnv(model, buffer, config.loop.dream_envs, dataclasses.replace(config.dream, device="cpu"),
-                           seed=args.seed, episodes=train_ids, latent_cache=LatentCache(model, buffer.stacks))
-    learner = build_agent(config.agent, VecMonitor(DreamVecEnv(dream)), args.seed, device)
+    learner = build_agent(config.agent, VecMonitor(training_env(args.learn_in, run, model, config, args.seed)),
+                          args.seed, device)
     agent = LatentAgent(learner, model, device)
 
     chunks, start = [], time.perf_counter()
@@ -100,15 +120,16 @@ def main() -> None:
         episodes = list(learner.ep_info_buffer)  # SB3 keeps the last 100 dream episodes
         real = evaluate_agent(agent, config.env, config.eval, seed=1000 + k, progress=False)
         chunks.append({
-            "dream_steps": learner.num_timesteps,
-            "dream_reward_per_step": sum(e["r"] for e in episodes) / sum(e["l"] for e in episodes),
+            "agent_steps": learner.num_timesteps,
+            "train_reward_per_step": sum(e["r"] for e in episodes) / sum(e["l"] for e in episodes),
             "real_mean": real["mean"], "real_std": real["std"],
             "real_reward_per_step": sum(real["scores"]) / sum(real["lengths"]),
             "real_mean_length": float(np.mean(real["lengths"])),
         })
         print(json.dumps(chunks[-1]), file=sys.stderr)
     row = {"label": args.label, "run": args.run, "command": "python benchmarks/dream_gap.py " + " ".join(sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "dream": dataclasses.asdict(config.dream), "chunks": chunks,
+           "date": time.strftime("%Y-%m-%d"), "learn_in": args.learn_in, "dream": dataclasses.asdict(config.dream),
+           "chunks": chunks,
            **behaviour(agent, config, args.behaviour_steps, seed=7), "minutes": (time.perf_counter() - start) / 60}
     previous = json.loads(RESULT.read_text())["rows"] if RESULT.exists() else []
     rows = [r for r in previous if r["label"] != args.label] + [row]

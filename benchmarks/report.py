@@ -354,22 +354,25 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         "## The dream-to-real gap (`benchmarks/dream_gap.py`)",
         "",
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A fresh PPO agent (the default `agent` "
-        "settings) trained only in a run's dream, then scored on full real games (the same evaluation code as every "
-        "score here); reward per step is the summed reward over the summed episode lengths (the last 100 dream "
-        "episodes; the real games). For scale: 0.75% of the steps of the 50k random-policy buffer earn a reward, and "
-        "the random policy scores about 1.6 per game. Commands per row below the table.",
+        "settings) trained only in a run's dream ('learns in' dream) or, for comparison, on the real game seen "
+        "through the run's encoder ('real': episodic life and clipped rewards, as in the dream; its agent steps are "
+        "real steps), then scored on full real games (the same evaluation code as every score here); reward per "
+        "step is the summed reward over the summed episode lengths (the last 100 training episodes; the real "
+        "games). For scale: 0.75% of the steps of the 50k random-policy buffer earn a reward, and the random "
+        "policy scores about 1.6 per game. Commands per row below the table.",
         "",
-        "| row | dream: horizon, reward, ends on | dream steps | dream reward / step | real reward / step "
-        "| real score (mean +- std over games) | real scores after each chunk "
+        "| row | learns in | dream: horizon, reward, ends on | agent steps | reward / step while learning "
+        "| real reward / step | real score (mean +- std over games) | real scores after each chunk "
         "| action shares by id (Breakout: NOOP, FIRE, RIGHT, LEFT) | ball in play |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
         last, dream = row["chunks"][-1], row["dream"]
         ball = f"{row['ball_in_play']:.2f}" if "ball_in_play" in row else "-"
-        cells = [row["label"], f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}",
-                 str(last["dream_steps"]), f"{last['dream_reward_per_step']:.4f}",
-                 f"{last['real_reward_per_step']:.4f}",
+        setting = f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}"
+        setting = setting if row["learn_in"] == "dream" else "-"
+        cells = [row["label"], row["learn_in"], setting, str(last["agent_steps"]),
+                 f"{last['train_reward_per_step']:.4f}", f"{last['real_reward_per_step']:.4f}",
                  f"{last['real_mean']:.2f} +- {last['real_std']:.2f}",
                  ", ".join(f"{c['real_mean']:.2f}" for c in row["chunks"]),
                  ", ".join(f"{x:.2f}" for x in row["action_shares"]), ball]

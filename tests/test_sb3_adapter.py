@@ -11,11 +11,11 @@ import pytest
 import stable_baselines3 as sb3
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.torch_layers import FlattenExtractor
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from test_dream import Walker, make_buffer, start_values, tiny_jepa
 
-from agents.sb3 import DreamVecEnv
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv
+from agents.sb3 import DreamVecEnv, LatentVecEnv
+from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
 from world_models.base import WorldModel
 
 # Walker in life_loss mode: action 2 terminates (life lost with probability 0.6), 3 steps truncate
@@ -179,3 +179,46 @@ def test_sb3_trains_on_the_adapter(algorithm: str) -> None:
     assert len(agent.ep_info_buffer) > 0  # horizon 5: episodes ended and VecMonitor saw them
     actions, _ = agent.predict(venv.reset(), deterministic=True)
     assert actions.shape == (4,)
+
+
+class CornerCounter(gym.Env):
+    """A real game stand-in: uint8 (2, 4, 4) frame stacks whose newest frame's corner pixel counts the steps of
+    the episode, which ends after `length` steps."""
+
+    observation_space = gym.spaces.Box(0, 255, (2, 4, 4), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, length: int) -> None:
+        self.length, self.t = length, 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros((2, 4, 4), np.uint8)
+        obs[-1, 0, 0] = self.t
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return self._obs(), 1.0, self.t >= self.length, False, {}
+
+
+def test_latent_vec_env_shows_an_agent_the_real_game_as_encoded_latents() -> None:
+    """Observations and each ended episode's terminal observation are the world model's encodings (Walker:
+    x = the newest frame's corner pixel), in the latent space; rewards and dones pass through."""
+    model = Walker()
+    venv = LatentVecEnv(DummyVecEnv([lambda: CornerCounter(3), lambda: CornerCounter(2)]), model)
+    assert venv.observation_space == latent_space(model)
+    np.testing.assert_array_equal(venv.reset(), [[0, 0], [0, 0]])
+    venv.step_async(np.zeros(2, dtype=np.int64))
+    obs, rewards, dones, infos = venv.step_wait()
+    np.testing.assert_array_equal(obs, [[1, 0], [1, 0]])
+    venv.step_async(np.zeros(2, dtype=np.int64))
+    obs, rewards, dones, infos = venv.step_wait()  # the second game ends and restarts
+    np.testing.assert_array_equal(obs, [[2, 0], [0, 0]])
+    assert dones.tolist() == [False, True] and rewards.tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(infos[1]["terminal_observation"], [2, 0])
+    assert "terminal_observation" not in infos[0]
