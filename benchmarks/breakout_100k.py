@@ -28,7 +28,7 @@ import torch
 
 from mbrl.atomic import write_atomic
 from mbrl.memory import keep_freed_memory
-from report import HERE, save_result
+from report import HERE, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
@@ -151,7 +151,7 @@ def main() -> None:
             hours = clock.seconds() / 3600  # summed over the sittings a resumed run took
             saved["runs"].append({"method": method, "seed": seed, "real_steps": args.real_steps, "hours": hours,
                                   "mean": result["mean"], "std": result["std"], "scores": result["scores"],
-                                  "date": time.strftime("%Y-%m-%d")})
+                                  "date": time.strftime("%Y-%m-%d"), "machine": machine()})
             saved.update(command=" ".join(["python", "benchmarks/breakout_100k.py", *sys.argv[1:]]),
                          references=REFERENCES, episodes=config.eval.episodes)
             save_result(dict(saved), RESULT)

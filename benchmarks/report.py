@@ -248,14 +248,16 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Breakout at the Atari-100k budget (`benchmarks/breakout_100k.py`)",
         "",
-        f"Machine: {r['machine']}. Date of the last finished run: {max(x.get('date', r['date']) for x in r['runs'])}. "
+        f"Machines: {'; '.join(sorted({x.get('machine', r['machine']) for x in r['runs']}))} (per row below). "
+        f"Date of the last finished run: {max(x.get('date', r['date']) for x in r['runs'])}. "
         f"Command of the last: `{r['command']}`.",
         f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
-        "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on this machine, summed over the "
+        "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on the row's machine, summed over the "
         "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only).",
         "",
-        "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours "
+        "| machine |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in r["runs"]:
@@ -265,8 +267,9 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
         spread = statistics.pstdev(means) if len(means) > 1 else 0.0
         per_seed = ", ".join(f"s{run['seed']}: {run['mean']:.2f} ({run['std']:.2f})" for run in runs)
         hours = ", ".join(f"{run['hours']:.2f}" for run in runs)
+        machines = ", ".join(sorted({run.get("machine", r["machine"]) for run in runs}))
         lines.append(f"| {method} | {steps} | {len(runs)} | {statistics.mean(means):.2f} +- {spread:.2f} | "
-                     f"{per_seed} | {hours} |")
+                     f"{per_seed} | {hours} | {machines} |")
     lines += ["", "Published Atari-100k Breakout scores, for context (not measured here): "
               + ", ".join(f"{name} {score}" for name, score in r["references"].items()) + ".", ""]
     return lines
