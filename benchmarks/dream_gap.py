@@ -14,7 +14,9 @@ With `--learn-in real` the same agent (same config, fresh weights) learns on the
 instead, seeing it through the run's encoder (`agents.sb3.LatentVecEnv`; episodic life and
 clipped rewards, as the dream ends at a lost life and pays clipped rewards): what the latent
 allows without the world model's errors, at the same number of agent steps, which then are
-real steps ("train_reward_per_step" is then the real game's clipped reward per step).
+real steps ("train_reward_per_step" is then the real game's clipped reward per step). With
+`--observe tokens` (JEPA only, real game only) it sees all of the target encoder's output tokens,
+the latent's summary tokens and the 64 patch tokens, instead of the latent alone.
 
     python benchmarks/dream_gap.py --run runs/NAME --label NAME [--dream-steps 100000] [--learn-in real]
 """
@@ -45,7 +47,7 @@ from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
 from mbrl.run_config import RunConfig, resolve_config
 from report import HERE, save_result
-from world_models.base import WorldModel
+from world_models.jepa import JEPAWorldModel
 from world_models.latent_cache import LatentCache
 
 RESULT = HERE / "results" / "dream_gap.json"
@@ -73,7 +75,24 @@ def behaviour(agent: LatentAgent, config: RunConfig, steps: int, seed: int) -> d
     return out
 
 
-def training_env(where: str, run: RunDir, model: WorldModel, config: RunConfig, seed: int) -> VecEnv:
+class EncoderTokens(torch.nn.Module):
+    """A JEPA world model seen as all its target encoder's output tokens for one observation: the latent (the
+    standardised summary tokens) and the patch tokens, (K + P, dim). Stands in for the world model where
+    `LatentVecEnv` and `LatentAgent` read it (`encode`, `latent_shape`, `num_actions`)."""
+
+    def __init__(self, model: JEPAWorldModel) -> None:
+        super().__init__()
+        self.model, self.num_actions = model, model.num_actions
+        self.latent_shape = (model.config.summary_tokens + model.num_patches, model.config.dim)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.target(frames.flatten(0, 1))  # (N, K + P, dim)
+        k = self.model.config.summary_tokens
+        return torch.cat([self.model.standardize(tokens[:, :k]), tokens[:, k:]], dim=1).unflatten(0, frames.shape[:2])
+
+
+def training_env(where: str, run: RunDir, model: Any, config: RunConfig, seed: int) -> VecEnv:
     """The SB3 env the agent learns in: the run's batched dream, or as many real games seen as latents."""
     if where == "real":
         real = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
@@ -97,6 +116,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4, help="real evaluations, after equal shares of the steps")
     parser.add_argument("--episodes", type=int, default=16, help="full real games per evaluation")
     parser.add_argument("--behaviour-steps", type=int, default=1500, help="real steps (x 4 games) for action shares")
+    parser.add_argument("--observe", choices=("latent", "tokens"), default="latent",
+                        help="what the agent sees with --learn-in real: the latent, or all the JEPA encoder's tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -110,6 +131,10 @@ def main() -> None:
     config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}", *args.set], base)
     device = torch.device("cpu")
     model, _ = load_world_model(run, device)
+    if args.observe == "tokens":
+        if args.learn_in != "real" or not isinstance(model, JEPAWorldModel):
+            parser.error("--observe tokens needs --learn-in real and a JEPA world model")
+        model = EncoderTokens(model)
     learner = build_agent(config.agent, VecMonitor(training_env(args.learn_in, run, model, config, args.seed)),
                           args.seed, device)
     agent = LatentAgent(learner, model, device)
@@ -128,7 +153,8 @@ def main() -> None:
         })
         print(json.dumps(chunks[-1]), file=sys.stderr)
     row = {"label": args.label, "run": args.run, "command": "python benchmarks/dream_gap.py " + " ".join(sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "learn_in": args.learn_in, "dream": dataclasses.asdict(config.dream),
+           "date": time.strftime("%Y-%m-%d"), "learn_in": args.learn_in, "observe": args.observe,
+           "dream": dataclasses.asdict(config.dream),
            "chunks": chunks,
            **behaviour(agent, config, args.behaviour_steps, seed=7), "minutes": (time.perf_counter() - start) / 60}
     previous = json.loads(RESULT.read_text())["rows"] if RESULT.exists() else []

@@ -359,8 +359,9 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A fresh PPO agent (the default `agent` "
         "settings) trained only in a run's dream ('learns in' dream) or, for comparison, on the real game seen "
         "through the run's encoder ('real': episodic life and clipped rewards, as in the dream; its agent steps are "
-        "real steps), then scored on full real games (the same evaluation code as every score here); reward per "
-        "step is the summed reward over the summed episode lengths (the last 100 training episodes; the real "
+        "real steps; 'all encoder tokens': it sees the patch tokens too), then scored on full real games (the "
+        "same evaluation code as every score here); reward per step is the summed reward over the summed episode "
+        "lengths (the last 100 training episodes; the real "
         "games). For scale: 0.75% of the steps of the 50k random-policy buffer earn a reward, and the random "
         "policy scores about 1.6 per game. Commands per row below the table.",
         "",
@@ -374,7 +375,8 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         ball = f"{row['ball_in_play']:.2f}" if "ball_in_play" in row else "-"
         setting = f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}"
         setting = setting if row["learn_in"] == "dream" else "-"
-        cells = [row["label"], row["learn_in"], setting, str(last["agent_steps"]),
+        where = row["learn_in"] + (", all encoder tokens" if row.get("observe") == "tokens" else "")
+        cells = [row["label"], where, setting, str(last["agent_steps"]),
                  f"{last['train_reward_per_step']:.4f}", f"{last['real_reward_per_step']:.4f}",
                  f"{last['real_mean']:.2f} +- {last['real_std']:.2f}",
                  ", ".join(f"{c['real_mean']:.2f}" for c in row["chunks"]),
