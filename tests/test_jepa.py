@@ -97,6 +97,7 @@ def test_imagination_reads_rotary_angles_from_a_table_that_grows_with_the_rollou
         for got, wanted in zip(dynamics._rope_at(at), rope_angles(at[:, None], head_dim)):
             assert torch.equal(got, wanted)
     assert dynamics._rope_table is not None and len(dynamics._rope_table[0]) > 300
+    assert [t.shape for t in dynamics._rope_at(torch.zeros(0, dtype=torch.long))] == [(0, head_dim // 2)] * 2
 
 
 def test_ema_target_gets_no_gradients_and_follows_the_ema_rule(model: JEPAWorldModel) -> None:

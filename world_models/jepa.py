@@ -360,7 +360,7 @@ class Dynamics(nn.Module):
         """Rotary cos and sin (N, head_dim / 2) of token positions `at` (N,), read from a table of positions
         0, 1, ... that grows with the longest rollout (the same values as `rope_angles` of `at`, for two index
         operations instead of ~10 small ones and a cos and sin of every row)."""
-        last = int(at.max())
+        last = int(at.max()) if at.numel() else 0
         table = self._rope_table
         if table is None or table[0].device != at.device or last >= len(table[0]):
             positions = torch.arange(max(2 * (last + 1), 64), device=at.device)
