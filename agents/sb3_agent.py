@@ -18,6 +18,7 @@ import torch
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.wrappers import encode_observations
@@ -72,11 +73,19 @@ class AgentConfig:
             raise ValueError(f"AgentConfig.algo must be one of {sorted(ALGOS)}, got {self.algo!r}")
 
 
-def build_agent(config: AgentConfig, env: VecEnv, seed: int, device: torch.device | str) -> BaseAlgorithm:
-    """A fresh SB3 learner of `config.algo` with an MLP policy over `env`'s (latent) observations."""
+def build_agent(config: AgentConfig, env: VecEnv, seed: int, device: torch.device | str,
+                features: tuple[type[BaseFeaturesExtractor], dict[str, Any]] | None = None) -> BaseAlgorithm:
+    """A fresh SB3 learner of `config.algo` with an MLP policy over `env`'s (latent) observations.
+
+    `features` (an extractor class and its keyword arguments) replaces SB3's flattening of the
+    observations before the MLP, e.g. with a network that knows their layout.
+    """
+    policy_kwargs: dict[str, Any] = {"net_arch": [config.hidden] * config.layers}
+    if features is not None:
+        policy_kwargs.update(features_extractor_class=features[0], features_extractor_kwargs=features[1])
     common: dict[str, Any] = {
         "learning_rate": config.learning_rate, "gamma": config.gamma, "seed": seed, "device": device, "verbose": 0,
-        "policy_kwargs": {"net_arch": [config.hidden] * config.layers},
+        "policy_kwargs": policy_kwargs,
     }
     if config.algo == "ppo":
         common.update(n_steps=config.n_steps, batch_size=config.batch_size, n_epochs=config.n_epochs,

@@ -83,24 +83,35 @@ def run_mbrl(seed: int, real_steps: int, runs: Path) -> dict[str, Any]:
     return json.loads((run / "eval.json").read_text())
 
 
+def ppo_baseline(venv: Any, seed: int, directory: Path | None = None) -> Any:
+    """The baseline's SB3 PPO (CnnPolicy, Atari settings) over `venv`, restored from `directory`'s checkpoint
+    if it has one (as `run_ppo` saves them)."""
+    from stable_baselines3 import PPO
+
+    from agents.sb3_agent import restore_agent
+    from mbrl.checkpoint import load_checkpoint
+
+    model = PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01,
+                clip_range=0.1, seed=seed, device="cpu", verbose=0)
+    if directory is not None and (directory / "ppo.json").exists():
+        ckpt = load_checkpoint(directory, "ppo")
+        restore_agent(model, ckpt, ckpt.metadata)
+    return model
+
+
 def run_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> dict[str, Any]:
     """SB3 PPO with a CNN on real Breakout (episodic life and clipped rewards for training), checkpointed per chunk."""
-    from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
 
-    from agents.sb3_agent import agent_tensors, restore_agent
+    from agents.sb3_agent import agent_tensors
     from envs.atari import make_env
-    from mbrl.checkpoint import load_checkpoint, save_checkpoint
+    from mbrl.checkpoint import save_checkpoint
     from mbrl.evaluate import evaluate_agent
 
     train_env = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
     venv = VecMonitor(SubprocVecEnv([lambda: make_env(train_env)] * 8))
-    model = PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01,
-                clip_range=0.1, seed=seed, device="cpu", verbose=0)
     directory = runs / f"ppo-s{seed}"
-    if (directory / "ppo.json").exists():
-        ckpt = load_checkpoint(directory, "ppo")
-        restore_agent(model, ckpt, ckpt.metadata)
+    model = ppo_baseline(venv, seed, directory)
     while model.num_timesteps < real_steps:
         model.learn(min(PPO_CHUNK, real_steps - model.num_timesteps), reset_num_timesteps=False)
         tensors, meta = agent_tensors(model)

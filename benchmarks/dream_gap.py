@@ -26,14 +26,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+from torch import nn
 
 from agents.sb3 import DreamVecEnv, LatentVecEnv
 from agents.sb3_agent import LatentAgent, build_agent
@@ -92,6 +96,35 @@ class EncoderTokens(torch.nn.Module):
         return torch.cat([self.model.standardize(tokens[:, :k]), tokens[:, k:]], dim=1).unflatten(0, frames.shape[:2])
 
 
+class TokenGrid(BaseFeaturesExtractor):
+    """Policy features of `EncoderTokens` observations (K + P, dim) that know their layout: a small CNN over the
+    P patch tokens on their square grid (as the patches lie in the frame), next to the K summary tokens.
+
+    Args:
+        space: the observation space, shape (K + P, dim).
+        summary_tokens: K.
+        features: output width.
+    """
+
+    def __init__(self, space: gym.spaces.Box, summary_tokens: int, features: int = 256) -> None:
+        super().__init__(space, features)
+        tokens, dim = space.shape
+        self.k, self.side = summary_tokens, math.isqrt(tokens - summary_tokens)
+        if self.side ** 2 != tokens - summary_tokens:
+            raise ValueError(f"TokenGrid needs a square number of patch tokens, got {tokens - summary_tokens}")
+        self.conv = nn.Sequential(nn.Conv2d(dim, 32, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+        conv_out = 64 * ((self.side + 1) // 2) ** 2
+        self.out = nn.Sequential(nn.Linear(conv_out + summary_tokens * dim, features), nn.ReLU())
+
+    def grid(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, K + P, dim) -> the patch tokens as an image (B, dim, side, side), row-major as the encoder's patches."""
+        return obs[:, self.k:].transpose(1, 2).unflatten(2, (self.side, self.side))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.conv(self.grid(obs)), obs[:, : self.k].flatten(1)], dim=1))
+
+
 def training_env(where: str, run: RunDir, model: Any, config: RunConfig, seed: int) -> VecEnv:
     """The SB3 env the agent learns in: the run's batched dream, or as many real games seen as latents."""
     if where == "real":
@@ -118,6 +151,9 @@ def main() -> None:
     parser.add_argument("--behaviour-steps", type=int, default=1500, help="real steps (x 4 games) for action shares")
     parser.add_argument("--observe", choices=("latent", "tokens"), default="latent",
                         help="what the agent sees with --learn-in real: the latent, or all the JEPA encoder's tokens")
+    parser.add_argument("--policy", choices=("mlp", "grid"), default="mlp",
+                        help="the agent's network: the config's MLP over the flattened observation, or with "
+                             "--observe tokens a small CNN over the patch-token grid (TokenGrid) before it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -134,9 +170,13 @@ def main() -> None:
     if args.observe == "tokens":
         if args.learn_in != "real" or not isinstance(model, JEPAWorldModel):
             parser.error("--observe tokens needs --learn-in real and a JEPA world model")
+        summary_tokens = model.config.summary_tokens
         model = EncoderTokens(model)
+    if args.policy == "grid" and args.observe != "tokens":
+        parser.error("--policy grid needs --observe tokens")
+    features = (TokenGrid, {"summary_tokens": summary_tokens}) if args.policy == "grid" else None
     learner = build_agent(config.agent, VecMonitor(training_env(args.learn_in, run, model, config, args.seed)),
-                          args.seed, device)
+                          args.seed, device, features)
     agent = LatentAgent(learner, model, device)
 
     chunks, start = [], time.perf_counter()
@@ -154,6 +194,7 @@ def main() -> None:
         print(json.dumps(chunks[-1]), file=sys.stderr)
     row = {"label": args.label, "run": args.run, "command": "python benchmarks/dream_gap.py " + " ".join(sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d"), "learn_in": args.learn_in, "observe": args.observe,
+           "policy": args.policy,
            "dream": dataclasses.asdict(config.dream),
            "chunks": chunks,
            **behaviour(agent, config, args.behaviour_steps, seed=7), "minutes": (time.perf_counter() - start) / 60}

@@ -376,6 +376,7 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         setting = f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}"
         setting = setting if row["learn_in"] == "dream" else "-"
         where = row["learn_in"] + (", all encoder tokens" if row.get("observe") == "tokens" else "")
+        where += ", patch-token grid CNN" if row.get("policy") == "grid" else ""
         cells = [row["label"], where, setting, str(last["agent_steps"]),
                  f"{last['train_reward_per_step']:.4f}", f"{last['real_reward_per_step']:.4f}",
                  f"{last['real_mean']:.2f} +- {last['real_std']:.2f}",
@@ -384,6 +385,39 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {row['label']} ({row['date']}): `{row['command']}`" for row in r["rows"]]
+    return lines + [""]
+
+
+def _latent_distill(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## What the latent carries: a pixel policy cloned onto it (`benchmarks/latent_distill.py`)",
+        "",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A teacher that plays from pixels (the 100k "
+        "benchmark's SB3 PPO CNN) plays full real games; students learn its action probabilities (cross-entropy, "
+        "no reward) on the first 90% of its steps: 'latent' the default agent's MLP on the run's latents, "
+        "'tokens' the same MLP on all the encoder's output tokens, 'grid' those tokens through a small CNN over "
+        "the patch-token grid first, 'pixels' the teacher's own architecture from scratch on the pixels. "
+        "Agreement: the student's most likely action is the teacher's, on the held-out last 10%. Real scores: "
+        "full games (evaluation rules), the same games for every policy. Commands below the table.",
+        "",
+        "| result | policy | held-out agreement | held-out cross-entropy (teacher's entropy) | train agreement "
+        "| real score (mean +- std over games) | games | minutes cloning |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for res in r["results"]:
+        for row in res["rows"]:
+            if row["student"] == "teacher":
+                fit = ["-", f"- ({res['val_teacher_entropy']:.3f})", "-"]
+            else:
+                fit = [f"{row['val_agreement']:.3f}", f"{row['val_cross_entropy']:.3f}",
+                       f"{row['train_agreement']:.3f}"]
+            minutes = f"{row['clone_minutes']:.1f}" if "clone_minutes" in row else "-"
+            lines.append(f"| {res['label']} | {row['student']} | " + " | ".join(fit)
+                         + f" | {row['mean']:.2f} +- {row['std']:.2f} | {len(row['scores'])} | {minutes} |")
+    lines.append("")
+    lines += [f"- {res['label']} ({res['date']}; {res['steps']} teacher steps, {res['teacher_play']['games']} "
+              f"games at {res['teacher_play']['mean']:.1f}; {res['epochs']} epochs): `{res['command']}`"
+              for res in r["results"]]
     return lines + [""]
 
 
@@ -438,6 +472,7 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
 RENDERERS = {
     "predictor_cost": _predictor_cost,
     "dream_gap": _dream_gap,
+    "latent_distill": _latent_distill,
     "heads_in_imagination": _heads_in_imagination,
     "head_calibration": _head_calibration,
     "world_model_ablation": _world_model_ablation,

@@ -8,11 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from breakout_100k import SittingClock  # noqa: E402
+from dream_gap import TokenGrid  # noqa: E402
+from latent_distill import clone  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 
+from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import write_results_md  # noqa: E402
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
@@ -55,3 +63,41 @@ def test_predictor_cost_counts_the_multiply_adds_the_linear_path_rank_and_head_w
 
     assert macs(skip_rank=16, head_hidden=64) - macs(skip_rank=8, head_hidden=16) == (
         reads_and_heads(16, 64) - reads_and_heads(8, 16))
+
+
+def test_token_grid_lays_patch_tokens_out_as_the_encoder_patches_and_serves_as_an_agents_features() -> None:
+    k, side, dim = 2, 3, 5
+    space = gym.spaces.Box(-np.inf, np.inf, (k + side * side, dim), np.float32)
+    grid = TokenGrid(space, summary_tokens=k, features=16)
+    obs = torch.randn(4, k + side * side, dim)
+    image = grid.grid(obs)
+    assert image.shape == (4, dim, side, side)
+    for row in range(side):
+        for col in range(side):  # row-major, as world_models.blocks.grid_positions
+            assert torch.equal(image[:, :, row, col], obs[:, k + row * side + col])
+    assert grid(obs).shape == (4, 16)
+    moved = obs.clone()
+    moved[:, [k, k + 1]] = obs[:, [k + 1, k]]  # two patch tokens trade places: a different picture
+    assert not torch.allclose(grid(moved), grid(obs))
+
+    class Tokens(gym.Env):
+        observation_space, action_space = space, gym.spaces.Discrete(3)
+
+    learner = build_agent(AgentConfig(hidden=8, layers=1), DummyVecEnv([Tokens]), seed=0, device="cpu",
+                          features=(TokenGrid, {"summary_tokens": k, "features": 16}))
+    assert isinstance(learner.policy.features_extractor, TokenGrid)
+    assert learner.policy.get_distribution(obs).distribution.probs.shape == (4, 3)
+
+
+def test_cloning_fits_a_teacher_that_a_linear_policy_can_copy_and_scores_on_held_out_rows() -> None:
+    class Points(gym.Env):
+        observation_space, action_space = gym.spaces.Box(-5, 5, (2,), np.float32), gym.spaces.Discrete(3)
+
+    inputs = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    teacher = torch.tensor([[2.0, 0.0, -2.0], [0.0, 3.0, 0.0]])  # the teacher's logits are linear in the input
+    targets = torch.softmax(4 * inputs @ teacher, dim=-1)
+    learner = build_agent(AgentConfig(hidden=32, layers=1), DummyVecEnv([Points]), seed=0, device="cpu")
+    before = clone(learner.policy, inputs, targets, split=1600, epochs=0, lr=1e-2, seed=0, name="toy")
+    after = clone(learner.policy, inputs, targets, split=1600, epochs=30, lr=1e-2, seed=0, name="toy")
+    assert after["val_agreement"] > 0.9 > before["val_agreement"]
+    assert after["val_cross_entropy"] < before["val_cross_entropy"]

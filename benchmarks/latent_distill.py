@@ -1,0 +1,191 @@
+"""What the latent carries: a policy that plays Breakout from pixels, distilled into the dream agent's network.
+
+A teacher that plays well from pixels (the 100k benchmark's SB3 PPO CNN, e.g. trained for 400k real
+steps: 9-12 points a game) plays `--steps` real steps of full games (evaluation rules, sampled
+actions), and its action probabilities on every observation become the targets of students that see
+the same observations in other forms:
+
+  latent  the default agent's network (the `agent` config's MLP) on the run's latents
+  tokens  the same MLP on all the JEPA target encoder's output tokens (summary and patch tokens)
+  grid    the tokens through `dream_gap.TokenGrid` (a small CNN over the patch-token grid), then the MLP
+  pixels  the teacher's architecture on the pixels, from scratch: what cloning alone achieves
+
+Each student learns by cross-entropy to the teacher's probabilities (behaviour cloning: no reward,
+no RL) on the first 90% of the steps, and is scored on the last 10% (agreement with the teacher's most
+likely action; cross-entropy) and on full real games (`mbrl.evaluate.evaluate_agent`; the same games
+for every student and for the teacher). A latent student that plays about as well as the pixel student
+says the latent carries what play needs, so an RL agent that learns nothing from it is short of
+samples or signal, not of information; one that plays like the random policy says the latent lacks it.
+
+    python benchmarks/latent_distill.py --run runs/NAME --teacher runs/bench/ppo-s0 [--steps 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from breakout_100k import ppo_baseline
+from dream_gap import RUN_ONLY, EncoderTokens, TokenGrid
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
+
+from agents.sb3 import LatentVecEnv
+from agents.sb3_agent import LatentAgent, build_agent
+from envs.atari import make_env, make_vector_env
+from envs.registration import load_world_model
+from mbrl.evaluate import eval_env_config, evaluate_agent
+from mbrl.memory import keep_freed_memory
+from mbrl.run import RunDir
+from mbrl.run_config import RunConfig, resolve_config
+from report import HERE, save_result
+from world_models.jepa import JEPAWorldModel
+
+RESULT = HERE / "results" / "latent_distill.json"
+STUDENTS = ("latent", "tokens", "grid", "pixels")
+
+
+@torch.no_grad()
+def teacher_play(teacher: BaseAlgorithm, config: RunConfig, steps: int, seed: int) -> dict[str, Any]:
+    """`steps` real steps of full games in 8 envs, the teacher sampling its actions: observations (T, S, H, W)
+    uint8 in time order (env-major within a step), its probabilities (T, A) and the scores of finished games."""
+    num_envs = 8
+    venv = make_vector_env(eval_env_config(config.env, config.eval), num_envs)
+    generator = torch.Generator().manual_seed(seed)
+    observations, probabilities, scores = [], [], []
+    returns = np.zeros(num_envs)
+    try:
+        obs, _ = venv.reset(seed=seed)
+        for _ in tqdm(range(steps // num_envs), desc="teacher plays", unit="step", disable=None):
+            tensor = teacher.policy.obs_to_tensor(obs)[0]
+            probs = teacher.policy.get_distribution(tensor).distribution.probs.float()
+            actions = torch.multinomial(probs, 1, generator=generator)[:, 0].numpy()
+            observations.append(obs.copy())
+            probabilities.append(probs.numpy())
+            obs, _, terminated, truncated, info = venv.step(actions)
+            returns += np.asarray(info["raw_reward"])
+            for i in np.flatnonzero(terminated | truncated):
+                scores.append(float(returns[i]))
+                returns[i] = 0.0
+    finally:
+        venv.close()
+    return {"observations": np.concatenate(observations), "probabilities": np.concatenate(probabilities),
+            "scores": scores}
+
+
+def encode_all(encoder: Any, observations: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """What a student sees of every observation: `encoder.encode` in batches, (T, *shape) float32."""
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(observations), batch), desc="encode", unit="batch", disable=None):
+            frames = torch.as_tensor(observations[start:start + batch])[:, None]
+            out.append(encoder.encode(frames)[:, 0].float())
+    return torch.cat(out)
+
+
+def clone(policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, split: int, epochs: int,
+          lr: float, seed: int, name: str) -> dict[str, float]:
+    """Behaviour cloning: cross-entropy of `policy`'s action distribution to `targets` on rows [0, split),
+    in minibatches of 256 for `epochs` epochs; scored on rows [split, T)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+
+    def log_probs(x: torch.Tensor) -> torch.Tensor:
+        return policy.get_distribution(x).distribution.logits  # SB3's Categorical: normalised log-probabilities
+
+    policy.train()
+    for _ in tqdm(range(epochs), desc=f"clone {name}", unit="epoch", disable=None):
+        for rows in torch.randperm(split, generator=generator).split(256):
+            loss = -(targets[rows] * log_probs(inputs[rows])).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    policy.eval()
+    with torch.no_grad():
+        def score(rows: torch.Tensor) -> tuple[float, float]:
+            lp = torch.cat([log_probs(inputs[r]) for r in rows.split(1024)])
+            cross_entropy = float(-(targets[rows] * lp).sum(-1).mean())
+            return cross_entropy, float((lp.argmax(-1) == targets[rows].argmax(-1)).float().mean())
+        train_ce, train_agree = score(torch.arange(split))
+        val_ce, val_agree = score(torch.arange(split, len(inputs)))
+    return {"train_cross_entropy": train_ce, "train_agreement": train_agree,
+            "val_cross_entropy": val_ce, "val_agreement": val_agree}
+
+
+def student(name: str, config: RunConfig, model: JEPAWorldModel, seed: int) -> tuple[BaseAlgorithm, Any]:
+    """A fresh student learner and what it sees through (an encoder, or None for pixels)."""
+    env = DummyVecEnv([lambda: make_env(config.env)])
+    if name == "pixels":
+        return ppo_baseline(env, seed), None
+    encoder: Any = model if name == "latent" else EncoderTokens(model)
+    features = (TokenGrid, {"summary_tokens": model.config.summary_tokens}) if name == "grid" else None
+    return build_agent(config.agent, LatentVecEnv(env, encoder), seed, "cpu", features), encoder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="a run with a trained JEPA world model")
+    parser.add_argument("--teacher", required=True, type=Path,
+                        help="checkpoint directory of benchmarks/breakout_100k.py's PPO (runs/bench/ppo-sSEED)")
+    parser.add_argument("--label", required=True, help="name of the result (a result with this label is replaced)")
+    parser.add_argument("--steps", type=int, default=50_000, help="real steps the teacher plays (90%% to learn from)")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS))
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the training steps per student")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Adam step size of the students")
+    parser.add_argument("--episodes", type=int, default=16, help="full real games per policy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    if not (args.teacher / "ppo.json").exists():
+        parser.error(f"no PPO checkpoint in {args.teacher} (expected {args.teacher / 'ppo.json'})")
+
+    run = RunDir(args.run)
+    base = {k: v for k, v in run.read_config().items() if k not in RUN_ONLY}
+    config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}"], base)
+    model, _ = load_world_model(run, torch.device("cpu"))
+    if not isinstance(model, JEPAWorldModel):
+        parser.error(f"{args.run} has no JEPA world model")
+    teacher = ppo_baseline(DummyVecEnv([lambda: make_env(config.env)]), args.seed, args.teacher)
+    start = time.perf_counter()
+    data = teacher_play(teacher, config, args.steps, args.seed)
+    observations, targets = data["observations"], torch.as_tensor(data["probabilities"])
+    split = int(0.9 * len(observations))
+
+    def play(agent: Any) -> dict[str, Any]:
+        result = evaluate_agent(agent, config.env, config.eval, seed=args.seed + 1000, progress=None)
+        return {key: result[key] for key in ("mean", "std", "scores")}
+
+    rows: list[dict[str, Any]] = [{"student": "teacher", **play(teacher)}]
+    print(json.dumps(rows[-1]), file=sys.stderr)
+    for name in args.students:
+        learner, encoder = student(name, config, model, args.seed)
+        inputs = torch.as_tensor(observations) if encoder is None else encode_all(encoder, observations)
+        began = time.perf_counter()
+        fit = clone(learner.policy, inputs, targets, split, args.epochs, args.lr, args.seed, name)
+        agent: Any = learner if encoder is None else LatentAgent(learner, encoder, torch.device("cpu"))
+        rows.append({"student": name, **fit, "clone_minutes": (time.perf_counter() - began) / 60, **play(agent)})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}), file=sys.stderr)
+        del inputs
+    held_out = targets[split:]
+    result = {"label": args.label, "run": str(args.run), "teacher": str(args.teacher),
+              "command": "python benchmarks/latent_distill.py " + " ".join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"), "steps": len(observations), "epochs": args.epochs, "lr": args.lr,
+              "teacher_play": {"games": len(data["scores"]), "mean": float(np.mean(data["scores"] or [0.0]))},
+              "val_teacher_entropy": float(-(held_out * held_out.clamp_min(1e-12).log()).sum(-1).mean()),
+              "rows": rows, "minutes": (time.perf_counter() - start) / 60}
+    previous = json.loads(RESULT.read_text())["results"] if RESULT.exists() else []
+    results = [r for r in previous if r["label"] != args.label] + [result]
+    save_result({"benchmark": "latent_distill", "torch_threads": args.threads, "results": results}, RESULT)
+
+
+if __name__ == "__main__":
+    main()
