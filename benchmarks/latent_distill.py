@@ -2,8 +2,8 @@
 
 A teacher that plays well from pixels (the 100k benchmark's SB3 PPO CNN, e.g. trained for 400k real
 steps: 9-12 points a game) plays `--steps` real steps of full games (evaluation rules, sampled
-actions), and its action probabilities on every observation become the targets of students that see
-the same observations in other forms:
+actions; the play is kept in the teacher's directory for later runs), and its action probabilities
+on every observation become the targets of students that see the same observations in other forms:
 
   latent  the default agent's network (the `agent` config's MLP) on the run's latents
   tokens  the same MLP on all the JEPA target encoder's output tokens (summary and patch tokens)
@@ -119,6 +119,12 @@ def clone(policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
             "val_cross_entropy": val_ce, "val_agreement": val_agree}
 
 
+def majority_agreement(targets: torch.Tensor, split: int) -> float:
+    """Agreement on rows [split, T) of always choosing the teacher's most frequent action on rows [0, split)."""
+    majority = targets[:split].argmax(-1).bincount().argmax()
+    return float((targets[split:].argmax(-1) == majority).float().mean())
+
+
 def student(name: str, config: RunConfig, model: JEPAWorldModel, seed: int) -> tuple[BaseAlgorithm, Any]:
     """A fresh student learner and what it sees through (an encoder, or None for pixels)."""
     env = DummyVecEnv([lambda: make_env(config.env)])
@@ -156,7 +162,15 @@ def main() -> None:
         parser.error(f"{args.run} has no JEPA world model")
     teacher = ppo_baseline(DummyVecEnv([lambda: make_env(config.env)]), args.seed, args.teacher)
     start = time.perf_counter()
-    data = teacher_play(teacher, config, args.steps, args.seed)
+    cache = args.teacher / f"play-{args.steps}-seed{args.seed}.npz"  # the teacher's play, kept for the next students
+    if cache.exists():
+        with np.load(cache) as saved:
+            data = {key: saved[key] for key in saved.files}
+        data["scores"] = data["scores"].tolist()
+    else:
+        data = teacher_play(teacher, config, args.steps, args.seed)
+        np.savez(cache.with_suffix(".tmp.npz"), **data)
+        cache.with_suffix(".tmp.npz").replace(cache)
     observations, targets = data["observations"], torch.as_tensor(data["probabilities"])
     split = int(0.9 * len(observations))
 
@@ -181,6 +195,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "steps": len(observations), "epochs": args.epochs, "lr": args.lr,
               "teacher_play": {"games": len(data["scores"]), "mean": float(np.mean(data["scores"] or [0.0]))},
               "val_teacher_entropy": float(-(held_out * held_out.clamp_min(1e-12).log()).sum(-1).mean()),
+              "val_majority_agreement": majority_agreement(targets, split),
               "rows": rows, "minutes": (time.perf_counter() - start) / 60}
     previous = json.loads(RESULT.read_text())["results"] if RESULT.exists() else []
     results = [r for r in previous if r["label"] != args.label] + [result]

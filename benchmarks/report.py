@@ -397,7 +397,8 @@ def _latent_distill(r: dict[str, Any]) -> list[str]:
         "no reward) on the first 90% of its steps: 'latent' the default agent's MLP on the run's latents, "
         "'tokens' the same MLP on all the encoder's output tokens, 'grid' those tokens through a small CNN over "
         "the patch-token grid first, 'pixels' the teacher's own architecture from scratch on the pixels. "
-        "Agreement: the student's most likely action is the teacher's, on the held-out last 10%. Real scores: "
+        "Agreement: the student's most likely action is the teacher's, on the held-out last 10% (on the teacher's "
+        "row: always choosing the action the teacher chose most often). Real scores: "
         "full games (evaluation rules), the same games for every policy. Commands below the table.",
         "",
         "| result | policy | held-out agreement | held-out cross-entropy (teacher's entropy) | train agreement "
@@ -407,7 +408,9 @@ def _latent_distill(r: dict[str, Any]) -> list[str]:
     for res in r["results"]:
         for row in res["rows"]:
             if row["student"] == "teacher":
-                fit = ["-", f"- ({res['val_teacher_entropy']:.3f})", "-"]
+                majority = res.get("val_majority_agreement")
+                fit = ["-" if majority is None else f"{majority:.3f} (its most frequent action)",
+                       f"- ({res['val_teacher_entropy']:.3f})", "-"]
             else:
                 fit = [f"{row['val_agreement']:.3f}", f"{row['val_cross_entropy']:.3f}",
                        f"{row['train_agreement']:.3f}"]
