@@ -29,6 +29,8 @@ from world_models.registry import describe
 STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
 FROZEN_ENCODER = ("dynamics",)
 """Stages that leave the encoder as it is, so the latents of replay rows can be cached across updates."""
+STATS_WINDOWS = 256
+"""Training windows (of seq_len + 1 observations) whose latents set the standardisation when an encoder stage ends."""
 CHECKPOINT = WORLD_MODEL_CHECKPOINT
 BEST = f"{CHECKPOINT}_best"
 """Each checked part's weights of its best validation check in the current stage, restored when it ends."""
@@ -138,6 +140,8 @@ class Trainer:
             if restored:
                 bar.write(f"{stage}: kept the weights of its best checks, not those of update "
                           f"{self.progress['step']}: " + ", ".join(restored))
+            if stage not in FROZEN_ENCODER:
+                self.fit_latent_stats()
             bar.close()
             self.progress["done"].append(stage)
             self.save()
@@ -160,6 +164,17 @@ class Trainer:
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{stage}/{name}", value, self.progress["step"])
         return losses
+
+    def fit_latent_stats(self) -> None:
+        """Give a model that standardises its latents (`fit_latent_stats`) the exact statistics of its final
+        encoder over STATS_WINDOWS fixed training windows; cached latents are dropped, as they change."""
+        fit = getattr(self.model, "fit_latent_stats", None)
+        if fit is None:
+            return
+        rng = np.random.default_rng(1)
+        windows = self.buffer.sample(STATS_WINDOWS, self.cfg.seq_len, rng, episodes=self.train_ids)
+        fit(torch.from_numpy(w).to(self.device) for w in np.array_split(windows.frames, -(-STATS_WINDOWS // 32)))
+        self.latent_cache.clear()
 
     def refresh_split(self) -> None:
         """Re-split the (grown) buffer's episodes into training and held-out ones."""

@@ -642,3 +642,20 @@ def test_imagination_with_carried_reads_equals_reading_every_latent(head: str) -
                 if x is not None:
                     torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
             carried, plain = a.state, b.state
+
+
+def test_fitted_latent_stats_standardise_the_fitting_frames_exactly_and_replace_the_running_ones() -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    frames = torch.randint(0, 256, (3, 40, TINY.frame_stack, TINY.frame_size, TINY.frame_size), dtype=torch.uint8)
+    model.latent_mean.fill_(5.0)  # running statistics that lag the encoder
+    model.fit_latent_stats(iter(frames))  # three batches of 40 observations
+    with torch.no_grad():
+        latents = model.encode(frames.flatten(0, 1)[:, None])[:, 0]  # (120, K, dim)
+    assert latents.mean(0).abs().max() < 1e-4
+    var = latents.var(0, correction=0)
+    raw = var * (model.latent_var + 1e-6) / model.latent_var  # undo the epsilon of `standardize`
+    assert torch.allclose(raw, torch.ones(()), atol=1e-3)
+    unstandardised = JEPAWorldModel(dataclasses.replace(TINY, standardize_latents=False)).eval()
+    unstandardised.fit_latent_stats(iter(frames))  # latents are the raw summary tokens: nothing to fit
+    assert not hasattr(unstandardised, "latent_mean")

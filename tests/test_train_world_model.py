@@ -20,7 +20,14 @@ from mbrl.checkpoint import load_checkpoint
 from mbrl.eval_world_model import average_precision, evaluate
 from mbrl.replay import ReplayBuffer, split_episodes
 from mbrl.run import RunDir
-from mbrl.train_world_model import CHECKPOINT, Trainer, WorldModelTrainConfig, clip_each_part, to_train_batch
+from mbrl.train_world_model import (
+    CHECKPOINT,
+    STATS_WINDOWS,
+    Trainer,
+    WorldModelTrainConfig,
+    clip_each_part,
+    to_train_batch,
+)
 from world_models.base import event_logit_shift
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
@@ -99,8 +106,10 @@ def test_a_stage_ends_with_the_weights_of_its_best_check(tmp_path: Path, totals:
     seen = scripted_checks(t, [{"total": total} for total in totals])
     t.train(["encoder"], 9, Writer(), show_progress=False)  # checks at updates 3, 6, 9
     assert len(seen) == 3 and t.progress["step"] == 9
+    refit = ("latent_mean", "latent_var")  # the kept encoder's exact statistics replace the running ones
     for name, value in t.model.state_dict().items():
-        torch.testing.assert_close(value, seen[kept][name], rtol=0, atol=0, msg=name)
+        if name not in refit:
+            torch.testing.assert_close(value, seen[kept][name], rtol=0, atol=0, msg=name)
     assert not torch.equal(seen[1]["online.blocks.0.mlp.0.weight"], seen[2]["online.blocks.0.mlp.0.weight"])
     saved = load_checkpoint(tmp_path / "checkpoints", CHECKPOINT)  # and the run's checkpoint holds them
     torch.testing.assert_close(saved.tensors["model.online.blocks.0.mlp.0.weight"],
@@ -259,3 +268,18 @@ def test_repeated_actions_report_what_imagination_pays_for_each_action() -> None
     for action, (reward, life) in enumerate([(0.0, 0.0), (3.75, 0.0), (-1.25, 3.0)]):
         assert repeated[f"action {action}"] == pytest.approx({"reward": reward, "life_loss": life})
     assert repeated["data"] == {"reward": 0.0, "life_loss": 0.0}  # the toy buffer has neither
+
+
+def test_an_encoder_stage_ends_with_latents_standardised_exactly_over_training_windows(tmp_path: Path) -> None:
+    t = trainer(tmp_path)
+    t.train(["encoder"], steps=3, writer=Writer(), show_progress=False)
+    model = t.model
+    assert isinstance(model, JEPAWorldModel)
+    windows = t.buffer.sample(STATS_WINDOWS, t.cfg.seq_len, np.random.default_rng(1), episodes=t.train_ids)
+    with torch.no_grad():
+        latents = model.encode(torch.from_numpy(windows.frames)).flatten(0, 1)  # (N, K, dim)
+    spread = latents.std(0, correction=0)
+    assert latents.mean(0).abs().max() < 1e-3  # the running statistics after 3 updates are not this close
+    assert torch.allclose(spread[spread > 0.5], torch.ones(()), atol=5e-3)  # 1 but for standardize's epsilon
+    saved = load_checkpoint(t.run.checkpoint_dir, CHECKPOINT)
+    assert torch.equal(saved.tensors["model.latent_mean"], model.latent_mean)  # saved with the stage

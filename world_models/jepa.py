@@ -23,6 +23,7 @@ imagined step costs a few tokens of the predictor, not a forward pass over the i
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard, cast
 
@@ -598,6 +599,22 @@ class JEPAWorldModel(WorldModel):
         if not self.config.standardize_latents:
             return summary
         return standardize(summary, self.latent_mean, self.latent_var)
+
+    @torch.no_grad()
+    def fit_latent_stats(self, frames: Iterable[Tensor]) -> None:
+        """Standardise latents by the exact per-feature mean and variance of the target encoder's summary tokens
+        over `frames` (batches of uint8 (..., C, H, W) observations), replacing the running statistics.
+
+        Called when the encoder stops training: the running statistics lag the EMA target encoder they
+        track, and at the end of stage 1 they were off by ~8 standard deviations of the features (mean
+        |mean| of the standardised latents of the run's own data), which saturates a tanh MLP reading them.
+        """
+        if not self.config.standardize_latents:
+            return
+        k = self.config.summary_tokens
+        summary = torch.cat([self.target(f.flatten(0, -4))[:, :k] for f in frames]).float()  # (N, K, dim)
+        self.latent_mean.copy_(summary.mean(0))
+        self.latent_var.copy_(summary.var(0, correction=0))
 
     def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
         if stage == "encoder":
