@@ -41,6 +41,7 @@ from agents.sb3 import LatentVecEnv
 from agents.sb3_agent import LatentAgent, build_agent
 from envs.atari import make_env, make_vector_env
 from envs.registration import load_world_model
+from envs.wrappers import encode_observations
 from mbrl.evaluate import eval_env_config, evaluate_agent
 from mbrl.memory import keep_freed_memory
 from mbrl.run import RunDir
@@ -81,13 +82,11 @@ def teacher_play(teacher: BaseAlgorithm, config: RunConfig, steps: int, seed: in
 
 
 def encode_all(encoder: Any, observations: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """What a student sees of every observation: `encoder.encode` in batches, (T, *shape) float32."""
-    out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(observations), batch), desc="encode", unit="batch", disable=None):
-            frames = torch.as_tensor(observations[start:start + batch])[:, None]
-            out.append(encoder.encode(frames)[:, 0].float())
-    return torch.cat(out)
+    """What a student sees of every observation: `encode_observations` in batches, (T, *shape) float32."""
+    cpu = torch.device("cpu")
+    return torch.cat([torch.as_tensor(encode_observations(encoder, observations[start:start + batch], cpu))
+                      for start in tqdm(range(0, len(observations), batch), desc="encode", unit="batch",
+                                        disable=None)])
 
 
 def clone(policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, split: int, epochs: int,
