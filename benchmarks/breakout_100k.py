@@ -130,6 +130,16 @@ def run_random(seed: int, config: Any) -> dict[str, Any]:
     return evaluate_agent(policy, config.env, config.eval, seed=_eval_seed(seed))
 
 
+def current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the current code: those not marked `superseded` (a reason, such as a fixed bug that shaped
+    them; they stay in the results file and get rows of their own in RESULTS.md)."""
+    return [r for r in runs if not r.get("superseded")]
+
+
+def _load() -> dict[str, Any]:
+    return json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "breakout_100k", "runs": []}
+
+
 def _eval_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1000]).generate_state(1)[0])
 
@@ -146,11 +156,10 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     config = resolve_config("atari100k", [])
-    saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "breakout_100k", "runs": []}
     for seed in args.seeds:
         for method in args.methods:
             if any(r["method"] == method and r["seed"] == seed and r["real_steps"] == args.real_steps
-                   for r in saved["runs"]):
+                   for r in current(_load()["runs"])):
                 continue
             with SittingClock(args.runs / f"{method}-s{seed}-{args.real_steps}.seconds") as clock:
                 if method == "mbrl":
@@ -160,13 +169,13 @@ def main() -> None:
                 else:
                     result = run_random(seed, config)
             hours = clock.seconds() / 3600  # summed over the sittings a resumed run took
+            saved = _load()  # read again: another sitting may have added its seeds meanwhile
             saved["runs"].append({"method": method, "seed": seed, "real_steps": args.real_steps, "hours": hours,
                                   "mean": result["mean"], "std": result["std"], "scores": result["scores"],
                                   "date": time.strftime("%Y-%m-%d"), "machine": machine()})
             saved.update(command=" ".join(["python", "benchmarks/breakout_100k.py", *sys.argv[1:]]),
                          references=REFERENCES, episodes=config.eval.episodes)
-            save_result(dict(saved), RESULT)
-            saved = json.loads(RESULT.read_text())
+            save_result(saved, RESULT)
 
 
 if __name__ == "__main__":

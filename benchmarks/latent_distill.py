@@ -17,12 +17,19 @@ for every student and for the teacher). A latent student that plays about as wel
 says the latent carries what play needs, so an RL agent that learns nothing from it is short of
 samples or signal, not of information; one that plays like the random policy says the latent lacks it.
 
+With `--dream-steps N`, the latent student and the random policy also act for N steps in the run's
+dream (the `dream` settings, e.g. `--set dream.reward=expected dream.terminate_on=life_loss
+dream.termination=sample` as in the presets): their imagined reward and episode ends per step beside
+the real game's points and lost lives per step. A dream that pays the cloned player no more than the
+random one cannot teach an agent what the cloned player does, whatever the latent carries.
+
     python benchmarks/latent_distill.py --run runs/NAME --teacher runs/bench/ppo-s0 [--steps 50000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from breakout_100k import ppo_baseline
-from dream_gap import RUN_ONLY, EncoderTokens, TokenGrid
+from dream_gap import RUN_ONLY, EncoderTokens, TokenGrid, training_env
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
@@ -42,6 +49,7 @@ from agents.sb3_agent import LatentAgent, build_agent
 from envs.atari import make_env, make_vector_env
 from envs.registration import load_world_model
 from envs.wrappers import encode_observations
+from mbrl.collect import RandomPolicy
 from mbrl.evaluate import eval_env_config, evaluate_agent
 from mbrl.memory import keep_freed_memory
 from mbrl.run import RunDir
@@ -51,13 +59,14 @@ from world_models.jepa import JEPAWorldModel
 
 RESULT = HERE / "results" / "latent_distill.json"
 STUDENTS = ("latent", "tokens", "grid", "pixels")
+PLAY_ENVS = 8  # games the teacher plays at once
 
 
 @torch.no_grad()
 def teacher_play(teacher: BaseAlgorithm, config: RunConfig, steps: int, seed: int) -> dict[str, Any]:
     """`steps` real steps of full games in 8 envs, the teacher sampling its actions: observations (T, S, H, W)
     uint8 in time order (env-major within a step), its probabilities (T, A) and the scores of finished games."""
-    num_envs = 8
+    num_envs = PLAY_ENVS
     venv = make_vector_env(eval_env_config(config.env, config.eval), num_envs)
     generator = torch.Generator().manual_seed(seed)
     observations, probabilities, scores = [], [], []
@@ -118,6 +127,50 @@ def clone(policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
             "val_cross_entropy": val_ce, "val_agreement": val_agree}
 
 
+@torch.no_grad()
+def dream_rates(policy: Any, env: Any, steps: int) -> dict[str, Any]:
+    """`policy` (SB3's `predict` over latents, sampling) for `steps` steps (all envs together) in the SB3
+    VecEnv `env` of a dream: reward and ends (episodes the model terminated, not cut at the horizon) per
+    step, overall and by imagined step t = 1, 2, ... of the episodes (`*_by_step[t - 1]`: per episode alive
+    at that step)."""
+    obs, depth = env.reset(), np.zeros(env.num_envs, int)
+    reward, ends, alive = np.zeros(0), np.zeros(0), np.zeros(0)
+    while alive.sum() < steps:
+        obs, rewards, dones, infos = env.step(policy.predict(obs)[0])
+        ended = [bool(d) and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos)]
+        if depth.max() >= len(alive):
+            reward, ends, alive = (np.pad(a, (0, depth.max() + 1 - len(alive))) for a in (reward, ends, alive))
+        np.add.at(reward, depth, rewards)
+        np.add.at(ends, depth, ended)
+        np.add.at(alive, depth, 1)
+        depth = np.where(dones, 0, depth + 1)
+    return {"dream_reward_per_step": reward.sum() / alive.sum(), "dream_ends_per_step": ends.sum() / alive.sum(),
+            "dream_steps": int(alive.sum()), "dream_reward_by_step": (reward / alive).tolist(),
+            "dream_ends_by_step": (ends / alive).tolist()}
+
+
+@torch.no_grad()
+def heads_on_play(model: JEPAWorldModel, latents: torch.Tensor, num_envs: int, batch: int = 4096) -> dict[str, float]:
+    """The world model's heads on the real transitions of recorded play: `latents` (T * num_envs, K, dim) in
+    time order, env-major within a step. Mean expected reward and life-loss probability per transition (the
+    few pairs that straddle a game's end and the next game's start are counted too)."""
+    z = latents.view(-1, num_envs, *latents.shape[1:])
+    z, z_next = z[:-1].flatten(0, 1), z[1:].flatten(0, 1)
+    reward, life_loss = 0.0, 0.0
+    for start in range(0, len(z), batch):
+        r, _, lost = model.transition(z[start:start + batch], z_next[start:start + batch])
+        reward, life_loss = reward + float(r.sum()), life_loss + float(lost.sum())
+    return {"heads_reward_per_step": reward / len(z), "heads_life_loss_per_step": life_loss / len(z)}
+
+
+def real_rates(result: dict[str, Any], lives: int) -> dict[str, float]:
+    """Points and lost lives per step of full real games (`lives` per game; a game cut at the frame cap
+    counts as if all were lost)."""
+    steps = sum(result["lengths"])
+    return {"real_points_per_step": sum(result["scores"]) / steps, "real_lives_lost_per_step": lives * len(
+        result["lengths"]) / steps}
+
+
 def majority_agreement(targets: torch.Tensor, split: int) -> float:
     """Agreement on rows [split, T) of always choosing the teacher's most frequent action on rows [0, split)."""
     majority = targets[:split].argmax(-1).bincount().argmax()
@@ -147,6 +200,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=16, help="full real games per policy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--dream-steps", type=int, default=0,
+                        help="imagined steps of the latent student and of the random policy in the run's dream "
+                             "(0: no dream)")
+    parser.add_argument("--lives", type=int, default=5, help="lives per game, for the real lost lives per step")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the dream, agent and eval settings (defaults otherwise)")
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -155,7 +214,7 @@ def main() -> None:
 
     run = RunDir(args.run)
     base = {k: v for k, v in run.read_config().items() if k not in RUN_ONLY}
-    config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}"], base)
+    config = resolve_config(None, ["eval.num_workers=0", f"eval.episodes={args.episodes}", *args.set], base)
     model, _ = load_world_model(run, torch.device("cpu"))
     if not isinstance(model, JEPAWorldModel):
         parser.error(f"{args.run} has no JEPA world model")
@@ -175,17 +234,29 @@ def main() -> None:
 
     def play(agent: Any) -> dict[str, Any]:
         result = evaluate_agent(agent, config.env, config.eval, seed=args.seed + 1000, progress=None)
-        return {key: result[key] for key in ("mean", "std", "scores")}
+        return {**{key: result[key] for key in ("mean", "std", "scores")}, **real_rates(result, args.lives)}
+
+    def dream(policy: Any) -> dict[str, float]:
+        return dream_rates(policy, training_env("dream", run, model, config, args.seed), args.dream_steps)
 
     rows: list[dict[str, Any]] = [{"student": "teacher", **play(teacher)}]
     print(json.dumps(rows[-1]), file=sys.stderr)
+    if args.dream_steps:
+        space = make_env(config.env).action_space
+        rows.append({"student": "random policy", **play(RandomPolicy(space, seed=args.seed)),
+                     **dream(RandomPolicy(space, seed=args.seed))})
+        print(json.dumps(rows[-1]), file=sys.stderr)
     for name in args.students:
         learner, encoder = student(name, config, model, args.seed)
         inputs = torch.as_tensor(observations) if encoder is None else encode_all(encoder, observations)
         began = time.perf_counter()
         fit = clone(learner.policy, inputs, targets, split, args.epochs, args.lr, args.seed, name)
         agent: Any = learner if encoder is None else LatentAgent(learner, encoder, torch.device("cpu"))
-        rows.append({"student": name, **fit, "clone_minutes": (time.perf_counter() - began) / 60, **play(agent)})
+        in_dream = dream(learner) if args.dream_steps and name == "latent" else {}
+        if args.dream_steps and name == "latent":  # what the heads make of the teacher's real play
+            rows[0].update(heads_on_play(model, inputs, PLAY_ENVS))
+        rows.append({"student": name, **fit, "clone_minutes": (time.perf_counter() - began) / 60, **play(agent),
+                     **in_dream})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}), file=sys.stderr)
         del inputs
     held_out = targets[split:]
@@ -195,6 +266,7 @@ def main() -> None:
               "teacher_play": {"games": len(data["scores"]), "mean": float(np.mean(data["scores"] or [0.0]))},
               "val_teacher_entropy": float(-(held_out * held_out.clamp_min(1e-12).log()).sum(-1).mean()),
               "val_majority_agreement": majority_agreement(targets, split),
+              "dream": dataclasses.asdict(config.dream) if args.dream_steps else None,
               "rows": rows, "minutes": (time.perf_counter() - start) / 60}
     previous = json.loads(RESULT.read_text())["results"] if RESULT.exists() else []
     results = [r for r in previous if r["label"] != args.label] + [result]

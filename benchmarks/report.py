@@ -261,7 +261,8 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
     ]
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in r["runs"]:
-        groups.setdefault((run["method"], run["real_steps"]), []).append(run)
+        label = run["method"] + (f" (superseded: {run['superseded']})" if run.get("superseded") else "")
+        groups.setdefault((label, run["real_steps"]), []).append(run)
     for (method, steps), runs in sorted(groups.items()):
         means = [run["mean"] for run in runs]
         spread = statistics.pstdev(means) if len(means) > 1 else 0.0
@@ -411,12 +412,45 @@ def _latent_distill(r: dict[str, Any]) -> list[str]:
                 majority = res.get("val_majority_agreement")
                 fit = ["-" if majority is None else f"{majority:.3f} (its most frequent action)",
                        f"- ({res['val_teacher_entropy']:.3f})", "-"]
+            elif "val_agreement" not in row:  # the random policy, for the dream's table
+                fit = ["-", "-", "-"]
             else:
                 fit = [f"{row['val_agreement']:.3f}", f"{row['val_cross_entropy']:.3f}",
                        f"{row['train_agreement']:.3f}"]
             minutes = f"{row['clone_minutes']:.1f}" if "clone_minutes" in row else "-"
             lines.append(f"| {res['label']} | {row['student']} | " + " | ".join(fit)
                          + f" | {row['mean']:.2f} +- {row['std']:.2f} | {len(row['scores'])} | {minutes} |")
+    dreamt = [(res, row) for res in r["results"] for row in res["rows"] if "dream_reward_per_step" in row]
+    if dreamt:
+        lines += [
+            "",
+            "Does the dream tell the cloned player from the random one? With `--dream-steps`, the latent student "
+            "and the random policy also act in the run's dream (settings per result below; imagined episodes start "
+            "from the run's training episodes). Real points per step: raw score over steps of the real games "
+            "above (the lowest bricks pay 1, higher ones 4 and 7, so above the clipped rate); real lives lost per "
+            "step: 5 per game over its steps. Dream: the model's (expected) reward per imagined step, and its "
+            "episode ends (life losses or game overs, as the dream ends) per step.",
+            "",
+            "| result | policy | real score | real points / step | real lives lost / step | dream reward / step "
+            "(at imagined steps 1, 5, 10) | dream ends / step (at 1, 5, 10) | imagined steps |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+
+        def by_step(values: list[float]) -> str:
+            return ", ".join(f"{values[t - 1]:.4f}" for t in (1, 5, 10) if t <= len(values))
+
+        lines += [f"| {res['label']} | {row['student']} | {row['mean']:.2f} | {row['real_points_per_step']:.4f} | "
+                  f"{row['real_lives_lost_per_step']:.4f} | {row['dream_reward_per_step']:.4f} "
+                  f"({by_step(row.get('dream_reward_by_step', []))}) | {row['dream_ends_per_step']:.4f} "
+                  f"({by_step(row.get('dream_ends_by_step', []))}) | {row['dream_steps']} |" for res, row in dreamt]
+        lines += [f"| {res['label']} | teacher, heads on its real play | {row['mean']:.2f} | "
+                  f"{row['real_points_per_step']:.4f} | {row['real_lives_lost_per_step']:.4f} | "
+                  f"{row['heads_reward_per_step']:.4f} (heads on real transitions) | "
+                  f"{row['heads_life_loss_per_step']:.4f} (heads) | - |"
+                  for res in r["results"] for row in res["rows"] if "heads_reward_per_step" in row]
+        lines += [f"- {res['label']} dream: horizon {res['dream']['horizon']}, reward {res['dream']['reward']}, "
+                  f"ends on {res['dream']['terminate_on']} ({res['dream']['termination']})"
+                  for res in r["results"] if res.get("dream")]
     lines.append("")
     lines += [f"- {res['label']} ({res['date']}; {res['steps']} teacher steps, {res['teacher_play']['games']} "
               f"games at {res['teacher_play']['mean']:.1f}; {res['epochs']} epochs): `{res['command']}`"

@@ -15,13 +15,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from breakout_100k import SittingClock  # noqa: E402
+from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
-from latent_distill import clone  # noqa: E402
+from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from report import write_results_md  # noqa: E402
+from report import _breakout_100k, write_results_md  # noqa: E402
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
@@ -37,6 +37,16 @@ def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_ru
     assert total > 100.0 and float(path.read_text()) == round(total, 1) and clock.seconds() == total  # frozen
     with SittingClock(path) as again:  # the next sitting starts from what the file holds
         assert again.before == float(path.read_text())
+
+
+def test_superseded_runs_neither_count_as_done_nor_mix_into_the_current_rows() -> None:
+    run = {"method": "mbrl", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0}
+    runs = [dict(run, superseded="a bug"), dict(run, mean=3.0), dict(run, seed=1, mean=5.0)]
+    assert current(runs) == runs[1:]  # seed 0 of the current code is done, the superseded seed 0 is not counted
+    table = "\n".join(_breakout_100k({"runs": runs, "machine": "m", "date": "d", "command": "c", "episodes": 8,
+                                       "references": {}}))
+    assert "| mbrl | 100 | 2 | 4.00 +- 1.00 |" in table
+    assert "| mbrl (superseded: a bug) | 100 | 1 | 1.00 +- 0.00 |" in table
 
 
 def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_path: Path) -> None:
@@ -101,3 +111,44 @@ def test_cloning_fits_a_teacher_that_a_linear_policy_can_copy_and_scores_on_held
     after = clone(learner.policy, inputs, targets, split=1600, epochs=30, lr=1e-2, seed=0, name="toy")
     assert after["val_agreement"] > 0.9 > before["val_agreement"]
     assert after["val_cross_entropy"] < before["val_cross_entropy"]
+
+
+def test_dream_rates_count_reward_and_model_ends_per_step_but_not_horizon_cuts() -> None:
+    class FourSteps(gym.Env):  # pays the action; after 4 steps ends (action 0) or is cut at its horizon (action 1)
+        observation_space, action_space = gym.spaces.Box(0, 1, (1,), np.float32), gym.spaces.Discrete(2)
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            self.t = 0
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+            self.t += 1
+            return np.zeros(1, np.float32), float(action), self.t == 4 and action == 0, self.t == 4 and action == 1, {}
+
+    class Always:
+        def __init__(self, action: int) -> None:
+            self.action = action
+
+        def predict(self, obs: np.ndarray) -> tuple[np.ndarray, None]:
+            return np.full(len(obs), self.action), None
+
+    env = DummyVecEnv([FourSteps] * 2)
+    assert dream_rates(Always(1), env, 80) == {"dream_reward_per_step": 1.0, "dream_ends_per_step": 0.0,
+                                               "dream_steps": 80, "dream_reward_by_step": [1.0] * 4,
+                                               "dream_ends_by_step": [0.0] * 4}
+    assert dream_rates(Always(0), env, 79) == {"dream_reward_per_step": 0.0, "dream_ends_per_step": 0.25,
+                                               "dream_steps": 80, "dream_reward_by_step": [0.0] * 4,
+                                               "dream_ends_by_step": [0.0, 0.0, 0.0, 1.0]}
+    assert real_rates({"scores": [3.0, 1.0], "lengths": [300, 100]}, lives=5) == {
+        "real_points_per_step": 0.01, "real_lives_lost_per_step": 0.025}
+
+
+def test_heads_on_play_pair_each_games_latent_with_its_own_next_one() -> None:
+    class Heads:  # reward: the next latent's value; life loss: the step from one latent to the next
+        def transition(self, z: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return z_next[:, 0, 0], torch.ones(len(z)), z_next[:, 0, 0] - z[:, 0, 0]
+
+    steps = torch.arange(5.0)  # game 0's latents count up 0..4 and game 1's stay at 10, env-major within a step
+    latents = torch.stack([steps, torch.full((5,), 10.0)], dim=1).reshape(10, 1, 1)
+    rates = heads_on_play(Heads(), latents, num_envs=2, batch=3)  # type: ignore[arg-type]
+    assert rates == {"heads_reward_per_step": (1 + 2 + 3 + 4 + 40) / 8, "heads_life_loss_per_step": 4 / 8}
