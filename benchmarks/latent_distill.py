@@ -167,8 +167,8 @@ def real_rates(result: dict[str, Any], lives: int) -> dict[str, float]:
     """Points and lost lives per step of full real games (`lives` per game; a game cut at the frame cap
     counts as if all were lost)."""
     steps = sum(result["lengths"])
-    return {"real_points_per_step": sum(result["scores"]) / steps, "real_lives_lost_per_step": lives * len(
-        result["lengths"]) / steps}
+    return {"real_points_per_step": sum(result["scores"]) / steps,
+            "real_lives_lost_per_step": lives * len(result["lengths"]) / steps}
 
 
 def majority_agreement(targets: torch.Tensor, split: int) -> float:
@@ -252,8 +252,9 @@ def main() -> None:
         began = time.perf_counter()
         fit = clone(learner.policy, inputs, targets, split, args.epochs, args.lr, args.seed, name)
         agent: Any = learner if encoder is None else LatentAgent(learner, encoder, torch.device("cpu"))
-        in_dream = dream(learner) if args.dream_steps and name == "latent" else {}
-        if args.dream_steps and name == "latent":  # what the heads make of the teacher's real play
+        in_dream: dict[str, Any] = {}
+        if args.dream_steps and name == "latent":  # also: what the heads make of the teacher's real play
+            in_dream = dream(learner)
             rows[0].update(heads_on_play(model, inputs, PLAY_ENVS))
         rows.append({"student": name, **fit, "clone_minutes": (time.perf_counter() - began) / 60, **play(agent),
                      **in_dream})

@@ -441,8 +441,8 @@ def _latent_distill(r: dict[str, Any]) -> list[str]:
 
         lines += [f"| {res['label']} | {row['student']} | {row['mean']:.2f} | {row['real_points_per_step']:.4f} | "
                   f"{row['real_lives_lost_per_step']:.4f} | {row['dream_reward_per_step']:.4f} "
-                  f"({by_step(row.get('dream_reward_by_step', []))}) | {row['dream_ends_per_step']:.4f} "
-                  f"({by_step(row.get('dream_ends_by_step', []))}) | {row['dream_steps']} |" for res, row in dreamt]
+                  f"({by_step(row['dream_reward_by_step'])}) | {row['dream_ends_per_step']:.4f} "
+                  f"({by_step(row['dream_ends_by_step'])}) | {row['dream_steps']} |" for res, row in dreamt]
         lines += [f"| {res['label']} | teacher, heads on its real play | {row['mean']:.2f} | "
                   f"{row['real_points_per_step']:.4f} | {row['real_lives_lost_per_step']:.4f} | "
                   f"{row['heads_reward_per_step']:.4f} (heads on real transitions) | "
