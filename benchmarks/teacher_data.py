@@ -68,36 +68,34 @@ def main() -> None:
     run = RunDir(args.out)
     config = resolve_config(None, [], run.read_config())
     size = config.env.frame_size
-    buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
-    before = buffer.num_steps
-    played: list[float] = []
-    if args.teacher_steps:
-        teacher = ppo_baseline(DummyVecEnv([lambda: make_env(config.env)]), args.seed, args.teacher)
-        rng = np.random.default_rng(args.seed)
-        num_actions = int(teacher.action_space.n)  # type: ignore[attr-defined]
+    with ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE) as buffer:
+        before = buffer.num_steps
+        played: list[float] = []
+        if args.teacher_steps:
+            teacher = ppo_baseline(DummyVecEnv([lambda: make_env(config.env)]), args.seed, args.teacher)
+            rng = np.random.default_rng(args.seed)
+            num_actions = int(teacher.action_space.n)  # type: ignore[attr-defined]
 
-        def play(obs: np.ndarray) -> np.ndarray:
-            actions = np.asarray(teacher.predict(obs, deterministic=False)[0])
-            explore = rng.random(len(actions)) < args.epsilon
-            return np.where(explore, rng.integers(0, num_actions, len(actions)), actions)
+            def play(obs: np.ndarray) -> np.ndarray:
+                actions = np.asarray(teacher.predict(obs, deterministic=False)[0])
+                explore = rng.random(len(actions)) < args.epsilon
+                return np.where(explore, rng.integers(0, num_actions, len(actions)), actions)
 
-        collector = Collector(make_vector_env(config.env, config.collect.num_envs, 0), buffer, seed=args.seed)
-        try:
-            stats = collector.run(args.teacher_steps, play, config.replay.flush_every)
-            played = [float(score) for score in stats.episode_returns]
-        finally:
-            collector.close()
-    added = buffer.num_steps - before
+            collector = Collector(make_vector_env(config.env, config.collect.num_envs, 0), buffer, seed=args.seed)
+            try:
+                stats = collector.run(args.teacher_steps, play, config.replay.flush_every)
+                played = [float(score) for score in stats.episode_returns]
+            finally:
+                collector.close()
+        added = buffer.num_steps - before
 
-    model = build(config.world_model_training.family, config.world_model)
-    trainer = Trainer(run, model, buffer, config.world_model_training, torch.device("cpu"), args.seed)
-    trainer.restore(load_checkpoint(run.checkpoint_dir, CHECKPOINT))
-    trainer.refresh_split()
-    writer = SummaryWriter(str(run.tb_dir))
-    losses = trainer.run_updates("dynamics", args.updates, writer)
-    trainer.save()
-    writer.close()
-    buffer.close()
+        model = build(config.world_model_training.family, config.world_model)
+        trainer = Trainer(run, model, buffer, config.world_model_training, torch.device("cpu"), args.seed)
+        trainer.restore(load_checkpoint(run.checkpoint_dir, CHECKPOINT))
+        trainer.refresh_split()
+        with SummaryWriter(str(run.tb_dir)) as writer:
+            losses = trainer.run_updates("dynamics", args.updates, writer)
+        trainer.save()
     summary = {"run": str(args.run), "teacher": str(args.teacher), "out": str(args.out),
                "command": "python benchmarks/teacher_data.py " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "steps_before": before, "teacher_steps": added,
