@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mbrl.cli import add_config_options, add_device_option, add_set_option, config_for_run, positive_int
 from mbrl.errors import UserError
 
+if TYPE_CHECKING:
+    from envs.atari import AtariConfig
+    from mbrl.evaluate import EvalConfig
+
 ALGO_NAMES = ("ppo", "a2c", "dqn")
+QUIET_HELP = "no progress bar (on a terminal) or line per finished game (in a log)"
 
 
 def add_agent_commands(sub: Any) -> None:
@@ -40,7 +46,8 @@ def add_agent_commands(sub: Any) -> None:
         "evaluate", help="score a run's agent (or the random policy) on full real games",
         description="Play full games of the run's game (no episodic life, sticky actions, the 108k-frame cap, raw "
         "score) with the agent of a train-agent run, or with the random policy; print mean, median, std and "
-        "per-game scores; write them as JSON and to tensorboard (eval/*).")
+        "per-game scores; write them as JSON (rewritten after every finished game, so a killed evaluation keeps its "
+        "finished games) and to tensorboard (eval/*).")
     evaluate.add_argument("--run", type=Path, required=True, help="run directory")
     evaluate.add_argument("--episodes", type=positive_int, help="games to play (config eval.episodes)")
     evaluate.add_argument("--agent", choices=("trained", "random"), default="trained",
@@ -52,7 +59,8 @@ def add_agent_commands(sub: Any) -> None:
                           help="JSON result path (default: runs/NAME/eval.json, eval-random.json for --agent random)")
     evaluate.add_argument("--seed", type=int, default=0, help="seeds the games (default 0)")
     add_device_option(evaluate)
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_set_option(evaluate, "eval.sticky_action_prob=0")
+    evaluate.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
     plan = sub.add_parser(
@@ -60,7 +68,8 @@ def add_agent_commands(sub: Any) -> None:
         description="At every real step, encode the recent frames with the run's world model, search action "
         "sequences in imagination (CEM, MPPI or random shooting; all candidates in one batch), act the first action "
         "and keep the shifted plan as the next warm start. Scored with the same code as mbrl evaluate; writes "
-        "runs/NAME/plan-PLANNER.json. Settings live in the config's mpc section; the options below override them.")
+        "runs/NAME/plan-PLANNER.json (rewritten after every finished game). Settings live in the config's mpc "
+        "section; the options below override them.")
     plan.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
     plan.add_argument("--planner", choices=("cem", "mppi", "shooting"), help="search method (config mpc.planner)")
     plan.add_argument("--env", help="ALE game id; must be the run's (default: the run's)")
@@ -72,10 +81,11 @@ def add_agent_commands(sub: Any) -> None:
     plan.add_argument("--value-from-agent", action="store_true",
                       help="add the run's trained agent's value of the last imagined latent (sees past the horizon)")
     plan.add_argument("--gif", type=Path, help="write the first game as a GIF here")
+    plan.add_argument("--out", type=Path, help="JSON result path (default: runs/NAME/plan-PLANNER.json)")
     plan.add_argument("--seed", type=int, default=0, help="seeds the games and the planner (default 0)")
     add_device_option(plan)
     add_set_option(plan, "mpc.life_loss_penalty=0")
-    plan.add_argument("--quiet", action="store_true", help="no progress bar")
+    plan.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     plan.set_defaults(func=cmd_plan)
 
 
@@ -117,22 +127,18 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """`mbrl evaluate`: full real games with the run's agent or the random policy."""
-    import dataclasses
-
     from torch.utils.tensorboard import SummaryWriter
 
-    from mbrl.atomic import write_atomic
     from mbrl.collect import RandomPolicy
-    from mbrl.evaluate import evaluate_agent
     from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
-    from mbrl.run_config import resolve_config, resolve_device
+    from mbrl.run_config import resolve_device
 
     run = RunDir(args.run)
-    overrides = [f"device={args.device}"] if args.device else []
-    config = resolve_config(None, overrides, base=run.read_config())
-    eval_config = dataclasses.replace(config.eval, episodes=args.episodes or config.eval.episodes,
-                                      deterministic=args.deterministic or config.eval.deterministic)
+    run.read_config()  # a one-line error when there is no run there
+    flags = {"eval.episodes": args.episodes, "eval.deterministic": True if args.deterministic else None,
+             "device": args.device}
+    config = config_for_run(run, None, args.set, flags)
     agent: Any
     if args.agent == "random":
         from envs.atari import make_env
@@ -140,16 +146,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         agent = RandomPolicy(make_env(config.env).action_space, seed=args.seed)
     else:
         agent = load_trained_agent(run, with_num_actions(config), resolve_device(config.device))
-    result = evaluate_agent(agent, config.env, eval_config, args.seed, gif_path=args.gif,
-                            progress=False if args.quiet else None)
-    result["agent"] = args.agent if args.agent == "random" else config.agent.algo
-    out = args.out or (run.eval_path if args.agent == "trained" else run.path / "eval-random.json")
-    write_atomic(Path(out), json.dumps(result, indent=1).encode())
+    out = Path(args.out or (run.eval_path if args.agent == "trained" else run.path / "eval-random.json"))
+    name = args.agent if args.agent == "random" else config.agent.algo
+    result = play_and_save(agent, config.env, config.eval, args.seed, out, {"agent": name}, args.gif, args.quiet)
     with SummaryWriter(str(run.tb_dir)) as writer:
         for key in ("mean", "median", "std"):
             writer.add_scalar(f"eval/{args.agent}/{key}", result[key], run.read_progress().get("replay_steps", 0))
     print(format_scores(result))
     print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))
+
+
+def play_and_save(agent: Any, env: AtariConfig, config: EvalConfig, seed: int, out: Path, extra: dict[str, Any],
+                  gif: Path | None, quiet: bool) -> dict[str, Any]:
+    """`evaluate_agent` that rewrites `out` (JSON: the result so far plus `extra`) after every finished game,
+    so a killed evaluation keeps its finished games (`complete` says whether all were played), and prints a
+    line per game when stderr is not a terminal (a log file: no progress bar there) unless `quiet`."""
+    from mbrl.atomic import write_atomic
+    from mbrl.evaluate import evaluate_agent
+
+    def save(result: dict[str, Any]) -> None:
+        result.update(extra)
+        write_atomic(out, json.dumps(result, indent=1).encode())
+        if not quiet and not sys.stderr.isatty():
+            print(f"game {result['episodes']}/{config.episodes}: score {result['scores'][-1]:g} in "
+                  f"{result['lengths'][-1]} steps; mean so far {result['mean']:.2f}", file=sys.stderr, flush=True)
+
+    result = evaluate_agent(agent, env, config, seed, gif_path=gif, progress=False if quiet else None, on_game=save)
+    result.update(extra)
+    return result
 
 
 def format_scores(result: dict[str, Any]) -> str:
@@ -164,8 +188,6 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from agents.mpc import MPCAgent
     from agents.sb3_agent import value_function
     from envs.registration import load_world_model
-    from mbrl.atomic import write_atomic
-    from mbrl.evaluate import evaluate_agent
     from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
@@ -182,12 +204,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.value_from_agent:
         value = value_function(load_trained_agent(run, with_num_actions(config), device).model)
     agent = MPCAgent(model, config.mpc, device, seed=args.seed, value_fn=value)
-    result = evaluate_agent(agent, config.env, config.eval, args.seed, gif_path=args.gif,
-                            progress=False if args.quiet else None)
     search = config.mpc.search
-    result.update(agent=f"mpc-{config.mpc.planner}", horizon=search.horizon, candidates=search.candidates,
-                  iterations=search.iterations, value_from_agent=args.value_from_agent)
-    out = run.path / f"plan-{config.mpc.planner}.json"
-    write_atomic(out, json.dumps(result, indent=1).encode())
+    settings = {"agent": f"mpc-{config.mpc.planner}", "horizon": search.horizon, "candidates": search.candidates,
+                "iterations": search.iterations, "value_from_agent": args.value_from_agent}
+    out = Path(args.out or run.path / f"plan-{config.mpc.planner}.json")
+    result = play_and_save(agent, config.env, config.eval, args.seed, out, settings, args.gif, args.quiet)
     print(format_scores(result))
     print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))

@@ -9,6 +9,7 @@ cap of 108,000 frames, and the raw (unclipped) game score.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,7 +62,8 @@ def eval_env_config(env: AtariConfig, config: EvalConfig) -> AtariConfig:
 
 
 def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int,
-                   gif_path: Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+                   gif_path: Path | None = None, progress: bool | None = None,
+                   on_game: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Play `config.episodes` full games with `agent` and report their raw scores.
 
     Each of the K envs plays a fixed share of the games (the first `episodes % K` one more), so
@@ -74,10 +76,12 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
         seed: seeds the envs (the agent keeps its own generator).
         gif_path: if given, env 0's first game is written there as a GIF.
         progress: tqdm bar over games (None: only when stderr is a terminal).
+        on_game: called after every scored game with the result so far (as returned, with
+            `complete` False until the last game), e.g. to save finished games as they come.
 
     Returns:
         JSON-ready dict: scores and lengths per game (in finishing order), mean, median, std,
-        min, max, and the settings used.
+        min, max, the settings used, and `complete` (True).
     """
     from mbrl.video import save_gif
 
@@ -110,6 +114,8 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
                         lengths.append(int(steps[i]))
                         bar.update(1)
                         bar.set_postfix(mean=f"{np.mean(scores):.1f}")
+                        if on_game is not None:
+                            on_game(summarize(scores, lengths, env.id, seed, config))
                     done[i] += 1
                 recording = recording and not ended[0] and len(frames) < MAX_GIF_FRAMES
                 returns[ended], steps[ended] = 0.0, 0
@@ -119,10 +125,16 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
         venv.close()
     if gif_path is not None and frames:
         save_gif(np.stack(frames), gif_path, fps=30, scale=3)
+    return summarize(scores, lengths, env.id, seed, config)
+
+
+def summarize(scores: list[float], lengths: list[int], env_id: str, seed: int, config: EvalConfig) -> dict[str, Any]:
+    """The JSON-ready result of the games scored so far (`complete` once all `config.episodes` are)."""
     a = np.asarray(scores)
     return {
-        "env": env.id, "episodes": len(scores), "mean": float(a.mean()), "median": float(np.median(a)),
-        "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "scores": scores, "lengths": lengths,
-        "seed": seed, "deterministic": config.deterministic, "sticky_action_prob": config.sticky_action_prob,
+        "env": env_id, "episodes": len(scores), "complete": len(scores) == config.episodes,
+        "mean": float(a.mean()), "median": float(np.median(a)), "std": float(a.std()), "min": float(a.min()),
+        "max": float(a.max()), "scores": list(scores), "lengths": list(lengths), "seed": seed,
+        "deterministic": config.deterministic, "sticky_action_prob": config.sticky_action_prob,
         "max_episode_frames": config.max_episode_frames,
     }

@@ -63,8 +63,14 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
     assert proc.returncode == 0, proc.stderr
     scores = json.loads((tmp_path / "e.json").read_text())
     assert scores["episodes"] == 2 and scores["agent"] == "ppo" and "mean" in proc.stdout
-    proc = mbrl_cli("evaluate", "--run", str(run), "--agent", "random", "--episodes", "1", "--quiet")
+    proc = mbrl_cli("evaluate", "--run", str(run), "--agent", "random", "--episodes", "2",
+                    "--set", "eval.max_episode_frames=200")
     assert proc.returncode == 0 and (run / "eval-random.json").exists()
+    random = json.loads((run / "eval-random.json").read_text())
+    assert random["complete"] and random["max_episode_frames"] == 200
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("game ")]  # a log, not a terminal
+    assert [line.split(":")[0] for line in lines] == ["game 1/2", "game 2/2"]
+    assert f"mean so far {random['mean']:.2f}" in lines[-1]
 
     # MPC in the same world model plays too, scored by the same code
     proc = mbrl_cli("plan", "--run", str(run), "--planner", "mppi", "--horizon", "3", "--candidates", "8",
@@ -72,7 +78,8 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
     assert proc.returncode == 0, proc.stderr
     planned = json.loads((run / "plan-mppi.json").read_text())
     assert planned["agent"] == "mpc-mppi" and planned["horizon"] == 3 and planned["episodes"] == 1
-    assert planned["lengths"][0] <= 50  # 200 frames
+    assert planned["lengths"][0] <= 50 and planned["complete"]  # 200 frames
+    assert not any(line.startswith("game ") for line in proc.stderr.splitlines())  # --quiet
     assert_user_error(mbrl_cli("plan", "--run", str(run), "--env", "ALE/Pong-v5"), r"created with env ALE/Breakout")
 
     # and imagined frames follow it in the dream
@@ -209,7 +216,10 @@ class Recorder:
 def test_evaluate_plays_each_env_its_share_of_full_games(tmp_path: Path) -> None:
     agent = Recorder()
     config = EvalConfig(episodes=3, num_envs=2, num_workers=0, max_episode_frames=400)  # 100-step games
-    result = evaluate_agent(agent, AtariConfig(), config, seed=0, gif_path=tmp_path / "g.gif")
+    partial: list[dict[str, Any]] = []
+    result = evaluate_agent(agent, AtariConfig(), config, seed=0, gif_path=tmp_path / "g.gif", on_game=partial.append)
+    assert [p["episodes"] for p in partial] == [1, 2, 3] and [p["complete"] for p in partial] == [False, False, True]
+    assert partial[0]["scores"] == result["scores"][:1] and partial[-1] == result
     assert result["episodes"] == 3 and len(result["scores"]) == 3 and len(result["lengths"]) == 3
     assert all(0 < n <= 100 for n in result["lengths"])
     assert result["mean"] == pytest.approx(np.mean(result["scores"])) and result["max_episode_frames"] == 400
