@@ -14,9 +14,9 @@ carrying its reads (as before world_models/jepa_reads.py), its predictor part (t
 the cached keys and values of the window), the predictor re-reading the whole window (what a step
 cost before the cache), and the reward and termination heads on latents.
 
-With `--run runs/NAME` it also plays `--episodes` full real games with MPC on that run's trained
-world model (the run's `mpc` settings, `mbrl plan`'s code path) and as many with the random
-policy, through the same `evaluate_agent` and the same seeds.
+With `--run runs/NAME` it also scores MPC on that run's trained world model against the run's agent
+and the random policy on the same `--episodes` full real games (`planning_score.score_run`, written
+to results/planning_score.json; `benchmarks/planning_score.py` scores several runs and settings).
 
     python benchmarks/planning.py   # -> benchmarks/results/planning.json, RESULTS.md
     python benchmarks/planning.py --run runs/NAME --episodes 10   # and the scores
@@ -156,32 +156,6 @@ def step_profile(model: JEPAWorldModel, batch: int, repeats: int = 5) -> dict[st
     }
 
 
-def play(run_path: Path, episodes: int, seed: int) -> dict[str, Any]:
-    """Scores of MPC with the run's world model and of the random policy over the same full real games."""
-    from envs.atari import make_env
-    from envs.registration import load_world_model
-    from mbrl.cli import config_for_run
-    from mbrl.collect import RandomPolicy
-    from mbrl.evaluate import evaluate_agent
-    from mbrl.run import RunDir
-
-    run = RunDir(run_path)
-    config = config_for_run(run, None, [], {"eval.episodes": episodes, "device": "cpu"})
-    model, _ = load_world_model(run, torch.device("cpu"))
-    results = {}
-    for name, agent in (("mpc", MPCAgent(model, config.mpc, "cpu", seed=seed)),
-                        ("random", RandomPolicy(make_env(config.env).action_space, seed=seed))):
-        start = time.perf_counter()
-        result = evaluate_agent(agent, config.env, config.eval, seed, progress=False)
-        results[name] = {key: result[key] for key in ("mean", "median", "std", "scores")}
-        results[name]["seconds"] = time.perf_counter() - start
-        print(f"{name}: mean {result['mean']:.2f} +- {result['std']:.2f} over {episodes} games", flush=True)
-    search = config.mpc.search
-    return {"run": str(run_path), "episodes": episodes, "seed": seed, "planner": config.mpc.planner,
-            "candidates": search.candidates, "horizon": search.horizon, "iterations": search.iterations,
-            **results}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actions", type=int, default=30, help="timed actions per row")
@@ -192,7 +166,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads; the planning objective runs imagined steps of fewer than "
                         "128 rollouts on one thread either way (a second thread slows small batches down)")
-    parser.add_argument("--run", type=Path, help="also score MPC with this run's trained world model vs random")
+    parser.add_argument("--run", type=Path, help="also score MPC on this run's world model against its agent and "
+                        "the random policy (results/planning_score.json)")
     parser.add_argument("--episodes", type=int, default=10, help="full real games per policy with --run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json")
     args = parser.parse_args()
@@ -212,9 +187,9 @@ def main() -> None:
     meets = [r for r in rows if r["planner"] == "cem" and r["p95_ms"] <= TARGET_MS]
     best = max(meets, key=lambda r: r["imagined_steps_without_dedupe"], default=None)
     command = (f"python benchmarks/planning.py --actions {args.actions} --large-actions {args.large_actions} "
-               f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}"
-               + (f" --run {args.run} --episodes {args.episodes}" if args.run else ""))
-    score = play(args.run, args.episodes, seed=0) if args.run else None
+               f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}")
+    if args.run:
+        command += f" --run {args.run} --episodes {args.episodes}"
     save_result({
         "benchmark": "planning",
         "torch_threads": args.threads,
@@ -225,8 +200,12 @@ def main() -> None:
         "rows": rows,
         "largest_cem_within_target": None if best is None else
         {k: best[k] for k in ("candidates", "horizon", "iterations", "median_ms", "p95_ms")},
-        "score": score,
     }, args.out)
+    if args.run:
+        from planning_score import RESULT, save_score, score_run
+
+        entry = score_run(args.run, args.episodes, 0, value_from_agent=False, overrides=[])
+        save_score(dict(entry, command=command), RESULT)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ from mbrl.cli import add_config_options, add_device_option, add_set_option, conf
 from mbrl.errors import UserError
 
 if TYPE_CHECKING:
+    import torch
+
+    from agents.mpc import MPCAgent
     from envs.atari import AtariConfig
     from mbrl.evaluate import EvalConfig
+    from mbrl.run import RunDir
+    from mbrl.run_config import RunConfig
 
 ALGO_NAMES = ("ppo", "a2c", "dqn")
 QUIET_HELP = "no progress bar (on a terminal) or line per finished game (in a log)"
@@ -185,10 +190,6 @@ def format_scores(result: dict[str, Any]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     """`mbrl plan`: MPC with the run's world model on full real games."""
-    from agents.mpc import MPCAgent
-    from agents.sb3_agent import value_function
-    from envs.registration import load_world_model
-    from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
 
@@ -198,12 +199,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
              "mpc.search.candidates": args.candidates, "mpc.search.iterations": args.iterations,
              "eval.episodes": args.episodes, "device": args.device}
     config = config_for_run(run, None, args.set, flags)
-    device = resolve_device(config.device)
-    model, _ = load_world_model(run, device)
-    value = None
-    if args.value_from_agent:
-        value = value_function(load_trained_agent(run, with_num_actions(config), device).model)
-    agent = MPCAgent(model, config.mpc, device, seed=args.seed, value_fn=value)
+    agent = mpc_for_run(run, config, resolve_device(config.device), args.seed, args.value_from_agent)
     search = config.mpc.search
     settings = {"agent": f"mpc-{config.mpc.planner}", "horizon": search.horizon, "candidates": search.candidates,
                 "iterations": search.iterations, "value_from_agent": args.value_from_agent}
@@ -211,3 +207,18 @@ def cmd_plan(args: argparse.Namespace) -> None:
     result = play_and_save(agent, config.env, config.eval, args.seed, out, settings, args.gif, args.quiet)
     print(format_scores(result))
     print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))
+
+
+def mpc_for_run(run: RunDir, config: RunConfig, device: torch.device, seed: int, value_from_agent: bool) -> MPCAgent:
+    """`mbrl plan`'s MPC agent: the run's world model and `config.mpc`, with the run's trained agent's critic as
+    terminal value if `value_from_agent`."""
+    from agents.mpc import MPCAgent
+    from agents.sb3_agent import value_function
+    from envs.registration import load_world_model
+    from mbrl.loop import load_trained_agent, with_num_actions
+
+    model, _ = load_world_model(run, device)
+    value = None
+    if value_from_agent:
+        value = value_function(load_trained_agent(run, with_num_actions(config), device).model)
+    return MPCAgent(model, config.mpc, device, seed=seed, value_fn=value)

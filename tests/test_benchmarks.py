@@ -18,10 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
+from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from report import _breakout_100k, write_results_md  # noqa: E402
+from report import _breakout_100k, _planning_score, write_results_md  # noqa: E402
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
@@ -152,3 +153,16 @@ def test_heads_on_play_pair_each_games_latent_with_its_own_next_one() -> None:
     latents = torch.stack([steps, torch.full((5,), 10.0)], dim=1).reshape(10, 1, 1)
     rates = heads_on_play(Heads(), latents, num_envs=2, batch=3)  # type: ignore[arg-type]
     assert rates == {"heads_reward_per_step": (1 + 2 + 3 + 4 + 40) / 8, "heads_life_loss_per_step": 4 / 8}
+
+
+def test_planning_scores_replace_only_the_entry_of_the_same_run_settings_and_games() -> None:
+    score = {"mean": 2.0, "std": 1.0, "seconds": 90.0}
+    entry = {"run": "runs/a", "episodes": 50, "seed": 1, "planner": "cem", "candidates": 64, "horizon": 2,
+             "iterations": 2, "value_from_agent": True, "discount": 0.97, "life_loss_penalty": 1.0, "overrides": [],
+             "mpc": score, "agent": None, "random": dict(score, mean=1.5), "command": "c", "date": "d", "machine": "m"}
+    assert same_entry(entry, dict(entry, mpc=dict(score, mean=3.0)))  # a new score of the same thing
+    for key, other in (("horizon", 8), ("value_from_agent", False), ("seed", 0), ("run", "runs/b"),
+                       ("overrides", ["mpc.life_loss_penalty=3"])):
+        assert not same_entry(entry, dict(entry, **{key: other}))
+    table = "\n".join(_planning_score({"runs": [entry]}))
+    assert "| runs/a | cem | 64, 2, 2 | yes | 1 | 50 (1) | 2.00 +- 1.00 | - | 1.50 +- 1.00 | 1.5 | d, m |" in table

@@ -1,0 +1,102 @@
+"""Breakout score of latent MPC against the run's own agent and the random policy, on the same games.
+
+For each run: full real games with MPC on the run's world model (`mbrl plan`'s agent: the run's
+`mpc` settings with the overrides below, optionally the run's agent's critic as terminal value),
+with the run's trained agent (when it has one) and with the random policy, through the same
+`evaluate_agent` and the same seed, so the three start the same games. Each scored run is written
+to benchmarks/results/planning_score.json at once (replacing an earlier entry with the same run,
+settings, games and seed), so runs can be scored in separate processes or sittings.
+
+    python benchmarks/planning_score.py --runs runs/bench/mbrl-s0 runs/bench/mbrl-s1 --episodes 50 --seed 1 \
+        --value-from-agent --horizon 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mbrl.memory import keep_freed_memory
+from report import HERE, machine, save_result
+
+RESULT = HERE / "results" / "planning_score.json"
+SETTINGS = ("planner", "candidates", "horizon", "iterations", "value_from_agent", "discount", "life_loss_penalty")
+
+
+def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, overrides: list[str]
+              ) -> dict[str, Any]:
+    """Scores of MPC, the run's agent (None without one) and the random policy on the same `episodes` games."""
+    from envs.atari import make_env
+    from mbrl.cli import config_for_run
+    from mbrl.cli_agents import mpc_for_run
+    from mbrl.collect import RandomPolicy
+    from mbrl.evaluate import evaluate_agent
+    from mbrl.loop import AGENT, load_trained_agent, with_num_actions
+    from mbrl.run import RunDir
+
+    run = RunDir(run_path)
+    config = config_for_run(run, None, overrides, {"eval.episodes": episodes, "device": "cpu"})
+    device = torch.device("cpu")
+    policies: dict[str, Any] = {"mpc": mpc_for_run(run, config, device, seed, value_from_agent)}
+    if (run.checkpoint_dir / f"{AGENT}.json").exists():
+        policies["agent"] = load_trained_agent(run, with_num_actions(config), device)
+    policies["random"] = RandomPolicy(make_env(config.env).action_space, seed=seed)
+    search = config.mpc.search
+    entry: dict[str, Any] = {
+        "run": str(run_path), "episodes": episodes, "seed": seed, "planner": config.mpc.planner,
+        "candidates": search.candidates, "horizon": search.horizon, "iterations": search.iterations,
+        "value_from_agent": value_from_agent, "discount": config.mpc.discount,
+        "life_loss_penalty": config.mpc.life_loss_penalty, "overrides": overrides, "agent": None}
+    for name, policy in policies.items():
+        torch.manual_seed(seed)  # SB3's predict samples from torch's global generator
+        start = time.perf_counter()
+        result = evaluate_agent(policy, config.env, config.eval, seed, progress=False)
+        entry[name] = {key: result[key] for key in ("mean", "median", "std", "scores", "lengths")}
+        entry[name]["seconds"] = time.perf_counter() - start
+        print(f"{run_path} {name}: mean {result['mean']:.2f} +- {result['std']:.2f} over {episodes} games",
+              file=sys.stderr, flush=True)
+    return entry
+
+
+def save_score(entry: dict[str, Any], out: Path) -> None:
+    """Add a scored run to the results file `out`, replacing its earlier entry of the same run, settings, games
+    and seed; the file is read again first, as other processes may have added runs meanwhile."""
+    entry = dict(entry, date=time.strftime("%Y-%m-%d"), machine=machine())
+    saved = json.loads(out.read_text()) if out.exists() else {"benchmark": "planning_score", "runs": []}
+    saved["runs"] = [r for r in saved["runs"] if not same_entry(r, entry)] + [entry]
+    save_result(saved, out)
+
+
+def same_entry(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("run", "episodes", "seed", "overrides", *SETTINGS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="train-agent runs to score")
+    parser.add_argument("--episodes", type=int, default=10, help="full real games per policy and run (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the games, the planner and the random policy")
+    parser.add_argument("--value-from-agent", action="store_true",
+                        help="the run's agent's critic values the last imagined latent (as mbrl plan's option)")
+    parser.add_argument("--horizon", type=int, help="imagined steps per candidate (config mpc.search.horizon)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key of every run, e.g. --set mpc.life_loss_penalty=3 (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULT, help="results file (default results/planning_score.json)")
+    args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
+    torch.set_num_threads(1)  # each policy shares the cores with the env workers, as in mbrl evaluate
+    overrides = args.set + ([f"mpc.search.horizon={args.horizon}"] if args.horizon else [])
+    command = " ".join(["python", "benchmarks/planning_score.py", *sys.argv[1:]])
+    for run in args.runs:
+        entry = score_run(run, args.episodes, args.seed, args.value_from_agent, overrides)
+        save_score(dict(entry, command=command), args.out)
+
+
+if __name__ == "__main__":
+    main()
