@@ -375,3 +375,41 @@ def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JE
     b.join()
     assert torch.get_num_threads() == 2
     assert torch.equal(results["A"], expected) and torch.equal(results["B"], expected)
+
+
+def test_first_levels_are_imagined_once_per_state_and_give_the_same_returns(jepa: JEPAWorldModel) -> None:
+    g = torch.Generator().manual_seed(0)
+    state = jepa.observe(torch.randn(2, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (2, 2), generator=g))
+    rounds = [torch.randint(0, 4, (2, 40, 5), generator=g) for _ in range(3)]  # three rounds of a plan, N=40
+    value = lambda z: z.mean((1, 2))  # noqa: E731
+    rows: list[int] = []
+    step = jepa.step
+
+    def spy(*args: object, **kwargs: object) -> object:
+        rows.append(len(args[1]))  # type: ignore[arg-type]
+        return step(*args, **kwargs)  # type: ignore[arg-type]
+
+    jepa.step = spy  # type: ignore[method-assign]
+    tree = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5)  # A=4, N=40: L=2 (16 <= 20)
+    plain = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5, tree_levels=0)
+    full = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5, dedupe=False)
+    for k, sequences in enumerate(rounds):
+        rows.clear()
+        got = tree(state, sequences)
+        assert len(rows) == (2 + 3 if k == 0 else 3)  # the tree's two levels (2 x 4, 2 x 16 rows) only at first
+        assert k > 0 or rows[:2] == [8, 32]
+        torch.testing.assert_close(got, plain(state, sequences), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, full(state, sequences), rtol=0, atol=1e-5)
+    # a state changed in place (a step consumes its state) is a new start: its tree is imagined again
+    state["keys"][0].add_(1.0)
+    rows.clear()
+    torch.testing.assert_close(tree(state, rounds[0]), plain(state, rounds[0]), rtol=0, atol=1e-5)
+    assert rows[:2] == [8, 32]
+
+
+@pytest.mark.parametrize(("candidates", "horizon", "levels"), [(512, 12, 4), (64, 8, 2), (64, 2, 1), (7, 5, 0)])
+def test_tree_levels_cover_what_a_first_round_meets_and_leave_the_last_step(candidates: int, horizon: int,
+                                                                             levels: int) -> None:
+    from agents.planners.objective import _auto_levels
+
+    assert _auto_levels(4, candidates, horizon) == levels

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from agents.planners.base import Objective
 from world_models.base import WorldModel, map_state
+from world_models.blocks import tensor_versions
 
 ValueFn = Callable[[Tensor], Tensor]
 """latents (M, *latent_shape) -> values (M,): a critic to see past the horizon."""
@@ -36,7 +37,7 @@ _THREAD_COUNT = threading.Lock()
 
 def world_model_objective(world_model: WorldModel, discount: float = 0.99, value_fn: ValueFn | None = None,
                           life_loss_penalty: float = 0.0, dedupe: bool = True,
-                          parallel_from: int = PARALLEL_FROM) -> Objective:
+                          parallel_from: int = PARALLEL_FROM, tree_levels: int | None = None) -> Objective:
     """Build `objective(state, action_sequences) -> returns` from the WorldModel interface.
 
     `state` is the world model's imagination state of B problems (`observe` of their real
@@ -48,6 +49,16 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
     deterministic world model and saves most of the early steps (at most A^(t+1) distinct
     prefixes at step t) and much more once a planner's distribution has narrowed. Continuous
     candidates (B, N, H, D), or `dedupe=False`, imagine every candidate.
+
+    With dedupe, the first L steps of every discrete action sequence (all A^L prefixes of each
+    problem, the tree's first levels) are imagined once per state and kept for the next calls
+    with the same state, the planner's later rounds: those rounds then start at step L, with L
+    fewer `step` calls each. Automatic L (`tree_levels` None): the largest with A^L <= N / 2
+    (a plan's first round meets nearly all of those prefixes anyway) and L < H; at N=512, H=12,
+    I=4 on the default JEPA model (A=4, L=4) a plan makes 36 calls instead of 48 and took 0.85
+    (two threads) and 0.91 (one) of the time, alternating per action in one process, the same
+    actions chosen. A state changed in place since (a step consumes its state) is recognised by
+    its tensors' version counters and gets a new tree.
 
     Steps of fewer than `parallel_from` rollouts (the first steps of a plan, when few prefixes
     differ) run on one thread and larger ones on torch's threads: on 2 CPU cores a second thread
@@ -63,7 +74,9 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
         life_loss_penalty: return charged per expected lost life (0: none).
         dedupe: imagine shared discrete prefixes once.
         parallel_from: rollouts from which a step uses more than one thread.
+        tree_levels: L above (None: automatic, 0: none).
     """
+    tree: dict[str, Any] = {}  # the last state's first levels: "key", "state", "levels", "nodes"
 
     @torch.no_grad()
     def objective(state: Any, action_sequences: Tensor) -> Tensor:
@@ -85,9 +98,17 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
             state, node = _select(state, node), torch.arange(b * n, device=flat.device)
         total = torch.zeros(b * n, device=flat.device)
         alive = torch.ones(b * n, device=flat.device)
-        weight = 1.0
+        weight, start = 1.0, 0
+        levels = (_auto_levels(world_model.num_actions, n, horizon) if tree_levels is None
+                  else min(tree_levels, horizon - 1)) if shared else 0
+        if levels:
+            state = first_levels(state, b, levels, threads)
+            for t in range(levels):  # the row of each candidate's prefix in the tree's last level
+                node = node * world_model.num_actions + flat[:, t]
+            total, alive = tree["total"][node], tree["alive"][node]
+            weight, start = discount**levels, levels
         latent = None
-        for t in range(horizon):
+        for t in range(start, horizon):
             want_latent = value_fn is not None and t == horizon - 1  # only a value reads a latent
             if shared:
                 pairs = node * world_model.num_actions + flat[:, t]
@@ -110,7 +131,50 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
             total = total + weight * alive * value_fn(latent)[node]
         return total.view(b, n)
 
+    def first_levels(state: Any, b: int, levels: int, threads: int) -> Any:
+        """The imagination state of all A^levels action prefixes of each of the b problems, row p * A^levels +
+        (the prefix as a base-A number), with their returns and continue products in tree["total"], ["alive"]:
+        kept while `state` is the same object, unchanged."""
+        key = (levels, tensor_versions(_tensors(state)))
+        if tree.get("state") is state and tree["key"] == key:
+            return tree["nodes"]
+        actions = world_model.num_actions
+        total = torch.zeros(b, device=_device(state))
+        alive, weight, nodes = torch.ones_like(total), 1.0, state
+        for _ in range(levels):
+            parent = torch.arange(len(total), device=total.device).repeat_interleave(actions)
+            action = torch.arange(actions, device=total.device).repeat(len(total))
+            torch.set_num_threads(threads if len(parent) >= parallel_from else 1)
+            out = world_model.step(_select(nodes, parent), action, latent=False)
+            gain = out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
+            total = total[parent] + weight * alive[parent] * gain
+            alive = alive[parent] * out.cont
+            weight *= discount
+            nodes = out.state
+        tree.update(state=state, key=key, nodes=nodes, total=total, alive=alive)
+        return nodes
+
     return objective
+
+
+def _auto_levels(actions: int, candidates: int, horizon: int) -> int:
+    """The largest L with actions^L <= candidates / 2 and L < horizon (see `world_model_objective`)."""
+    levels = 0
+    while actions ** (levels + 1) <= candidates // 2 and levels + 1 < horizon:
+        levels += 1
+    return levels
+
+
+def _tensors(state: Any) -> list[Tensor]:
+    """Every tensor of a (nested) imagination state."""
+    found: list[Tensor] = []
+    map_state(found.append, state)
+    return found
+
+
+def _device(state: Any) -> torch.device:
+    """The device of an imagination state (that of its first tensor)."""
+    return _tensors(state)[0].device
 
 
 def _select(state: Any, index: Tensor) -> Any:
