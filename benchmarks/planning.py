@@ -48,33 +48,35 @@ SMALLER = [(512, 8, 2), (256, 12, 3), (256, 8, 3), (128, 8, 3), (64, 8, 2), (64,
 
 
 class CountingSteps:
-    """Wraps `model.step` to count imagined rollout steps (after shared-prefix dedupe)."""
+    """Wraps `model.step` to count imagined rollout steps (after shared-prefix dedupe) and `step` calls."""
 
     def __init__(self, model: JEPAWorldModel) -> None:
-        self.count = 0
+        self.count = self.calls = 0
         self._step = model.step
         model.step = self  # type: ignore[method-assign]
 
     def __call__(self, state: Any, action: torch.Tensor, latent: bool = True) -> Any:
         self.count += len(action)
+        self.calls += 1
         return self._step(state, action, latent=latent)
 
 
 def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig, actions: int,
-               warmup: int) -> tuple[list[float], list[int]]:
-    """Milliseconds of each timed real action of a new MPC agent on one env, and its imagined steps."""
+               warmup: int) -> tuple[list[float], list[tuple[int, int]]]:
+    """Milliseconds of each timed real action of a new MPC agent on one env, and its imagined steps and `step`
+    calls."""
     agent = MPCAgent(model, config, seed=0)
     rng = np.random.default_rng(0)
     times, steps = [], []
     for k in range(warmup + actions):
         obs = rng.integers(0, 256, (1, 4, 64, 64), dtype=np.uint8)
-        counter.count = 0
+        counter.count = counter.calls = 0
         start = time.perf_counter()
         agent.predict(obs, None, np.array([k == 0]), deterministic=True)
         elapsed = time.perf_counter() - start
         if k >= warmup:
             times.append(elapsed * 1e3)
-            steps.append(counter.count)
+            steps.append((counter.count, counter.calls))
     return times, steps
 
 
@@ -84,7 +86,7 @@ def timed_rows(model: JEPAWorldModel, configs: list[tuple[MPCConfig, int]], roun
     a shared machine hits all rows alike), medians and p95 over the actions of all rounds, and each round's
     median (their spread is the machine's)."""
     counter = CountingSteps(model)
-    samples: list[list[tuple[list[float], list[int]]]] = [[] for _ in configs]
+    samples: list[list[tuple[list[float], list[tuple[int, int]]]]] = [[] for _ in configs]
     for _ in range(rounds):
         for k, (config, actions) in enumerate(configs):
             samples[k].append(time_agent(model, counter, config, actions, warmup))
@@ -95,7 +97,8 @@ def timed_rows(model: JEPAWorldModel, configs: list[tuple[MPCConfig, int]], roun
         row = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
                "iterations": search.iterations, "actions": len(ms), "median_ms": float(np.median(ms)),
                "p95_ms": float(np.percentile(ms, 95)), "round_medians_ms": [float(np.median(t)) for t, _ in runs],
-               "imagined_steps": float(np.mean(np.concatenate([steps for _, steps in runs]))),
+               "imagined_steps": float(np.mean([n for _, steps in runs for n, _ in steps])),
+               "step_calls": float(np.mean([c for _, steps in runs for _, c in steps])),
                "imagined_steps_without_dedupe": search.candidates * search.horizon * search.iterations}
         rounds_ms = ", ".join(f"{m:.0f}" for m in row["round_medians_ms"])
         print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}: median "

@@ -202,14 +202,15 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "bfloat16 (AVX512-BF16) made a 512-rollout step 7% faster on two threads, not kept.",
         "",
         "| planner | N | H | I | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps per action "
-        "| without dedupe |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| without dedupe | step calls per action |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
         rounds = ", ".join(f"{m:.0f}" for m in row.get("round_medians_ms", [])) or "-"
         lines.append(f"| {row['planner']} | {row['candidates']} | {row['horizon']} | {row['iterations']} | "
                      f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {rounds} | "
-                     f"{row['imagined_steps']:.0f} | {row['imagined_steps_without_dedupe']} |")
+                     f"{row['imagined_steps']:.0f} | {row['imagined_steps_without_dedupe']} | "
+                     + (f"{row['step_calls']:.0f} |" if "step_calls" in row else "- |"))
     lines += [
         "",
         f"One imagined step of {p['batch']} rollouts with a full context window: {p['step_ms']:.1f} ms, "
