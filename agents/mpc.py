@@ -114,7 +114,10 @@ class MPCAgent:
             episode_start: bool (K,), True where obs is the first of an episode: that env's
                 history and warm start are reset. None: True on the first call (or when K
                 changes), else False.
-            deterministic: unused; the plan depends only on the generator's state.
+            deterministic: act each plan's best sequence's first action (True), or draw the first action
+                from the plan's final distribution (False, as `mbrl evaluate` asks by default: a plan
+                that never finds the point of an action, such as FIRE to serve in Breakout, would
+                otherwise never take it and stall the game). Both depend only on the generator's state.
 
         Returns:
             actions: int64 (K,) (a 0-d array for a single obs), and None for the recurrent state.
@@ -136,7 +139,10 @@ class MPCAgent:
         prior = self.planner.prior(k)
         init = prior if self._warm is None or not self.config.warm_start else _where_rows(start, prior, self._warm)
         plan = self.planner.plan(self.objective, imagination, k, self.generator, init)
-        actions = plan.actions[:, 0]
+        if deterministic:
+            actions = plan.actions[:, 0]
+        else:  # (K, 1, H[, D]) one sequence per env; its first action
+            actions = self.planner.space.sample(plan.distribution, 1, self.generator)[:, 0, 0]
         self.last_plan, self._warm, self._last_action = plan, shift(plan.distribution, prior), actions
         out = actions.cpu().numpy().astype(np.int64)
         return (out[0] if single else out), None

@@ -26,7 +26,9 @@ from mbrl.memory import keep_freed_memory
 from report import HERE, machine, save_result
 
 RESULT = HERE / "results" / "planning_score.json"
-SETTINGS = ("planner", "candidates", "horizon", "iterations", "value_from_agent", "discount", "life_loss_penalty")
+ACTS_BEFORE = "best"  # entries written before `mpc_acts` was recorded: MPC acted its best sequence's first action
+SETTINGS = ("planner", "candidates", "horizon", "iterations", "value_from_agent", "discount", "life_loss_penalty",
+            "mpc_acts")
 
 
 def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, overrides: list[str]
@@ -52,11 +54,15 @@ def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, 
         "run": str(run_path), "episodes": episodes, "seed": seed, "planner": config.mpc.planner,
         "candidates": search.candidates, "horizon": search.horizon, "iterations": search.iterations,
         "value_from_agent": value_from_agent, "discount": config.mpc.discount,
-        "life_loss_penalty": config.mpc.life_loss_penalty, "overrides": overrides, "agent": None}
+        "life_loss_penalty": config.mpc.life_loss_penalty, "mpc_acts": "best" if config.eval.deterministic else
+        "sampled", "overrides": overrides, "agent": None}
     for name, policy in policies.items():
         torch.manual_seed(seed)  # SB3's predict samples from torch's global generator
         start = time.perf_counter()
-        result = evaluate_agent(policy, config.env, config.eval, seed, progress=False)
+        result = evaluate_agent(policy, config.env, config.eval, seed, progress=False,
+                                on_game=lambda r, name=name: print(
+                                    f"{run_path} {name}: game {r['episodes']}: {r['scores'][-1]:g} in "
+                                    f"{r['lengths'][-1]} steps", file=sys.stderr, flush=True))
         entry[name] = {key: result[key] for key in ("mean", "median", "std", "scores", "lengths")}
         entry[name]["seconds"] = time.perf_counter() - start
         print(f"{run_path} {name}: mean {result['mean']:.2f} +- {result['std']:.2f} over {episodes} games",
@@ -74,7 +80,8 @@ def save_score(entry: dict[str, Any], out: Path) -> None:
 
 
 def same_entry(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("run", "episodes", "seed", "overrides", *SETTINGS))
+    return all(a.get(k, ACTS_BEFORE) == b.get(k, ACTS_BEFORE) if k == "mpc_acts" else a.get(k) == b.get(k)
+               for k in ("run", "episodes", "seed", "overrides", *SETTINGS))
 
 
 def main() -> None:

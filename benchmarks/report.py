@@ -236,12 +236,15 @@ def _planning_score(r: dict[str, Any]) -> list[str]:
         "Per run: full real games (no episodic life, sticky actions 0.25, 108k-frame cap, raw score) with MPC on "
         "the run's world model (`mbrl plan`'s agent; 'value': the run's agent's critic values the last imagined "
         "latent), with the run's own trained agent and with the random policy, through the same evaluation code "
-        "and seed, so the three start the same games. Target of issue 6: MPC clearly above random. Mean +- std "
+        "and seed, so the three start the same games. 'MPC acts': the first action of the best sequence found, or "
+        "one drawn from the plan's final distribution (what `mbrl evaluate` and `mbrl plan` do since 2026-12-03, "
+        "as with agents: a plan that never values FIRE otherwise stalls the game). Target of issue 6: MPC clearly "
+        "above random. Mean +- std "
         "over games; minutes of MPC's games (one torch thread, sharing the cores).",
         "",
-        "| run | planner | N, H, I | value | life-loss penalty | games (seed) | MPC | run's agent | random "
+        "| run | planner | N, H, I | value | life-loss penalty | MPC acts | games (seed) | MPC | run's agent | random "
         "| MPC minutes | date, machine |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def cell(x: dict[str, Any] | None) -> str:
@@ -249,7 +252,8 @@ def _planning_score(r: dict[str, Any]) -> list[str]:
 
     for e in r["runs"]:
         lines.append(f"| {e['run']} | {e['planner']} | {e['candidates']}, {e['horizon']}, {e['iterations']} | "
-                     f"{'yes' if e['value_from_agent'] else 'no'} | {e['life_loss_penalty']:g} | {e['episodes']} "
+                     f"{'yes' if e['value_from_agent'] else 'no'} | {e['life_loss_penalty']:g} | "
+                     f"{e.get('mpc_acts', 'best')} | {e['episodes']} "
                      f"({e['seed']}) | {cell(e['mpc'])} | {cell(e['agent'])} | {cell(e['random'])} | "
                      f"{e['mpc']['seconds'] / 60:.1f} | {e['date']}, {e['machine']} |")
     lines += ["", "Commands:", ""]

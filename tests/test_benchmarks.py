@@ -162,7 +162,9 @@ def test_planning_scores_replace_only_the_entry_of_the_same_run_settings_and_gam
              "mpc": score, "agent": None, "random": dict(score, mean=1.5), "command": "c", "date": "d", "machine": "m"}
     assert same_entry(entry, dict(entry, mpc=dict(score, mean=3.0)))  # a new score of the same thing
     for key, other in (("horizon", 8), ("value_from_agent", False), ("seed", 0), ("run", "runs/b"),
-                       ("overrides", ["mpc.life_loss_penalty=3"])):
+                       ("overrides", ["mpc.life_loss_penalty=3"]), ("mpc_acts", "sampled")):
         assert not same_entry(entry, dict(entry, **{key: other}))
+    assert same_entry(entry, dict(entry, mpc_acts="best"))  # entries from before the field acted the best
     table = "\n".join(_planning_score({"runs": [entry]}))
-    assert "| runs/a | cem | 64, 2, 2 | yes | 1 | 50 (1) | 2.00 +- 1.00 | - | 1.50 +- 1.00 | 1.5 | d, m |" in table
+    row = "| runs/a | cem | 64, 2, 2 | yes | 1 | best | 50 (1) | 2.00 +- 1.00 | - | 1.50 +- 1.00 | 1.5 | d, m |"
+    assert row in table

@@ -308,6 +308,17 @@ def test_mpc_warm_start_is_the_shifted_plan(jepa: JEPAWorldModel) -> None:
     assert torch.allclose(seen[1].probs[1], torch.full((4, 4), 0.25)), "an episode start forgets the warm start"
 
 
+def test_mpc_acts_the_best_sequence_or_draws_from_the_plans_distribution(jepa: JEPAWorldModel) -> None:
+    agent = MPCAgent(jepa, MPCConfig(search=PlannerConfig(horizon=3, candidates=8, iterations=1)), seed=0)
+    probs = torch.zeros(2, 3, 4)
+    probs[:, :, 2] = 1.0  # the distribution says action 2 at every step, the best candidate says 0
+    agent.planner.plan = lambda *args, **kwargs: Plan(  # type: ignore[method-assign]
+        torch.zeros(2, 3, dtype=torch.long), torch.zeros(2), Categorical(probs))
+    assert agent.predict(frames(2, 0), None, np.ones(2, bool), deterministic=True)[0].tolist() == [0, 0]
+    assert agent.predict(frames(2, 1), None, np.zeros(2, bool), deterministic=False)[0].tolist() == [2, 2]
+    assert agent._last_action.tolist() == [2, 2], "the action taken goes into the history"
+
+
 def test_mpc_agent_is_seeded(jepa: JEPAWorldModel) -> None:
     def play(seed: int) -> list[int]:
         config = MPCConfig(planner="shooting", search=PlannerConfig(horizon=3, candidates=4, iterations=1))

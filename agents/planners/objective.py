@@ -76,7 +76,7 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
         parallel_from: rollouts from which a step uses more than one thread.
         tree_levels: L above (None: automatic, 0: none).
     """
-    tree: dict[str, Any] = {}  # the last state's first levels: "key", "state", "levels", "nodes"
+    tree: dict[str, Any] = {}  # the last state's first levels: "state", "key", "nodes", "total", "alive"
 
     @torch.no_grad()
     def objective(state: Any, action_sequences: Tensor) -> Tensor:
