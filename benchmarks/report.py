@@ -196,10 +196,15 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "before it and 126 ms after, but five alternated runs of each (CEM row only) gave medians 98-120 ms "
         "without and 114-135 with, so on this shared machine the change is within run-to-run spread for "
         "planning (it is clearer for the dream env's pixel mode). Since then the script measures every row in "
-        "3 rounds, all rows in turn, and shows each round's median. What remains is per-step and per-row work "
-        "outside the matrix products: a plan takes 48 calls of `step` (I x H), ~207 torch calls each (~0.7 ms "
-        "of fixed cost), and ~10 us per rollout step against ~2.3 us of arithmetic; carrying the reads in "
-        "bfloat16 (AVX512-BF16) made a 512-rollout step 7% faster on two threads, not kept.",
+        "3 rounds, all rows in turn, and shows each round's median: 112 ms on 2026-12-02 (rounds 105, 109, 133). "
+        "Since 2026-12-03 the first levels of the action tree (4 at N=512) are imagined once per plan and shared "
+        "by its rounds (agents/planners/objective.py): 36 calls of `step` per plan instead of 48, 0.91 of the time per "
+        "action alternating the two in one process on idle cores (152 against 169 ms, the same actions), but "
+        "this machine was slower that day (one 512-rollout step 5.7 ms against 4.1 on 2026-12-02), so the "
+        "table's figures are above the earlier ones. What remains is per-step and per-row work outside the "
+        "matrix products: ~217 torch calls per `step` (~1 ms of fixed cost), and ~10 us per rollout step "
+        "against ~2.3 us of arithmetic; carrying the reads in bfloat16 (AVX512-BF16) made a 512-rollout step 7% "
+        "faster on two threads, not kept.",
         "",
         "| planner | N | H | I | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps per action "
         "| without dedupe | step calls per action |",
