@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from agents.planners.base import Objective
-from world_models.base import WorldModel, map_state
+from world_models.base import StepOutput, WorldModel, map_state
 from world_models.blocks import tensor_versions
 
 ValueFn = Callable[[Tensor], Tensor]
@@ -120,8 +120,7 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
                 torch.set_num_threads(threads if len(flat) >= parallel_from else 1)
                 out = world_model.step(state, flat[:, t], latent=want_latent)
             state = out.state
-            gain = out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
-            total = total + weight * alive * gain[node]
+            total = total + weight * alive * gain(out)[node]
             alive = alive * out.cont[node]
             weight *= discount
             latent = out.latent
@@ -131,23 +130,27 @@ def world_model_objective(world_model: WorldModel, discount: float = 0.99, value
             total = total + weight * alive * value_fn(latent)[node]
         return total.view(b, n)
 
+    def gain(out: StepOutput) -> Tensor:
+        """An imagined step's reward, less the penalty for its expected lost lives."""
+        return out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
+
     def first_levels(state: Any, b: int, levels: int, threads: int) -> Any:
         """The imagination state of all A^levels action prefixes of each of the b problems, row p * A^levels +
         (the prefix as a base-A number), with their returns and continue products in tree["total"], ["alive"]:
         kept while `state` is the same object, unchanged."""
-        key = (levels, tensor_versions(_tensors(state)))
+        tensors = _tensors(state)
+        key = (levels, tensor_versions(tensors))
         if tree.get("state") is state and tree["key"] == key:
             return tree["nodes"]
         actions = world_model.num_actions
-        total = torch.zeros(b, device=_device(state))
+        total = torch.zeros(b, device=tensors[0].device)
         alive, weight, nodes = torch.ones_like(total), 1.0, state
         for _ in range(levels):
             parent = torch.arange(len(total), device=total.device).repeat_interleave(actions)
             action = torch.arange(actions, device=total.device).repeat(len(total))
             torch.set_num_threads(threads if len(parent) >= parallel_from else 1)
             out = world_model.step(_select(nodes, parent), action, latent=False)
-            gain = out.reward - life_loss_penalty * out.life_loss if life_loss_penalty else out.reward
-            total = total[parent] + weight * alive[parent] * gain
+            total = total[parent] + weight * alive[parent] * gain(out)
             alive = alive[parent] * out.cont
             weight *= discount
             nodes = out.state
@@ -170,11 +173,6 @@ def _tensors(state: Any) -> list[Tensor]:
     found: list[Tensor] = []
     map_state(found.append, state)
     return found
-
-
-def _device(state: Any) -> torch.device:
-    """The device of an imagination state (that of its first tensor)."""
-    return _tensors(state)[0].device
 
 
 def _select(state: Any, index: Tensor) -> Any:
