@@ -45,9 +45,11 @@ def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, 
     run = RunDir(run_path)
     config = config_for_run(run, None, overrides, {"eval.episodes": episodes, "device": "cpu"})
     device = torch.device("cpu")
-    policies: dict[str, Any] = {"mpc": mpc_for_run(run, config, device, seed, value_from_agent)}
-    if (run.checkpoint_dir / f"{AGENT}.json").exists():
-        policies["agent"] = load_trained_agent(run, with_num_actions(config), device)
+    trained = (load_trained_agent(run, with_num_actions(config), device)
+               if (run.checkpoint_dir / f"{AGENT}.json").exists() or value_from_agent else None)
+    policies: dict[str, Any] = {"mpc": mpc_for_run(run, config, device, seed, trained if value_from_agent else None)}
+    if trained is not None:
+        policies["agent"] = trained
     policies["random"] = RandomPolicy(make_env(config.env).action_space, seed=seed)
     search = config.mpc.search
     entry: dict[str, Any] = {

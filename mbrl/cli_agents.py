@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from agents.mpc import MPCAgent
+    from agents.sb3_agent import LatentAgent
     from envs.atari import AtariConfig
     from mbrl.evaluate import EvalConfig
     from mbrl.run import RunDir
@@ -190,6 +191,7 @@ def format_scores(result: dict[str, Any]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     """`mbrl plan`: MPC with the run's world model on full real games."""
+    from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
 
@@ -199,7 +201,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
              "mpc.search.candidates": args.candidates, "mpc.search.iterations": args.iterations,
              "eval.episodes": args.episodes, "device": args.device}
     config = config_for_run(run, None, args.set, flags)
-    agent = mpc_for_run(run, config, resolve_device(config.device), args.seed, args.value_from_agent)
+    device = resolve_device(config.device)
+    trained = load_trained_agent(run, with_num_actions(config), device) if args.value_from_agent else None
+    agent = mpc_for_run(run, config, device, args.seed, critic_of=trained)
     search = config.mpc.search
     settings = {"agent": f"mpc-{config.mpc.planner}", "horizon": search.horizon, "candidates": search.candidates,
                 "iterations": search.iterations, "value_from_agent": args.value_from_agent}
@@ -209,16 +213,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(f"written to {out}" + (f"; GIF {args.gif}" if args.gif else ""))
 
 
-def mpc_for_run(run: RunDir, config: RunConfig, device: torch.device, seed: int, value_from_agent: bool) -> MPCAgent:
-    """`mbrl plan`'s MPC agent: the run's world model and `config.mpc`, with the run's trained agent's critic as
-    terminal value if `value_from_agent`."""
+def mpc_for_run(run: RunDir, config: RunConfig, device: torch.device, seed: int,
+                critic_of: LatentAgent | None = None) -> MPCAgent:
+    """`mbrl plan`'s MPC agent: the run's world model and `config.mpc`; given the run's trained agent
+    (`load_trained_agent`), its world model (the same checkpoint) and its critic as terminal value."""
     from agents.mpc import MPCAgent
     from agents.sb3_agent import value_function
     from envs.registration import load_world_model
-    from mbrl.loop import load_trained_agent, with_num_actions
 
-    model, _ = load_world_model(run, device)
-    value = None
-    if value_from_agent:
-        value = value_function(load_trained_agent(run, with_num_actions(config), device).model)
-    return MPCAgent(model, config.mpc, device, seed=seed, value_fn=value)
+    if critic_of is None:
+        return MPCAgent(load_world_model(run, device)[0], config.mpc, device, seed=seed)
+    return MPCAgent(critic_of.world_model, config.mpc, device, seed=seed, value_fn=value_function(critic_of.model))
