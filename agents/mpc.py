@@ -3,8 +3,9 @@
 At every real step `MPCAgent` encodes the newest frame stack of each of K real envs, appends
 it (and the action just taken) to that env's history, turns the histories into one batched
 imagination state with `world_model.observe`, plans for all K envs in one planner call, acts
-each plan's first action and keeps the plan's distribution shifted by one step as the next
-warm start. It has SB3's `predict` signature, so the evaluation code scores it like a policy.
+each plan's first action (the best sequence's with `deterministic=True`, else one drawn from the
+plan's distribution for the first step) and keeps the plan's distribution shifted by one step as
+the next warm start. It has SB3's `predict` signature, so the evaluation code scores it like a policy.
 """
 
 from __future__ import annotations

@@ -72,10 +72,11 @@ def add_agent_commands(sub: Any) -> None:
     plan = sub.add_parser(
         "plan", help="play the real game with model-predictive control in the run's world model",
         description="At every real step, encode the recent frames with the run's world model, search action "
-        "sequences in imagination (CEM, MPPI or random shooting; all candidates in one batch), act the first action "
-        "and keep the shifted plan as the next warm start. Scored with the same code as mbrl evaluate; writes "
-        "runs/NAME/plan-PLANNER.json (rewritten after every finished game). Settings live in the config's mpc "
-        "section; the options below override them.")
+        "sequences in imagination (CEM, MPPI or random shooting; all candidates in one batch), act its first "
+        "action (drawn from the plan's distribution for the first step; with --set eval.deterministic=true the best "
+        "sequence's first action) and keep the shifted plan as the next warm start. Scored with the same code as "
+        "mbrl evaluate; writes runs/NAME/plan-PLANNER.json (rewritten after every finished game). Settings live in "
+        "the config's mpc section; the options below override them.")
     plan.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
     plan.add_argument("--planner", choices=("cem", "mppi", "shooting"), help="search method (config mpc.planner)")
     plan.add_argument("--env", help="ALE game id; must be the run's (default: the run's)")
