@@ -100,13 +100,20 @@ def ppo_baseline(venv: Any, seed: int, directory: Path | None = None) -> Any:
 
 
 def run_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> dict[str, Any]:
-    """SB3 PPO with a CNN on real Breakout (episodic life and clipped rewards for training), checkpointed per chunk."""
+    """The PPO baseline trained (`train_ppo`) and scored."""
+    from mbrl.evaluate import evaluate_agent
+
+    return evaluate_agent(train_ppo(seed, real_steps, runs, config), config.env, config.eval, seed=_eval_seed(seed))
+
+
+def train_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> Any:
+    """SB3 PPO with a CNN on real Breakout (episodic life and clipped rewards for training) for `real_steps`,
+    checkpointed per chunk in runs/ppo-sSEED and resumed from there (returned at once if it is trained)."""
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
 
     from agents.sb3_agent import agent_tensors
     from envs.atari import make_env
     from mbrl.checkpoint import save_checkpoint
-    from mbrl.evaluate import evaluate_agent
 
     train_env = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
     venv = VecMonitor(SubprocVecEnv([lambda: make_env(train_env)] * 8))
@@ -118,7 +125,7 @@ def run_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> dict[str, An
         save_checkpoint(directory, "ppo", tensors, meta, step=model.num_timesteps)
         print(f"ppo seed {seed}: {model.num_timesteps} real steps", file=sys.stderr)
     venv.close()
-    return evaluate_agent(model, config.env, config.eval, seed=_eval_seed(seed))
+    return model
 
 
 def run_random(seed: int, config: Any) -> dict[str, Any]:

@@ -298,6 +298,45 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The final 100k agents on more games (`benchmarks/breakout_100k_games.py`)",
+        "",
+        f"Machines: {'; '.join(sorted({x['machine'] for x in r['runs']}))}. "
+        f"Date of the last: {max(x['date'] for x in r['runs'])}. Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(x["command"] for x in r["runs"])) + ".",
+        "Each seed's final agents of the table above (mbrl: the run's agent; PPO: the baseline's, trained again "
+        "on this machine where it lacked it; random) on the same full games per seed, another set than the "
+        "table's 8 (evaluation rules as there).",
+        "",
+        "| method | games per seed | seeds | score mean +- std over seeds | per-seed mean (std over games) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    groups: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for run in r["runs"]:
+        groups.setdefault((run["method"], run["episodes"]), {})[run["seed"]] = run
+    for (method, episodes), runs in sorted(groups.items()):
+        means = [run["mean"] for _, run in sorted(runs.items())]
+        per_seed = ", ".join(f"s{seed}: {run['mean']:.2f} ({run['std']:.2f})" for seed, run in sorted(runs.items()))
+        lines.append(f"| {method} | {episodes} | {len(runs)} | {statistics.mean(means):.2f} +- "
+                     f"{statistics.pstdev(means):.2f} | {per_seed} |")
+    lines.append("")
+    for (method, episodes), runs in sorted(groups.items()):
+        for other in ("ppo", "random"):
+            if method != "mbrl" or (other, episodes) not in groups:
+                continue
+            seeds = sorted(set(runs) & set(groups[other, episodes]))
+            diffs = [runs[s]["mean"] - groups[other, episodes][s]["mean"] for s in seeds]
+            if len(diffs) < 2:
+                continue
+            spread = statistics.stdev(diffs)
+            t = statistics.mean(diffs) / (spread / len(diffs) ** 0.5) if spread else float("inf")
+            lines.append(f"- mbrl - {other}, paired over seeds {', '.join(map(str, seeds))} ({episodes} games each): "
+                         + ", ".join(f"{d:+.2f}" for d in diffs)
+                         + f"; mean {statistics.mean(diffs):+.2f}, t = {t:.2f} with {len(diffs) - 1} df.")
+    return [*lines, ""]
+
+
 def _world_model_ablation(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Stage-1 event loss, per-part clipping and the predictor's linear path (`mbrl eval-world-model`)",
@@ -537,6 +576,7 @@ RENDERERS = {
     "head_calibration": _head_calibration,
     "world_model_ablation": _world_model_ablation,
     "breakout_100k": _breakout_100k,
+    "breakout_100k_games": _breakout_100k_games,
     "world_model_quality": _world_model_quality,
     "collect_throughput": _collect_throughput,
     "dream_throughput": _dream_throughput,

@@ -22,7 +22,7 @@ from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from report import _breakout_100k, _planning_score, write_results_md  # noqa: E402
+from report import _breakout_100k, _breakout_100k_games, _planning_score, write_results_md  # noqa: E402
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
@@ -168,3 +168,18 @@ def test_planning_scores_replace_only_the_entry_of_the_same_run_settings_and_gam
     table = "\n".join(_planning_score({"runs": [entry]}))
     row = "| runs/a | cem | 64, 2, 2 | yes | 1 | best | 50 (1) | 2.00 +- 1.00 | - | 1.50 +- 1.00 | 1.5 | d, m |"
     assert row in table
+
+
+def test_more_games_table_pairs_each_seed_of_mbrl_with_the_same_seed_of_the_others() -> None:
+    def run(method: str, seed: int, mean: float) -> dict[str, object]:
+        return {"method": method, "seed": seed, "episodes": 50, "mean": mean, "std": 1.0, "date": "d",
+                "machine": "m", "command": "c"}
+
+    runs = [run("mbrl", 0, 3.0), run("mbrl", 1, 2.0), run("mbrl", 2, 4.0), run("ppo", 0, 1.0), run("ppo", 1, 1.0),
+            run("random", 0, 1.5), run("random", 1, 1.5), run("random", 2, 1.5)]
+    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    assert "| mbrl | 50 | 3 | 3.00 +- 0.82 | s0: 3.00 (1.00), s1: 2.00 (1.00), s2: 4.00 (1.00) |" in table
+    # seed 2 has no PPO agent: the pairs are seeds 0 and 1, differences 2 and 1, t = 1.5 / (0.707 / sqrt 2) = 3
+    assert "- mbrl - ppo, paired over seeds 0, 1 (50 games each): +2.00, +1.00; mean +1.50, t = 3.00 with 1 df." in table
+    assert "- mbrl - random, paired over seeds 0, 1, 2 (50 games each): +1.50, +0.50, +2.50; mean +1.50, t = 2.60" \
+        in table
