@@ -10,11 +10,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import breakout_100k_games  # noqa: E402
 from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
@@ -180,6 +182,18 @@ def test_more_games_table_pairs_each_seed_of_mbrl_with_the_same_seed_of_the_othe
     table = "\n".join(_breakout_100k_games({"runs": runs}))
     assert "| mbrl | 50 | 3 | 3.00 +- 0.82 | s0: 3.00 (1.00), s1: 2.00 (1.00), s2: 4.00 (1.00) |" in table
     # seed 2 has no PPO agent: the pairs are seeds 0 and 1, differences 2 and 1, t = 1.5 / (0.707 / sqrt 2) = 3
-    assert "- mbrl - ppo, paired over seeds 0, 1 (50 games each): +2.00, +1.00; mean +1.50, t = 3.00 with 1 df." in table
+    assert "- mbrl - ppo, paired over seeds 0, 1 (50 games each): +2.00, +1.00; mean +1.50, t = 3.00 with 1 df." \
+        in table
     assert "- mbrl - random, paired over seeds 0, 1, 2 (50 games each): +1.50, +0.50, +2.50; mean +1.50, t = 2.60" \
         in table
+
+
+def test_more_games_refuse_an_mbrl_seed_whose_run_has_not_finished(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = tmp_path / "breakout_100k.json"
+    run = {"method": "mbrl", "seed": 0, "real_steps": 100_000, "hours": 1.0, "mean": 1.0, "std": 0.0}
+    trained.write_text(json.dumps({"runs": [run, dict(run, seed=1, superseded="a bug")]}))
+    monkeypatch.setattr(breakout_100k_games, "TRAINED", trained)
+    with pytest.raises(SystemExit, match="no finished mbrl run for seed 1"):  # only a superseded run: not done
+        breakout_100k_games.final_agent("mbrl", 1, 100_000, tmp_path, None)
+    assert breakout_100k_games.games_seed(0) != breakout_100k_games.games_seed(1)
