@@ -337,6 +337,25 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _serving(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## How the final 100k agents serve (`benchmarks/serving.py`)",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in r["rows"])) + ".",
+        "Full games (evaluation rules as above) on one env per agent; 'wait' = steps from a lost life to the next "
+        "FIRE, which serves the ball again.",
+        "",
+        "| agent | seed | games | FIRE share | wait median | wait mean | steps per game | mean score |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in sorted(r["rows"], key=lambda row: (row["agent"], row["seed"], row["episodes"])):
+        wait = "- | -" if row["median_wait"] is None else f"{row['median_wait']:g} | {row['mean_wait']:.1f}"
+        lines.append(f"| {row['agent']} | {row['seed']} | {row['episodes']} | {row['fire_share']:.1%} | {wait} | "
+                     f"{row['steps_per_game']:.0f} | {row['mean_score']:.2f} |")
+    return [*lines, ""]
+
+
 def _world_model_ablation(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Stage-1 event loss, per-part clipping and the predictor's linear path (`mbrl eval-world-model`)",
@@ -577,6 +596,7 @@ RENDERERS = {
     "world_model_ablation": _world_model_ablation,
     "breakout_100k": _breakout_100k,
     "breakout_100k_games": _breakout_100k_games,
+    "serving": _serving,
     "world_model_quality": _world_model_quality,
     "collect_throughput": _collect_throughput,
     "dream_throughput": _dream_throughput,

@@ -22,9 +22,10 @@ from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
+from serving import serve_waits  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from report import _breakout_100k, _breakout_100k_games, _planning_score, write_results_md  # noqa: E402
+from report import _breakout_100k, _breakout_100k_games, _planning_score, _serving, write_results_md  # noqa: E402
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
@@ -197,3 +198,18 @@ def test_more_games_refuse_an_mbrl_seed_whose_run_has_not_finished(tmp_path: Pat
     with pytest.raises(SystemExit, match="no finished mbrl run for seed 1"):  # only a superseded run: not done
         breakout_100k_games.final_agent("mbrl", 1, 100_000, tmp_path, None)
     assert breakout_100k_games.games_seed(0) != breakout_100k_games.games_seed(1)
+
+
+def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> None:
+    fire = 1
+    #          step: 0  1  2  3  4  5  6  7  8
+    actions = [1, 2, 3, 0, 2, 1, 1, 3, 0]
+    lost = [False, True, False, False, False, False, False, True, False]  # lives lost at steps 1 and 7
+    assert serve_waits(actions, lost, fire) == [4]  # FIRE at step 5, 4 steps after step 1; none after step 7
+    assert serve_waits([1, 1], [True, False], fire) == [1]
+    assert serve_waits([0, 0], [False, False], fire) == []
+    row = {"agent": "mbrl", "seed": 1, "episodes": 10, "fire_share": 0.027, "median_wait": 49.0, "mean_wait": 217.0,
+           "steps_per_game": 1138.3, "mean_score": 3.1, "command": "c"}
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [row, dict(row, median_wait=None)]}))
+    assert "| mbrl | 1 | 10 | 2.7% | 49 | 217.0 | 1138 | 3.10 |" in table
+    assert "| mbrl | 1 | 10 | 2.7% | - | - | 1138 | 3.10 |" in table

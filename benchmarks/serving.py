@@ -1,0 +1,104 @@
+"""How the final 100k agents serve: how often they press FIRE, and how long they wait after a lost life.
+
+In Breakout the ball waits after every lost life until FIRE is pressed (the game's first serve is
+pressed by `envs.atari.FireReset`). An agent that rarely presses FIRE loses no lives while it
+waits, which a dream that ends imagined episodes at a lost life may reward. For each agent
+(`METHOD:SEED`, loaded as `breakout_100k_games.py` does) this plays `--episodes` full games on one
+env and reports: the share of steps with FIRE, the steps from each lost life to the next FIRE
+(median, mean), steps per game and the mean score. Rows go to results/serving.json (replacing
+the same agent's row for the same games).
+
+    python benchmarks/serving.py --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from breakout_100k_games import final_agent, games_seed
+
+from mbrl.memory import keep_freed_memory
+from report import HERE, save_result
+
+RESULT = HERE / "results" / "serving.json"
+
+
+def serve_waits(actions: list[int], life_lost: list[bool], fire: int) -> list[int]:
+    """Steps from each lost life to the next FIRE, that step included, in one game: actions[t] is taken at step t
+    and life_lost[t] says whether step t lost a life. A lost life with no FIRE after it counts nothing."""
+    waits, lost_at = [], None
+    for t, (action, lost) in enumerate(zip(actions, life_lost, strict=True)):
+        if lost_at is not None and action == fire:
+            waits.append(t - lost_at)
+            lost_at = None
+        if lost:
+            lost_at = t
+    return waits
+
+
+def play(agent: Any, env: Any, games: int, seed: int) -> dict[str, Any]:
+    """`games` full games of `agent` on `env` (one env, as the agent's `predict` takes a batch of one)."""
+    fire = env.unwrapped.get_action_meanings().index("FIRE")
+    waits: list[int] = []
+    scores, lengths, fires = [], [], 0
+    obs, _ = env.reset(seed=seed)
+    for _ in range(games):
+        actions: list[int] = []
+        lost: list[bool] = []
+        score, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs[None], None, np.array([not actions]), deterministic=False)
+            actions.append(int(np.asarray(action)[0]))
+            obs, _, terminated, truncated, info = env.step(actions[-1])
+            lost.append(bool(info["life_loss"]))
+            score += float(info["raw_reward"])
+            done = terminated or truncated
+        waits += serve_waits(actions, lost, fire)
+        fires += sum(a == fire for a in actions)
+        scores.append(score)
+        lengths.append(len(actions))
+        obs, _ = env.reset()
+    return {"fire_share": fires / sum(lengths), "median_wait": float(np.median(waits)) if waits else None,
+            "mean_wait": float(np.mean(waits)) if waits else None, "serves": len(waits),
+            "steps_per_game": float(np.mean(lengths)), "mean_score": float(np.mean(scores)), "scores": scores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", nargs="+", required=True, metavar="METHOD:SEED",
+                        help="final agents of breakout_100k.py's runs, e.g. mbrl:1 ppo:1 random:1")
+    parser.add_argument("--episodes", type=int, default=10, help="full games per agent (default 10)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
+    args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
+    torch.set_num_threads(1)
+    from envs.atari import make_env
+    from mbrl.evaluate import eval_env_config
+    from mbrl.run_config import resolve_config
+
+    config = resolve_config("atari100k", [])
+    env = make_env(eval_env_config(config.env, config.eval))
+    command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
+    for spec in args.agents:
+        method, seed = spec.split(":")
+        agent = final_agent(method, int(seed), 100_000, args.runs, config)
+        torch.manual_seed(int(seed))  # SB3's predict samples from torch's global generator
+        row = {"agent": method, "seed": int(seed), "episodes": args.episodes, "command": command,
+               **play(agent, env, args.episodes, games_seed(int(seed)))}
+        print(f"{spec}: FIRE on {row['fire_share']:.1%} of steps, median wait after a lost life {row['median_wait']}, "
+              f"{row['steps_per_game']:.0f} steps per game, mean score {row['mean_score']:.2f}", file=sys.stderr)
+        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
+        saved["rows"] = [r for r in saved["rows"] if (r["agent"], r["seed"], r["episodes"]) !=
+                         (method, int(seed), args.episodes)] + [row]
+        save_result(saved, RESULT)
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
