@@ -353,6 +353,14 @@ def _serving(r: dict[str, Any]) -> list[str]:
         wait = "- | -" if row["median_wait"] is None else f"{row['median_wait']:g} | {row['mean_wait']:.1f}"
         lines.append(f"| {row['agent']} | {row['seed']} | {row['episodes']} | {row['fire_share']:.1%} | {wait} | "
                      f"{row['steps_per_game']:.0f} | {row['mean_score']:.2f} |")
+    if r.get("dream"):
+        lines += ["", "In the dream of an mbrl run (its world model, imagined episodes from real contexts, ended at a "
+                  "lost life or after the dream's horizon): imagined reward and lost lives per imagined step. "
+                  "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in r["dream"]))
+                  + ".", "", "| mbrl run | policy | imagined steps | reward per step | lost lives per step |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| seed {row['run_seed']} | {row['policy']} | {row['steps']} | {row['reward_per_step']:.4f} | "
+                  f"{row['ends_per_step']:.4f} |" for row in r["dream"]]
     return [*lines, ""]
 
 

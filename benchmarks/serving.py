@@ -8,7 +8,14 @@ env and reports: the share of steps with FIRE, the steps from each lost life to 
 (median, mean), steps per game and the mean score. Rows go to results/serving.json (replacing
 the same agent's row for the same games).
 
+With `--dream-seeds S ...` it also asks whether the dream of the mbrl run of seed S rewards not
+serving: in that dream (`mbrl.loop.run_dream`, as the agent learned in it, from real contexts of
+the run's training episodes) it runs, for `--dream-steps` imagined steps each, the uniformly random
+policy, a random policy that never presses FIRE, and the run's final agent, and reports the
+imagined reward and model-ended episodes (lost lives) per step (`latent_distill.dream_rates`).
+
     python benchmarks/serving.py --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
+    python benchmarks/serving.py --agents mbrl:1 --dream-seeds 1 4
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from breakout_100k_games import final_agent, games_seed
+from latent_distill import dream_rates
 
 from mbrl.memory import keep_freed_memory
 from report import HERE, save_result
@@ -69,11 +77,49 @@ def play(agent: Any, env: Any, games: int, seed: int) -> dict[str, Any]:
             "steps_per_game": float(np.mean(lengths)), "mean_score": float(np.mean(scores)), "scores": scores}
 
 
+class UniformOver:
+    """A random policy over some of the actions, SB3's `predict` over a batch of observations."""
+
+    def __init__(self, actions: list[int], seed: int) -> None:
+        self.actions, self.rng = np.asarray(actions), np.random.default_rng(seed)
+
+    def predict(self, obs: np.ndarray, *args: Any, **kwargs: Any) -> tuple[np.ndarray, None]:
+        return self.rng.choice(self.actions, size=len(obs)), None
+
+
+def dream_rows(seed: int, steps: int, runs: Path, fire: int, actions: int) -> list[dict[str, Any]]:
+    """Imagined reward and lost lives per step of three policies in the dream of the mbrl run of `seed`."""
+    from mbrl.cli import config_for_run
+    from mbrl.loop import load_trained_agent, run_dream, with_num_actions
+    from mbrl.run import RunDir
+
+    run = RunDir(runs / f"mbrl-s{seed}")
+    config = with_num_actions(config_for_run(run, None, [], {"device": "cpu"}))
+    trained = load_trained_agent(run, config, torch.device("cpu"))
+    policies = {"uniform": UniformOver(list(range(actions)), seed),
+                "uniform without FIRE": UniformOver([a for a in range(actions) if a != fire], seed),
+                "the run's agent": trained.model}
+    rows = []
+    for name, policy in policies.items():
+        env = run_dream(run, config, trained.world_model, torch.device("cpu"), seed=seed)
+        torch.manual_seed(seed)
+        rates = dream_rates(policy, env, steps)
+        env.close()
+        rows.append({"run_seed": seed, "policy": name, "reward_per_step": rates["dream_reward_per_step"],
+                     "ends_per_step": rates["dream_ends_per_step"], "steps": rates["dream_steps"]})
+        print(f"dream of mbrl seed {seed}, {name}: reward {rows[-1]['reward_per_step']:.4f} and lost lives "
+              f"{rows[-1]['ends_per_step']:.4f} per imagined step", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", nargs="+", required=True, metavar="METHOD:SEED",
+    parser.add_argument("--agents", nargs="+", default=[], metavar="METHOD:SEED",
                         help="final agents of breakout_100k.py's runs, e.g. mbrl:1 ppo:1 random:1")
     parser.add_argument("--episodes", type=int, default=10, help="full games per agent (default 10)")
+    parser.add_argument("--dream-seeds", type=int, nargs="*", default=[],
+                        help="also the imagined reward of three policies in these mbrl runs' dreams")
+    parser.add_argument("--dream-steps", type=int, default=20_000, help="imagined steps per policy (default 20000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
     keep_freed_memory()  # as the mbrl command line does
@@ -96,6 +142,13 @@ def main() -> None:
         saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
         saved["rows"] = [r for r in saved["rows"] if (r["agent"], r["seed"], r["episodes"]) !=
                          (method, int(seed), args.episodes)] + [row]
+        save_result(saved, RESULT)
+    fire = env.unwrapped.get_action_meanings().index("FIRE")
+    for seed in args.dream_seeds:
+        rows = dream_rows(seed, args.dream_steps, args.runs, fire, int(env.action_space.n))
+        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
+        saved["dream"] = [r for r in saved.get("dream", []) if r["run_seed"] != seed] + [
+            dict(r, command=command) for r in rows]
         save_result(saved, RESULT)
     env.close()
 

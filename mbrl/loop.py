@@ -236,6 +236,22 @@ def with_num_actions(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, world_model=model_config(config.world_model, num_actions(config)))
 
 
+def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, seed: int = 0) -> DreamVecEnv:
+    """The run's dream (config.dream, config.loop.dream_envs rollouts) in `model`, starting from real contexts of
+    the run's training episodes, as an SB3 VecEnv.
+
+    Raises:
+        UserError: the run's replay buffer is missing.
+    """
+    from mbrl.replay import split_episodes
+
+    buffer = ReplayBuffer.load(run.replay_dir)
+    episodes, _ = split_episodes(buffer, config.world_model_training.holdout_every)
+    dream_config = dataclasses.replace(config.dream, device=str(device))
+    return DreamVecEnv(DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=seed,
+                                      episodes=episodes))
+
+
 def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> LatentAgent:
     """The agent a `train-agent` run saved, with its world model, ready to play real frames (no exploration).
 
@@ -244,14 +260,9 @@ def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> 
         UserError: the run's replay buffer is missing (it gives the dream the agent was built on).
     """
     from envs.registration import load_world_model
-    from mbrl.replay import split_episodes
 
     model, _ = load_world_model(run, device)
-    buffer = ReplayBuffer.load(run.replay_dir)
-    episodes, _ = split_episodes(buffer, config.world_model_training.holdout_every)
-    dream_config = dataclasses.replace(config.dream, device=str(device))
-    venv = DreamVecEnv(DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=0, episodes=episodes))
-    agent = build_agent(config.agent, venv, config.seed, device)
+    agent = build_agent(config.agent, run_dream(run, config, model, device), config.seed, device)
     if not _restore(run, agent):
         raise CheckpointError(f"no agent checkpoint in {run.checkpoint_dir}; train one with mbrl train-agent")
     return LatentAgent(agent, model, device)

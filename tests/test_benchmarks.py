@@ -22,7 +22,7 @@ from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
-from serving import serve_waits  # noqa: E402
+from serving import UniformOver, serve_waits  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import _breakout_100k, _breakout_100k_games, _planning_score, _serving, write_results_md  # noqa: E402
@@ -213,3 +213,9 @@ def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> N
     table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [row, dict(row, median_wait=None)]}))
     assert "| mbrl | 1 | 10 | 2.7% | 49 | 217.0 | 1138 | 3.10 |" in table
     assert "| mbrl | 1 | 10 | 2.7% | - | - | 1138 | 3.10 |" in table
+    dream = {"run_seed": 1, "policy": "uniform without FIRE", "steps": 20032, "reward_per_step": 0.01,
+             "ends_per_step": 0.0377, "command": "c"}
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [row], "dream": [dream]}))
+    assert "| seed 1 | uniform without FIRE | 20032 | 0.0100 | 0.0377 |" in table
+    actions, _ = UniformOver([0, 2, 3], seed=0).predict(np.zeros((1000, 8)))
+    assert set(actions.tolist()) == {0, 2, 3}  # never FIRE (1)
