@@ -122,6 +122,10 @@ def main() -> None:
     parser.add_argument("--dream-steps", type=int, default=20_000, help="imagined steps per policy (default 20000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
+    for spec in args.agents:
+        method, _, seed = spec.partition(":")
+        if method not in ("mbrl", "ppo", "random") or not seed.isdigit():
+            parser.error(f"--agents takes METHOD:SEED with METHOD mbrl, ppo or random, got {spec!r}")
     keep_freed_memory()  # as the mbrl command line does
     torch.set_num_threads(1)
     from envs.atari import make_env
