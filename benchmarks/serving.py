@@ -50,9 +50,9 @@ def serve_waits(actions: list[int], life_lost: list[bool], fire: int) -> list[in
     return waits
 
 
-def play(agent: Any, env: Any, games: int, seed: int) -> dict[str, Any]:
-    """`games` full games of `agent` on `env` (one env, as the agent's `predict` takes a batch of one)."""
-    fire = env.unwrapped.get_action_meanings().index("FIRE")
+def play(agent: Any, env: Any, games: int, seed: int, fire: int) -> dict[str, Any]:
+    """`games` full games of `agent` on `env` (one env, as the agent's `predict` takes a batch of one); `fire` is
+    the FIRE action."""
     waits: list[int] = []
     scores, lengths, fires = [], [], 0
     obs, _ = env.reset(seed=seed)
@@ -134,20 +134,20 @@ def main() -> None:
 
     config = resolve_config("atari100k", [])
     env = make_env(eval_env_config(config.env, config.eval))
+    fire = env.unwrapped.get_action_meanings().index("FIRE")
     command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     for spec in args.agents:
         method, seed = spec.split(":")
         agent = final_agent(method, int(seed), 100_000, args.runs, config)
         torch.manual_seed(int(seed))  # SB3's predict samples from torch's global generator
         row = {"agent": method, "seed": int(seed), "episodes": args.episodes, "command": command,
-               **play(agent, env, args.episodes, games_seed(int(seed)))}
+               **play(agent, env, args.episodes, games_seed(int(seed)), fire)}
         print(f"{spec}: FIRE on {row['fire_share']:.1%} of steps, median wait after a lost life {row['median_wait']}, "
               f"{row['steps_per_game']:.0f} steps per game, mean score {row['mean_score']:.2f}", file=sys.stderr)
         saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
         saved["rows"] = [r for r in saved["rows"] if (r["agent"], r["seed"], r["episodes"]) !=
                          (method, int(seed), args.episodes)] + [row]
         save_result(saved, RESULT)
-    fire = env.unwrapped.get_action_meanings().index("FIRE")
     for seed in args.dream_seeds:
         rows = dream_rows(seed, args.dream_steps, args.runs, fire, int(env.action_space.n))
         saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
