@@ -322,11 +322,10 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                      f"{statistics.pstdev(means):.2f} | {per_seed} |")
     lines.append("")
     for (method, episodes), runs in sorted(groups.items()):
-        for other in ("ppo", "random"):
-            if method != "mbrl" or (other, episodes) not in groups:
-                continue
-            seeds = sorted(set(runs) & set(groups[other, episodes]))
-            diffs = [runs[s]["mean"] - groups[other, episodes][s]["mean"] for s in seeds]
+        for other in ("ppo", "random") if method == "mbrl" else ():
+            others = groups.get((other, episodes), {})
+            seeds = sorted(set(runs) & set(others))
+            diffs = [runs[s]["mean"] - others[s]["mean"] for s in seeds]
             if len(diffs) < 2:
                 continue
             spread = statistics.stdev(diffs)
