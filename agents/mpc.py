@@ -148,9 +148,10 @@ class MPCAgent:
         out = actions.cpu().numpy().astype(np.int64)
         return (out[0] if single else out), None
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """The agent as a plain policy: `predict(obs)[0]`, episode starts found on the first call only."""
-        return self.predict(obs)[0]
+    def __call__(self, obs: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """The agent as a collection policy (`mbrl.collect.Policy`): `predict(obs, None, starts)` with each first
+        action drawn from its plan's distribution, which keeps every action at least the search's `min_prob`."""
+        return self.predict(obs, None, starts, deterministic=False)[0]
 
     def reset(self) -> None:
         """Forget every history and warm start: the next `predict` starts all envs afresh."""

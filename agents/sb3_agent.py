@@ -127,7 +127,7 @@ class LatentAgent:
         actions, _ = self.model.predict(latents, deterministic=deterministic)
         return np.asarray(actions, dtype=np.int64), None
 
-    def __call__(self, observation: np.ndarray) -> np.ndarray:
+    def __call__(self, observation: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
         actions = self.predict(observation)[0]
         explore = self.rng.random(len(actions)) < self.epsilon
         actions[explore] = self.rng.integers(0, self.world_model.num_actions, size=int(explore.sum()))

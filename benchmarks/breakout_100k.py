@@ -3,13 +3,15 @@
 For each seed, with the same evaluation code (`mbrl.evaluate.evaluate_agent`: full games,
 sticky actions, 108k-frame cap, raw score) and the same number of games:
   mbrl    `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-sSEED, resumed if it exists)
+  mbrl-mpc  the same with `--set loop.collect_with=mpc`: MPC on the world model plays the real game
+          in the iterations instead of the agent (run dir runs/bench/mbrl-mpc-sSEED)
   ppo     SB3 PPO (CnnPolicy) trained directly on real Breakout for the same real-step budget,
           checkpointed every chunk and resumed if killed
   random  the uniformly random policy
 Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
 seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
 
-    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl ppo random] [--real-steps 100000]
+    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl mbrl-mpc ppo random] [--real-steps 100000]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
               "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
 PPO_CHUNK = 10_000
+MBRL = {"mbrl": [], "mbrl-mpc": ["loop.collect_with=mpc"]}  # train-agent settings over the atari100k preset
 
 
 class SittingClock:
@@ -71,13 +74,17 @@ class SittingClock:
         write_atomic(self.path, f"{self.seconds():.1f}".encode())
 
 
-def run_mbrl(seed: int, real_steps: int, runs: Path) -> dict[str, Any]:
-    """`mbrl train-agent --preset atari100k`, resuming the seed's run directory if it exists."""
+def run_mbrl(seed: int, real_steps: int, runs: Path, method: str = "mbrl") -> dict[str, Any]:
+    """`mbrl train-agent --preset atari100k` with `method`'s settings, resuming the seed's run directory if it
+    exists."""
     from mbrl.cli import main
 
-    run = runs / f"mbrl-s{seed}"
+    run = runs / f"{method}-s{seed}"
     args = ["train-agent", "--preset", "atari100k", "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
-    args += ["--resume", str(run)] if (run / "config.yaml").exists() else ["--run", str(run)]
+    if (run / "config.yaml").exists():
+        args += ["--resume", str(run)]  # its saved config holds the settings
+    else:
+        args += ["--run", str(run), *(arg for setting in MBRL[method] for arg in ("--set", setting))]
     if main(args) != 0:
         raise SystemExit(f"mbrl train-agent failed for seed {seed}")
     return json.loads((run / "eval.json").read_text())
@@ -154,7 +161,7 @@ def _eval_seed(seed: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", choices=("mbrl", "ppo", "random"), default=["mbrl", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=(*MBRL, "ppo", "random"), default=["mbrl", "ppo", "random"])
     parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
@@ -169,8 +176,8 @@ def main() -> None:
                    for r in current(_load()["runs"])):
                 continue
             with SittingClock(args.runs / f"{method}-s{seed}-{args.real_steps}.seconds") as clock:
-                if method == "mbrl":
-                    result = run_mbrl(seed, args.real_steps, args.runs)
+                if method in MBRL:
+                    result = run_mbrl(seed, args.real_steps, args.runs, method)
                 elif method == "ppo":
                     result = run_ppo(seed, args.real_steps, args.runs, config)
                 else:

@@ -3,15 +3,19 @@
 breakout_100k.py scores each run on 8 games at its end. A Breakout game's score varies by ~1.5
 around its policy's mean, so a mean over 8 games is uncertain by ~0.5: as much as the methods
 differ. This script plays `--episodes` full games with each seed's final agents, the same games
-(one evaluation seed per training seed) for the three methods:
+(one evaluation seed per training seed) for each method:
   mbrl    the agent of the finished run runs/bench/mbrl-sSEED (as `mbrl evaluate --run` loads it)
+  mpc     MPC on that run's world model with the run's `mpc` settings (`mbrl plan --run`'s agent,
+          without a terminal value): the same 100k real steps, used by planning instead of the agent
   ppo     the baseline's PPO from runs/bench/ppo-sSEED, trained first with breakout_100k.py's
           code where this machine does not have it (or not to the end)
   random  the uniformly random policy
 Each (method, seed) is added to benchmarks/results/breakout_100k_games.json at once; RESULTS.md
-shows the per-seed means, mean +- std over seeds and the paired mbrl - PPO difference.
+shows the per-seed means, mean +- std over seeds and the paired differences of mbrl and MPC to
+PPO and random.
 
     python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50
+    python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50 --methods mpc
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any
     if method == "ppo":
         return train_ppo(seed, real_steps, runs, config)
     from mbrl.cli import config_for_run
+    from mbrl.cli_agents import mpc_for_run
     from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
 
@@ -58,14 +63,23 @@ def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any
     if not trained:
         raise SystemExit(f"no finished mbrl run for seed {seed} in {TRAINED}: run breakout_100k.py --seeds {seed}")
     run = RunDir(runs / f"mbrl-s{seed}")
-    return load_trained_agent(run, with_num_actions(config_for_run(run, None, [], {"device": "cpu"})),
-                              torch.device("cpu"))
+    run_config = with_num_actions(config_for_run(run, None, [], {"device": "cpu"}))
+    if method == "mpc":
+        return mpc_for_run(run, run_config, torch.device("cpu"), seed)
+    return load_trained_agent(run, run_config, torch.device("cpu"))
+
+def mpc_settings(config: Any) -> dict[str, Any]:
+    """What RESULTS.md says of an MPC agent's `MPCConfig`."""
+    search = config.search
+    return {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
+            "iterations": search.iterations, "life_loss_penalty": config.life_loss_penalty}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds whose agents to score")
-    parser.add_argument("--methods", nargs="+", choices=("mbrl", "ppo", "random"), default=["mbrl", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=("mbrl", "mpc", "ppo", "random"),
+                        default=["mbrl", "ppo", "random"])
     parser.add_argument("--episodes", type=int, default=50, help="full games per agent (default 50)")
     parser.add_argument("--real-steps", type=int, default=100_000, help="the runs' real-step budget (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
@@ -90,9 +104,10 @@ def main() -> None:
             print(f"{method} seed {seed}: {result['mean']:.2f} +- {result['std']:.2f} over {args.episodes} games",
                   file=sys.stderr, flush=True)
             saved = json.loads(RESULT.read_text()) if RESULT.exists() else saved  # others may have added runs
-            saved["runs"].append({**key, "mean": result["mean"], "std": result["std"], "scores": result["scores"],
-                                  "lengths": result["lengths"], "date": time.strftime("%Y-%m-%d"),
-                                  "machine": machine(), "command": command})
+            settings = {} if method != "mpc" else {"mpc": mpc_settings(agent.config)}
+            saved["runs"].append({**key, **settings, "mean": result["mean"], "std": result["std"],
+                                  "scores": result["scores"], "lengths": result["lengths"],
+                                  "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})
             save_result(saved, RESULT)
 
 

@@ -307,7 +307,9 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
         + "; ".join(f"`{c}`" for c in dict.fromkeys(x["command"] for x in r["runs"])) + ".",
         "Each seed's final agents of the table above (mbrl: the run's agent; PPO: the baseline's, trained again "
         "on this machine where it lacked it; random) on the same full games per seed, another set than the "
-        "table's 8 (evaluation rules as there).",
+        "table's 8 (evaluation rules as there)."
+        + "".join(f" mpc: MPC on the mbrl run's world model with the run's settings ({s}), no terminal value: the same "
+                  "100k real steps, acted on by planning instead of the run's agent." for s in mpc_settings(r["runs"])),
         "",
         "| method | games per seed | seeds | score mean +- std over seeds | per-seed mean (std over games) |",
         "| --- | --- | --- | --- | --- |",
@@ -322,7 +324,7 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                      f"{statistics.pstdev(means):.2f} | {per_seed} |")
     lines.append("")
     for (method, episodes), runs in sorted(groups.items()):
-        for other in ("ppo", "random") if method == "mbrl" else ():
+        for other in ("ppo", "random") if method in ("mbrl", "mpc") else ():
             others = groups.get((other, episodes), {})
             seeds = sorted(set(runs) & set(others))
             diffs = [runs[s]["mean"] - others[s]["mean"] for s in seeds]
@@ -330,10 +332,18 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                 continue
             spread = statistics.stdev(diffs)
             t = statistics.mean(diffs) / (spread / len(diffs) ** 0.5) if spread else float("inf")
-            lines.append(f"- mbrl - {other}, paired over seeds {', '.join(map(str, seeds))} ({episodes} games each): "
+            lines.append(f"- {method} - {other}, paired over seeds {', '.join(map(str, seeds))} "
+                         f"({episodes} games each): "
                          + ", ".join(f"{d:+.2f}" for d in diffs)
                          + f"; mean {statistics.mean(diffs):+.2f}, t = {t:.2f} with {len(diffs) - 1} df.")
     return [*lines, ""]
+
+
+def mpc_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """The distinct MPC settings of `breakout_100k_games` rows, each as one phrase."""
+    settings = (x["mpc"] for x in runs if x.get("mpc"))
+    return list(dict.fromkeys(f"{m['planner']} N={m['candidates']}, H={m['horizon']}, I={m['iterations']}, "
+                              f"life-loss penalty {m['life_loss_penalty']:g}" for m in settings))
 
 
 def _serving(r: dict[str, Any]) -> list[str]:

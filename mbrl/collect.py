@@ -15,8 +15,9 @@ from tqdm import tqdm
 from envs.vector import ShardedVectorEnv, one_torch_thread
 from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 
-Policy = Callable[[np.ndarray], np.ndarray]
-"""Maps a batch of observations uint8 (K, S, H, W) to actions (K,)."""
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Maps a batch of observations uint8 (K, S, H, W) and their episode starts bool (K,) (True where the
+observation is the first of an episode) to actions (K,)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RandomPolicy:
         self.n = int(action_space.n)
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
         return self.rng.integers(0, self.n, size=len(obs))
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None,
@@ -86,6 +87,7 @@ class Collector:
         buffer.append(self.streams, self.obs[:, -1], np.zeros(n), np.zeros(n), np.full(n, FIRST, np.uint8), info["ram"])
         self._actions = np.zeros(n, dtype=np.int64)  # the actions each env is playing now
         self._resetting = np.zeros(n, dtype=bool)  # envs whose next step is an autoreset
+        self._starts = np.ones(n, dtype=bool)  # envs whose observation is the first of an episode
         self._returns = np.zeros(n)
         self._lengths = np.zeros(n, dtype=np.int64)
 
@@ -101,7 +103,8 @@ class Collector:
 
         Args:
             steps: transitions to add (autoreset steps, whose action is ignored, do not count).
-            policy: chooses actions from observations (called on one shard at a time).
+            policy: chooses actions from observations and episode starts (called on one shard at a time:
+                a policy that keeps a history per env needs an env of one shard).
             flush_every: vector steps between buffer flushes and `on_flush` calls.
             on_flush: called after each flush (e.g. to write progress.json).
             progress: show a tqdm bar (None: only when stderr is a terminal).
@@ -124,6 +127,7 @@ class Collector:
             obs, _, terminated, truncated, info = self.env.recv(shard)
             actions, first = self._actions[lo:hi].copy(), self._resetting[lo:hi].copy()
             self.obs[lo:hi] = obs
+            self._starts[lo:hi] = first
             self._resetting[lo:hi] = terminated | truncated
             new = int((~first).sum())
             stats.steps += new
@@ -144,7 +148,7 @@ class Collector:
 
     def _act(self, shard: int, policy: Policy) -> None:
         lo, hi = self.env.shards[shard]
-        self._actions[lo:hi] = policy(self.obs[lo:hi])
+        self._actions[lo:hi] = policy(self.obs[lo:hi], self._starts[lo:hi].copy())
         self.env.send(shard, self._actions[lo:hi])
 
     def _record(

@@ -4,7 +4,8 @@
              (stage 1 encoder, stage 2 predictor + heads + decoder, with early stopping)
     iteration k = 1, 2, ...:
         collect   the agent plays the real game (epsilon-random) until the buffer holds
-                  warmup_steps + k * collect_steps steps
+                  warmup_steps + k * collect_steps steps (loop.collect_with=mpc: MPC on the
+                  world model plays instead, with the config's mpc settings)
         fit       stage-2 updates of the world model until it has had k * world_model_updates
         imagine   the agent learns in the batched dream until it has taken k * dream_steps steps
         evaluate  every eval_every iterations and at the end: full real games (mbrl.evaluate)
@@ -37,6 +38,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from agents.mpc import MPCAgent
 from agents.sb3 import DreamVecEnv
 from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from envs.atari import RAM_SIZE, make_env, make_vector_env
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from mbrl.run_config import RunConfig
 
 AGENT = "agent"  # checkpoint name of the SB3 learner and the loop's own state
+COLLECTORS = ("agent", "mpc")  # who may play the real game in the Dyna iterations
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,11 @@ class LoopConfig:
         real_steps: the budget of real agent steps (each is `env.frame_skip` frames), warm-up included.
         warmup_steps: random-policy real steps before the world model is first fitted.
         collect_steps: real steps the agent plays per iteration.
-        collect_epsilon: probability of a uniformly random action while collecting.
+        collect_epsilon: probability of a uniformly random action while the agent collects.
+        collect_with: who plays the real game in the iterations: "agent" (the dream-trained agent,
+            epsilon-random) or "mpc" (MPC on the current world model with the config's `mpc` settings, each
+            first action drawn from its plan's distribution; the env then runs as one shard, since
+            the planner keeps every env's history).
         world_model_updates: stage-2 world-model updates per iteration.
         dream_steps: agent steps in the dream per iteration (all dream envs together).
         dream_envs: imagined episodes run in parallel (one batched world-model step for all).
@@ -77,6 +84,7 @@ class LoopConfig:
     warmup_steps: int = 5_000
     collect_steps: int = 5_000
     collect_epsilon: float = 0.05
+    collect_with: str = "agent"
     world_model_updates: int = 200
     dream_steps: int = 50_000
     dream_envs: int = 64
@@ -87,6 +95,8 @@ class LoopConfig:
             raise ValueError(f"loop.warmup_steps must be in (0, real_steps], got {self.warmup_steps}")
         if min(self.collect_steps, self.dream_envs, self.eval_every) < 1:
             raise ValueError("loop.collect_steps, loop.dream_envs and loop.eval_every must be >= 1")
+        if self.collect_with not in COLLECTORS:
+            raise ValueError(f"loop.collect_with must be one of {', '.join(COLLECTORS)}, got {self.collect_with!r}")
 
     @property
     def iterations(self) -> int:
@@ -104,6 +114,8 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
     size = config.env.frame_size
     buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
     workers = None if config.collect.num_workers < 0 else config.collect.num_workers
+    if loop.collect_with == "mpc" and workers != 0:
+        workers = 1  # one shard: the planner sees every env at each call
     first_stream = buffer.num_streams  # a resumed run plays new streams
     env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
     collector = Collector(make_vector_env(config.env, config.collect.num_envs, workers), buffer, seed=env_seed)
@@ -140,12 +152,19 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         latent_agent = LatentAgent(agent, model, device, loop.collect_epsilon, [config.seed, first_stream, 1])
         if "explore_rng" in state:
             latent_agent.rng.bit_generator.state = state["explore_rng"]
+        planner = None
+        if loop.collect_with == "mpc":
+            plan_seed = int(np.random.SeedSequence([config.seed, first_stream, 4]).generate_state(1)[0])
+            planner = MPCAgent(model, config.mpc, device, seed=plan_seed)
+            if "plan_rng" in state:
+                planner.generator.set_state(state["plan_rng"])
+        collect_policy: Policy = latent_agent if planner is None else planner
         history: list[dict[str, Any]] = state.get("evals", [])
         result: dict[str, Any] = history[-1] if history else {}
 
         # ---- Dyna iterations ----------------------------------------------------------
         for k in range(1, loop.iterations + 1):
-            collect_until(min(loop.warmup_steps + k * loop.collect_steps, loop.real_steps), latent_agent)
+            collect_until(min(loop.warmup_steps + k * loop.collect_steps, loop.real_steps), collect_policy)
 
             missing = k * loop.world_model_updates - trainer.progress.get("dyna_updates", 0)
             if missing > 0:
@@ -160,7 +179,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 bar.set_postfix_str(f"iteration {k}: agent in the dream")
                 agent.set_env(_dream(model, buffer, trainer, config, device, k, cache))
                 agent.learn(missing, reset_num_timesteps=False, progress_bar=False)
-                _save(run, agent, history, latent_agent)
+                _save(run, agent, history, latent_agent, planner)
 
             evaluated = {e["iteration"] for e in history}
             if (k % loop.eval_every == 0 or k == loop.iterations) and k not in evaluated:
@@ -171,7 +190,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                                                                "median", "std")})
                 for key in ("mean", "median", "std"):
                     writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
-                _save(run, agent, history, latent_agent)
+                _save(run, agent, history, latent_agent, planner)
                 bar.set_postfix(score=f"{result['mean']:.1f}")
             run.update_progress(replay_steps=buffer.num_steps, iteration=k, dream_steps=agent.num_timesteps,
                                 world_model_updates=trainer.progress.get("dyna_updates", 0))
@@ -204,10 +223,13 @@ def _evaluate(run: RunDir, config: RunConfig, agent: LatentAgent, iteration: int
     return result
 
 
-def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], latent_agent: LatentAgent) -> None:
+def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], latent_agent: LatentAgent,
+          planner: MPCAgent | None) -> None:
     """The learner, its counters, the evaluation history and the RNG states, atomically."""
     tensors, meta = agent_tensors(agent)
     tensors["rng.torch"] = torch.get_rng_state()
+    if planner is not None:
+        tensors["rng.plan"] = planner.generator.get_state()
     name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # SB3 draws DQN's exploration from it
     meta.update(evals=history, explore_rng=latent_agent.rng.bit_generator.state,
                 rng_numpy_global=[name, np.asarray(keys).tolist(), pos, has_gauss, gauss])
@@ -215,7 +237,7 @@ def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], late
 
 
 def _restore(run: RunDir, agent: BaseAlgorithm) -> dict[str, Any]:
-    """Load the learner saved by `_save` (if any); returns its metadata."""
+    """Load the learner saved by `_save` (if any); returns its metadata (and the planner's RNG state)."""
     if not (run.checkpoint_dir / f"{AGENT}.json").exists():
         return {}
     ckpt = load_checkpoint(run.checkpoint_dir, AGENT)
@@ -223,7 +245,7 @@ def _restore(run: RunDir, agent: BaseAlgorithm) -> dict[str, Any]:
     torch.set_rng_state(ckpt.tensors["rng.torch"])
     name, keys, *rest = ckpt.metadata["rng_numpy_global"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    return ckpt.metadata
+    return {**ckpt.metadata, **({"plan_rng": ckpt.tensors["rng.plan"]} if "rng.plan" in ckpt.tensors else {})}
 
 
 def num_actions(config: RunConfig) -> int:

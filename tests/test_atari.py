@@ -10,7 +10,7 @@ from gymnasium.wrappers import AtariPreprocessing
 from envs.atari import INFO_KEYS, RAM_SIZE, AtariConfig, AtariFrames, make_env, make_vector_env
 from mbrl.collect import Collector, RandomPolicy
 from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer
+from mbrl.replay import FIRST, ReplayBuffer
 
 pytestmark = pytest.mark.slow  # needs ALE
 
@@ -124,7 +124,7 @@ def collect(directory, workers: int, steps: int = 400) -> tuple[list[np.ndarray]
     seen = []
     random = RandomPolicy(env.single_action_space, seed=0)
 
-    def policy(obs: np.ndarray) -> np.ndarray:
+    def policy(obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
         seen.append(obs.copy())
         return random(obs)
 
@@ -143,6 +143,27 @@ def test_collected_stacks_rebuild_exactly_what_the_policy_saw(tmp_path, workers:
     seen = np.concatenate(seen)  # rows are stored in the order the policy saw them (shard by shard)
     rebuilt = loaded.windows(np.arange(len(seen)), 0).frames[:, 0]
     np.testing.assert_array_equal(rebuilt, seen)
+
+
+def test_the_policy_is_told_where_episodes_start(tmp_path) -> None:
+    env = make_vector_env(SHORT, num_envs=2, num_workers=0)
+    buffer = ReplayBuffer.open(tmp_path, (64, 64), 4, RAM_SIZE)
+    random = RandomPolicy(env.single_action_space, seed=0)
+    starts: list[np.ndarray] = []
+
+    def policy(obs: np.ndarray, start: np.ndarray) -> np.ndarray:
+        starts.append(start.copy())
+        return random(obs)
+
+    collector = Collector(env, buffer, seed=0)
+    collector.run(150, policy, progress=False)
+    collector.run(50, policy, progress=False)  # a second run goes on where the first stopped
+    collector.close()
+    loaded = ReplayBuffer.load(tmp_path)
+    flags = loaded._rows["flags"][: len(loaded)].reshape(-1, 2)  # one row per env and vector step
+    assert len(starts) == len(flags) - 1  # the policy never sees the last observation
+    assert ((flags[1:-1] & FIRST) > 0).sum() >= 2  # episodes restarted in between
+    np.testing.assert_array_equal(np.stack(starts), (flags[:-1] & FIRST) > 0)
 
 
 def test_collection_is_deterministic_under_a_seed(tmp_path) -> None:

@@ -131,6 +131,20 @@ def test_other_algorithms_run_the_loop(tmp_path: Path, algo: str) -> None:
     assert counters(run)["dream_steps"] >= 128
 
 
+@pytest.mark.slow
+def test_mpc_can_collect_in_the_loop_and_its_generator_is_checkpointed(tmp_path: Path) -> None:
+    run = tmp_path / "mpc"
+    settings = ["loop.collect_with=mpc", "mpc.search.candidates=8", "mpc.search.horizon=3", "mpc.search.iterations=1"]
+    proc = mbrl_cli("train-agent", *SMOKE, "--run", str(run), *(arg for s in settings for arg in ("--set", s)))
+    assert proc.returncode == 0, proc.stderr
+    loop = resolve_config("smoke", []).loop
+    assert counters(run)["iteration"] == loop.iterations
+    assert loop.real_steps <= counters(run)["replay_steps"] < loop.real_steps + 2
+    state = load_checkpoint(run / "checkpoints", "agent").tensors["rng.plan"]
+    seed = int(np.random.SeedSequence([0, 0, 4]).generate_state(1)[0])  # smoke seed 0, the run's first streams
+    assert not torch.equal(state, torch.Generator().manual_seed(seed).get_state()), "the planner drew actions"
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 
@@ -139,6 +153,7 @@ def test_other_algorithms_run_the_loop(tmp_path: Path, algo: str) -> None:
     (["--env", "CartPole-v1"], r"not an Atari \(ALE\) game"),
     (["--set", "agent.algo=sac"], r"AgentConfig.algo must be one of"),
     (["--set", "loop.warmup_steps=0"], r"warmup_steps must be in"),
+    (["--set", "loop.collect_with=human"], r"loop.collect_with must be one of agent, mpc, got 'human'"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], pattern: str) -> None:
     assert_user_error(mbrl_cli("train-agent", *SMOKE, "--run", str(tmp_path / "r"), *args), pattern)
