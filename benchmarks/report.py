@@ -370,7 +370,41 @@ def _serving(r: dict[str, Any]) -> list[str]:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| seed {row['run_seed']} | {row['policy']} | {row['steps']} | {row['reward_per_step']:.4f} | "
                   f"{row['ends_per_step']:.4f} |" for row in r["dream"]]
+    if r.get("fire"):
+        lines += _fire_lines(r["fire"])
     return [*lines, ""]
+
+
+def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`serving.py --fire-seeds`: does an mbrl run's world model know that FIRE serves?"""
+    def at(values: list[float | None], steps: tuple[int, ...]) -> str:
+        return " / ".join("-" if values[t - 1] is None else f"{values[t - 1]:.2f}" for t in steps)
+
+    horizon = max(row["horizon"] for row in rows)
+    steps = tuple(t for t in (1, 3, horizon) if t <= horizon)
+    lines = ["", "Does the world model know that FIRE serves? From real contexts of an mbrl run's held-out episodes in "
+             "which the ball waits to be served, the share of imagined or real steps with the ball in play "
+             f"{' / '.join(map(str, steps))} steps after the context (imagined: read from the latent by a linear "
+             "probe fit to the RAM's ball-in-play flag; 'probe' its accuracy on held-out real observations, with "
+             "the share in play there); 'FIRE - NOOP' is how far the FIRE branch's latents lie from the NOOP "
+             "branch's at those steps, in units of the NOOP branch's first step away from the context; 'control': "
+             "contexts with the ball in play imagined under their real actions, read by the same probe (real / "
+             "imagined, at the same steps). Commands: "
+             + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in rows)) + ".", "",
+             "| mbrl run | waiting contexts (imagined from) | probe (in play) | real after FIRE (contexts) | "
+             "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | control: real; "
+             "imagined |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(rows, key=lambda row: row["run_seed"]):
+        control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
+                   else "-")
+        lines.append(f"| seed {row['run_seed']} | {row['waiting_contexts']} ({row['imagined_contexts']}) | "
+                     f"{row['probe_accuracy']:.2f} ({row['probe_in_play']:.2f}) | "
+                     f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']}) | "
+                     f"{at(row['imagined_fire'], steps)} | {at(row['imagined_noop'], steps)} | "
+                     f"{at(row['real_no_fire'], steps)} | "
+                     f"{at(row['fire_noop_gap'], steps)} | {control} |")
+    return lines
 
 
 def _world_model_ablation(r: dict[str, Any]) -> list[str]:

@@ -14,8 +14,20 @@ the run's training episodes) it runs, for `--dream-steps` imagined steps each, t
 policy, a random policy that never presses FIRE, and the run's final agent, and reports the
 imagined reward and model-ended episodes (lost lives) per step (`latent_distill.dream_rates`).
 
+With `--fire-seeds S ...` it asks whether the world model of the mbrl run of seed S knows that
+FIRE serves: from real contexts of its held-out episodes in which the ball waits to be served
+(not in play for the context's last WAIT observations, no FIRE between them, the context not at
+an episode's start), it imagines `--fire-horizon` steps of FIRE then NOOPs, and of NOOPs only, and
+reads whether the ball is in play from each imagined latent with a linear probe (ridge regression
+on one latent, fit on training episodes to the RAM's ball-in-play flag, its accuracy on held-out
+observations reported). The same contexts' real continuations give the truth: where the first
+real action was FIRE, and where no FIRE came yet (in play never, by the game's rules). As a
+control of the probe on imagined latents, contexts with the ball in play are imagined under
+their real actions and read the same way, against their real continuations.
+
     python benchmarks/serving.py --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
     python benchmarks/serving.py --agents mbrl:1 --dream-seeds 1 4
+    python benchmarks/serving.py --fire-seeds 0 1 2 3 4 5
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from mbrl.memory import keep_freed_memory
 from report import HERE, save_result
 
 RESULT = HERE / "results" / "serving.json"
+WAIT = 4  # context observations before a serve that must all show no ball, with no FIRE between them
 
 
 def serve_waits(actions: list[int], life_lost: list[bool], fire: int) -> list[int]:
@@ -112,6 +125,92 @@ def dream_rows(seed: int, steps: int, runs: Path, fire: int, actions: int) -> li
     return rows
 
 
+def waiting(ball: np.ndarray, actions: np.ndarray, starts: np.ndarray, context: int, fire: int) -> np.ndarray:
+    """bool (B,): the windows whose context ends with the ball waiting to be served: not in play in the context's
+    last WAIT observations, no FIRE between them, and the window not beginning at an episode's start (the reset's
+    own FIRE, not recorded as an action, may still be launching the ball there).
+
+    Args:
+        ball: bool (B, context + H) ball in play at each observation of the windows.
+        actions: int (B, context - 1 + H) the actions between them.
+        starts: bool (B,) the window's first observation starts an episode.
+    """
+    return ((~ball[:, context - WAIT:context]).all(1) & (actions[:, context - WAIT:context - 1] != fire).all(1)
+            & ~starts)
+
+
+@torch.no_grad()
+def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts: int) -> dict[str, Any]:
+    """Ball in play 1..`horizon` steps after real waiting contexts: imagined after FIRE and after NOOPs by the
+    world model of the mbrl run of `seed` (read by a linear probe), and in the real continuations."""
+    from envs.registration import load_world_model
+    from mbrl.cli import config_for_run
+    from mbrl.eval_world_model import IN_PLAY, apply_probe, fit_probe, in_play
+    from mbrl.replay import FIRST, ReplayBuffer, split_episodes
+    from mbrl.run import RunDir
+    from world_models.base import imagine
+
+    run = RunDir(runs / f"mbrl-s{seed}")
+    config = config_for_run(run, None, [], {"device": "cpu"})
+    model = load_world_model(run, torch.device("cpu"))[0].eval()
+    buffer = ReplayBuffer.load(run.replay_dir)
+    train, held = split_episodes(buffer, config.world_model_training.holdout_every)
+    rule = IN_PLAY[config.env.id]["ball_y"]
+    rng = np.random.default_rng(seed)
+
+    def encode(stacks: np.ndarray) -> torch.Tensor:  # uint8 (N, S, H, W) -> (N, *latent_shape)
+        return torch.cat([model.encode(torch.as_tensor(stacks[i:i + 512])[:, None])[:, 0]
+                          for i in range(0, len(stacks), 512)])
+
+    def probe_data(episodes: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = buffer.sample(n, 0, rng, episodes=episodes)
+        x = encode(sample.frames[:, 0]).flatten(1).double()
+        return x, torch.as_tensor(in_play(sample.ram[:, 0], rule)).double()[:, None]
+
+    probe = fit_probe(*probe_data(train, 4096))
+    x_test, y_test = probe_data(held, 2048)
+    accuracy = float(((apply_probe(probe, x_test) > 0.5) == (y_test > 0.5)).double().mean())
+
+    context = int(model.config.context)
+    span = context - 1 + horizon  # the context, then the real continuation
+    rows, actions = buffer.window_rows(np.unique(buffer.sample_ends(50_000, span, rng, episodes=held)), span)
+    ball = in_play(buffer.ram(rows.ravel()), rule).reshape(rows.shape)  # (B, context + horizon)
+    keep = waiting(ball, actions, buffer.flags(rows[:, 0]) & FIRST != 0, context, fire)
+    # the probe's control: contexts with the ball in play, imagined under their real actions
+    control = rng.permutation(np.flatnonzero(ball[:, context - 1]))[:contexts]
+    z = encode(buffer.stacks(rows[control, :context].ravel()))
+    out = imagine(model, z.view(len(control), context, *z.shape[1:]), torch.as_tensor(actions[control]))
+    read = apply_probe(probe, out.latent.flatten(2).double().flatten(0, 1)).view(len(control), horizon) > 0.5
+    control_rates = {"real_in_play": ball[control, context:].mean(0).tolist(),
+                     "imagined_in_play": read.double().mean(0).tolist()}
+    rows, actions, ball = rows[keep], actions[keep], ball[keep]
+    after = ball[:, context:]  # (B, horizon): in play 1..horizon steps after the context
+    first_fire = actions[:, context - 1] == fire
+    no_fire_yet = np.cumsum(actions[:, context - 1:] == fire, axis=1) == 0  # no FIRE up to that step
+
+    pick = rng.permutation(len(rows))[:contexts]
+    z = encode(buffer.stacks(rows[pick, :context].ravel()))
+    z = z.view(len(pick), context, *z.shape[1:])
+    imagined, branch = {}, {}
+    for name, first in (("fire", fire), ("noop", noop)):
+        plan = torch.full((len(pick), horizon), noop, dtype=torch.long)
+        plan[:, 0] = first
+        past = torch.as_tensor(actions[pick, :context - 1])
+        branch[name] = imagine(model, z, torch.cat([past, plan], dim=1)).latent.flatten(2)  # (P, horizon, F)
+        read = apply_probe(probe, branch[name].double().flatten(0, 1)).view(len(pick), horizon) > 0.5
+        imagined[name] = read.double().mean(0).tolist()
+    # how far the FIRE branch strays from the NOOP branch, against the NOOP branch's first step from the context
+    step = (branch["noop"][:, 0] - z[:, -1].flatten(1)).abs().mean()
+    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / step).tolist()
+    return {"run_seed": seed, "horizon": horizon, "waiting_contexts": int(len(rows)), "imagined_contexts": len(pick),
+            "probe_accuracy": accuracy, "probe_in_play": float(y_test.mean()),
+            "real_fire": after[first_fire].mean(0).tolist(), "real_fire_contexts": int(first_fire.sum()),
+            "real_no_fire": [float(after[no_fire_yet[:, t], t].mean()) if no_fire_yet[:, t].any() else None
+                             for t in range(horizon)],
+            "imagined_fire": imagined["fire"], "imagined_noop": imagined["noop"], "fire_noop_gap": gap,
+            "control_real": control_rates["real_in_play"], "control_imagined": control_rates["imagined_in_play"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", nargs="+", default=[], metavar="METHOD:SEED",
@@ -120,6 +219,11 @@ def main() -> None:
     parser.add_argument("--dream-seeds", type=int, nargs="*", default=[],
                         help="also the imagined reward of three policies in these mbrl runs' dreams")
     parser.add_argument("--dream-steps", type=int, default=20_000, help="imagined steps per policy (default 20000)")
+    parser.add_argument("--fire-seeds", type=int, nargs="*", default=[],
+                        help="also whether these mbrl runs' world models know that FIRE serves")
+    parser.add_argument("--fire-horizon", type=int, default=10, help="imagined steps after a context (default 10)")
+    parser.add_argument("--fire-contexts", type=int, default=512,
+                        help="waiting contexts imagined from, at most (default 512)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
     for spec in args.agents:
@@ -134,7 +238,8 @@ def main() -> None:
 
     config = resolve_config("atari100k", [])
     env = make_env(eval_env_config(config.env, config.eval))
-    fire = env.unwrapped.get_action_meanings().index("FIRE")
+    meanings = env.unwrapped.get_action_meanings()
+    fire, noop = meanings.index("FIRE"), meanings.index("NOOP")
     command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     for spec in args.agents:
         method, seed = spec.split(":")
@@ -153,6 +258,14 @@ def main() -> None:
         saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
         saved["dream"] = [r for r in saved.get("dream", []) if r["run_seed"] != seed] + [
             dict(r, command=command) for r in rows]
+        save_result(saved, RESULT)
+    for seed in args.fire_seeds:
+        row = fire_row(seed, args.runs, fire, noop, args.fire_horizon, args.fire_contexts)
+        print(f"mbrl seed {seed}: ball in play after FIRE real {row['real_fire'][-1]:.2f}, imagined "
+              f"{row['imagined_fire'][-1]:.2f}; after NOOPs imagined {row['imagined_noop'][-1]:.2f} "
+              f"({args.fire_horizon} steps out)", file=sys.stderr)
+        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
+        saved["fire"] = [r for r in saved.get("fire", []) if r["run_seed"] != seed] + [dict(row, command=command)]
         save_result(saved, RESULT)
     env.close()
 

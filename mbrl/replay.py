@@ -404,6 +404,14 @@ class ReplayBuffer:
         rows = self._chains(ends, seq_len + 1)
         return rows, self._rows["action"][rows[:, 1:]].astype(np.int64)
 
+    def ram(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (n, R) console RAM at buffer rows (n,)."""
+        return self._rows["ram"][np.asarray(rows, dtype=np.int64)]
+
+    def flags(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (n,) FIRST / TERMINATED / TRUNCATED / LIFE_LOSS bits of buffer rows (n,)."""
+        return self._rows["flags"][np.asarray(rows, dtype=np.int64)]
+
     def stacks(self, rows: np.ndarray) -> np.ndarray:
         """uint8 (n, S, H, W) frame stacks of the observations at buffer rows (n,), zero before an episode's start."""
         chain = self._chains(np.asarray(rows, dtype=np.int64), self.frame_stack)

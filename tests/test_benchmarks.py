@@ -22,7 +22,7 @@ from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
-from serving import UniformOver, serve_waits  # noqa: E402
+from serving import WAIT, UniformOver, serve_waits, waiting  # noqa: E402
 
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import _breakout_100k, _breakout_100k_games, _planning_score, _serving, write_results_md  # noqa: E402
@@ -213,6 +213,29 @@ def test_more_games_refuse_an_mbrl_seed_whose_run_has_not_finished(tmp_path: Pat
     with pytest.raises(SystemExit, match="no finished mbrl run for seed 1"):  # MPC plans in that run's model
         breakout_100k_games.final_agent("mpc", 1, 100_000, tmp_path, None)
     assert breakout_100k_games.games_seed(0) != breakout_100k_games.games_seed(1)
+
+
+def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observations() -> None:
+    fire, context = 1, 6
+    ball = np.ones((5, context + 2), bool)
+    ball[:, context - WAIT:context] = False  # every window: no ball in the context's last WAIT observations
+    actions = np.zeros((5, context - 1 + 2), np.int64)
+    actions[1, context - 2] = fire  # FIRE between the last two context observations: the serve is under way
+    ball[2, context - WAIT] = True  # the ball was still there WAIT observations back
+    actions[3, context - 1] = fire  # FIRE right after the context: still a waiting context
+    starts = np.array([False, False, False, False, True])  # the window starts an episode
+    assert waiting(ball, actions, starts, context, fire).tolist() == [True, False, False, True, False]
+    steps = [0.1 * t for t in range(1, 11)]
+    row = {"run_seed": 2, "horizon": 10, "waiting_contexts": 900, "imagined_contexts": 512, "probe_accuracy": 0.95,
+           "probe_in_play": 0.65, "real_fire": steps, "real_fire_contexts": 80, "real_no_fire": [0.0] * 9 + [None],
+           "imagined_fire": [0.0] * 10, "imagined_noop": [0.01] * 10, "fire_noop_gap": [0.04] * 10, "command": "c"}
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    assert "ball in play 1 / 3 / 10 steps after the context" in table
+    assert ("| seed 2 | 900 (512) | 0.95 (0.65) | 0.10 / 0.30 / 1.00 (80) | 0.00 / 0.00 / 0.00 | 0.01 / 0.01 / 0.01 | "
+            "0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - |") in table
+    row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10)
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    assert "| 0.04 / 0.04 / 0.04 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 |" in table
 
 
 def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> None:
