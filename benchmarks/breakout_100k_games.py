@@ -5,8 +5,9 @@ around its policy's mean, so a mean over 8 games is uncertain by ~0.5: as much a
 differ. This script plays `--episodes` full games with each seed's final agents, the same games
 (one evaluation seed per training seed) for each method:
   mbrl    the agent of the finished run runs/bench/mbrl-sSEED (as `mbrl evaluate --run` loads it)
-  mpc     MPC on that run's world model with the run's `mpc` settings (`mbrl plan --run`'s agent,
+  mbrl:mpc  MPC on that run's world model with the run's `mpc` settings (`mbrl plan --run`'s agent,
           without a terminal value): the same 100k real steps, used by planning instead of the agent
+  mbrl-mpc, mbrl-mpc:mpc  the same for the runs of breakout_100k.py's method mbrl-mpc
   ppo     the baseline's PPO from runs/bench/ppo-sSEED, trained first with breakout_100k.py's
           code where this machine does not have it (or not to the end)
   random  the uniformly random policy
@@ -15,7 +16,7 @@ shows the per-seed means, mean +- std over seeds and the paired differences of m
 PPO and random.
 
     python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50
-    python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50 --methods mpc
+    python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50 --methods mbrl:mpc
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from breakout_100k import MBRL, current, train_ppo
 from breakout_100k import RESULT as TRAINED
-from breakout_100k import current, train_ppo
 
 from mbrl.memory import keep_freed_memory
 from report import HERE, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k_games.json"
+METHODS = (*MBRL, *(f"{method}:mpc" for method in MBRL), "ppo", "random")  # RUN:mpc plans in RUN's world model
 
 
 def games_seed(seed: int) -> int:
@@ -45,7 +47,7 @@ def games_seed(seed: int) -> int:
 
 
 def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any) -> Any:
-    """The final agent of `method`'s run for `seed`."""
+    """The final agent of `method`'s run for `seed` (one of METHODS)."""
     if method == "random":
         from envs.atari import make_env
         from mbrl.collect import RandomPolicy
@@ -58,13 +60,15 @@ def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any
     from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
 
-    trained = TRAINED.exists() and any(r["method"] == "mbrl" and r["seed"] == seed and r["real_steps"] == real_steps
+    trained_by, _, acting = method.partition(":")
+    trained = TRAINED.exists() and any(r["method"] == trained_by and r["seed"] == seed and r["real_steps"] == real_steps
                                        for r in current(json.loads(TRAINED.read_text())["runs"]))
     if not trained:
-        raise SystemExit(f"no finished mbrl run for seed {seed} in {TRAINED}: run breakout_100k.py --seeds {seed}")
-    run = RunDir(runs / f"mbrl-s{seed}")
+        raise SystemExit(f"no finished {trained_by} run for seed {seed} in {TRAINED}: run breakout_100k.py --seeds "
+                         f"{seed} --methods {trained_by}")
+    run = RunDir(runs / f"{trained_by}-s{seed}")
     run_config = with_num_actions(config_for_run(run, None, [], {"device": "cpu"}))
-    if method == "mpc":
+    if acting == "mpc":
         return mpc_for_run(run, run_config, torch.device("cpu"), seed)
     return load_trained_agent(run, run_config, torch.device("cpu"))
 
@@ -78,7 +82,7 @@ def mpc_settings(config: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds whose agents to score")
-    parser.add_argument("--methods", nargs="+", choices=("mbrl", "mpc", "ppo", "random"),
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
                         default=["mbrl", "ppo", "random"])
     parser.add_argument("--episodes", type=int, default=50, help="full games per agent (default 50)")
     parser.add_argument("--real-steps", type=int, default=100_000, help="the runs' real-step budget (default 100000)")
@@ -104,7 +108,7 @@ def main() -> None:
             print(f"{method} seed {seed}: {result['mean']:.2f} +- {result['std']:.2f} over {args.episodes} games",
                   file=sys.stderr, flush=True)
             saved = json.loads(RESULT.read_text()) if RESULT.exists() else saved  # others may have added runs
-            settings = {} if method != "mpc" else {"mpc": mpc_settings(agent.config)}
+            settings = {"mpc": mpc_settings(agent.config)} if method.endswith(":mpc") else {}
             saved["runs"].append({**key, **settings, "mean": result["mean"], "std": result["std"],
                                   "scores": result["scores"], "lengths": result["lengths"],
                                   "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})

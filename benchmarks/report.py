@@ -308,8 +308,11 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
         "Each seed's final agents of the table above (mbrl: the run's agent; PPO: the baseline's, trained again "
         "on this machine where it lacked it; random) on the same full games per seed, another set than the "
         "table's 8 (evaluation rules as there)."
-        + "".join(f" mpc: MPC on the mbrl run's world model with the run's settings ({s}), no terminal value: the same "
-                  "100k real steps, acted on by planning instead of the run's agent." for s in mpc_settings(r["runs"])),
+        + "".join(f" RUN:mpc: MPC on the world model of RUN's run with the run's settings ({s}), no terminal value: "
+                  "the same 100k real steps, acted on by planning instead of the run's agent."
+                  for s in mpc_settings(r["runs"]))
+        + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
+           if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else ""),
         "",
         "| method | games per seed | seeds | score mean +- std over seeds | per-seed mean (std over games) |",
         "| --- | --- | --- | --- | --- |",
@@ -324,7 +327,7 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                      f"{statistics.pstdev(means):.2f} | {per_seed} |")
     lines.append("")
     for (method, episodes), runs in sorted(groups.items()):
-        for other in ("ppo", "random") if method in ("mbrl", "mpc") else ():
+        for other in ("ppo", "random") if method not in ("ppo", "random") else ():
             others = groups.get((other, episodes), {})
             seeds = sorted(set(runs) & set(others))
             diffs = [runs[s]["mean"] - others[s]["mean"] for s in seeds]

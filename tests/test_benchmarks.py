@@ -193,12 +193,12 @@ def test_more_games_table_pairs_each_seed_of_mbrl_with_the_same_seed_of_the_othe
 def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
     settings = {"planner": "cem", "candidates": 64, "horizon": 8, "iterations": 2, "life_loss_penalty": 1.0}
     runs = [{"method": method, "seed": seed, "episodes": 50, "mean": mean, "std": 1.0, "date": "d", "machine": "m",
-             "command": "c", **({"mpc": settings} if method == "mpc" else {})}
-            for method, seed, mean in (("mpc", 0, 2.0), ("mpc", 1, 4.0), ("ppo", 0, 1.0), ("ppo", 1, 2.0))]
+             "command": "c", **({"mpc": settings} if method.endswith(":mpc") else {})}
+            for method, seed, mean in (("mbrl:mpc", 0, 2.0), ("mbrl:mpc", 1, 4.0), ("ppo", 0, 1.0), ("ppo", 1, 2.0))]
     table = "\n".join(_breakout_100k_games({"runs": runs}))
     assert "with the run's settings (cem N=64, H=8, I=2, life-loss penalty 1)" in table
     # differences 1 and 2: mean 1.5, sd 0.707, t = 1.5 / (0.707 / sqrt 2) = 3
-    assert "- mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df." \
+    assert "- mbrl:mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df." \
         in table
 
 
@@ -211,7 +211,9 @@ def test_more_games_refuse_an_mbrl_seed_whose_run_has_not_finished(tmp_path: Pat
     with pytest.raises(SystemExit, match="no finished mbrl run for seed 1"):  # only a superseded run: not done
         breakout_100k_games.final_agent("mbrl", 1, 100_000, tmp_path, None)
     with pytest.raises(SystemExit, match="no finished mbrl run for seed 1"):  # MPC plans in that run's model
-        breakout_100k_games.final_agent("mpc", 1, 100_000, tmp_path, None)
+        breakout_100k_games.final_agent("mbrl:mpc", 1, 100_000, tmp_path, None)
+    with pytest.raises(SystemExit, match="no finished mbrl-mpc run for seed 0"):  # only mbrl ran for seed 0
+        breakout_100k_games.final_agent("mbrl-mpc", 0, 100_000, tmp_path, None)
     assert breakout_100k_games.games_seed(0) != breakout_100k_games.games_seed(1)
 
 
