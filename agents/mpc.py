@@ -38,6 +38,8 @@ class MPCConfig:
         context: real latents given to `observe` (with the actions between them); None = the
             world model's own `config.context` if it has one, else 1.
         warm_start: start each plan from the previous plan's distribution shifted by one step.
+        compile: compile the world model's imagined step (`WorldModel.compile_imagination`): a one-off
+            compile on the first plans (~25 s for the default JEPA model), then faster plans.
     """
 
     planner: str = "cem"
@@ -46,6 +48,7 @@ class MPCConfig:
     life_loss_penalty: float = 1.0
     context: int | None = None
     warm_start: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.planner not in PLANNERS:
@@ -91,6 +94,8 @@ class MPCAgent:
                  seed: int = 0, value_fn: Callable[[Tensor], Tensor] | None = None) -> None:
         self.world_model = world_model.eval()
         self.config = config = config or MPCConfig()
+        if config.compile:
+            world_model.compile_imagination()
         self.device = torch.device(device)
         self.context = config.context or int(getattr(world_model.config, "context", 1) or 1)
         self.planner = PLANNERS[config.planner](DiscreteSpace(world_model.num_actions), config.search,

@@ -7,7 +7,10 @@ minutes; a slow spell then hits all rows alike, and the rounds' medians show the
 Untrained weights on random frames: per imagined step they cost what trained ones cost, but a
 trained model's plans share fewer prefixes (runs/q1 on real frames: 9,789 imagined steps per
 action at the issue's budget against 8,656 here). Rows: CEM, MPPI and random shooting at the
-issue's budget N=512, H=12, I=4, and CEM at smaller budgets, to find what meets 100 ms per action.
+issue's budget N=512, H=12, I=4, and CEM at smaller budgets, to find what meets 100 ms per action;
+CEM at the issue's budget and at N=512, H=8, I=2 also with the imagined step compiled
+(`mpc.compile`: a copy of the model whose `compile_imagination` was called; the compile's seconds,
+taken on an untimed first action, are reported).
 Also profiles one imagination step at N=512 to show where the time goes: the full `step` with and
 without its latent (the planners skip it), a step that reads its new latent again instead of
 carrying its reads (as before world_models/jepa_reads.py), its predictor part (the new token over
@@ -25,6 +28,7 @@ to results/planning_score.json; `benchmarks/planning_score.py` scores several ru
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from pathlib import Path
@@ -80,28 +84,31 @@ def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig,
     return times, steps
 
 
-def timed_rows(model: JEPAWorldModel, configs: list[tuple[MPCConfig, int]], rounds: int,
+def timed_rows(models: dict[bool, JEPAWorldModel], configs: list[tuple[MPCConfig, int]], rounds: int,
                warmup: int) -> list[dict[str, Any]]:
     """One row per (config, timed actions): `rounds` rounds that time every config in turn (so a slow spell of
     a shared machine hits all rows alike), medians and p95 over the actions of all rounds, and each round's
-    median (their spread is the machine's)."""
-    counter = CountingSteps(model)
+    median (their spread is the machine's). `models[config.compile]` plans: the eager model and a compiled
+    copy."""
+    counters = {flag: CountingSteps(model) for flag, model in models.items()}
     samples: list[list[tuple[list[float], list[tuple[int, int]]]]] = [[] for _ in configs]
     for _ in range(rounds):
         for k, (config, actions) in enumerate(configs):
-            samples[k].append(time_agent(model, counter, config, actions, warmup))
+            samples[k].append(time_agent(models[config.compile], counters[config.compile], config, actions, warmup))
     rows = []
     for (config, _), runs in zip(configs, samples):
         ms = np.concatenate([times for times, _ in runs])
         search = config.search
         row = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
-               "iterations": search.iterations, "actions": len(ms), "median_ms": float(np.median(ms)),
+               "iterations": search.iterations, "compiled": config.compile, "actions": len(ms),
+               "median_ms": float(np.median(ms)),
                "p95_ms": float(np.percentile(ms, 95)), "round_medians_ms": [float(np.median(t)) for t, _ in runs],
                "imagined_steps": float(np.mean([n for _, steps in runs for n, _ in steps])),
                "step_calls": float(np.mean([c for _, steps in runs for _, c in steps])),
                "imagined_steps_without_dedupe": search.candidates * search.horizon * search.iterations}
         rounds_ms = ", ".join(f"{m:.0f}" for m in row["round_medians_ms"])
-        print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}: median "
+        print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}"
+              f"{' compiled' if config.compile else ''}: median "
               f"{row['median_ms']:.0f} ms (rounds {rounds_ms}), p95 {row['p95_ms']:.0f} ms, imagined steps "
               f"{row['imagined_steps']:.0f} / {row['imagined_steps_without_dedupe']}", flush=True)
         rows.append(row)
@@ -117,6 +124,18 @@ def full_context(model: WorldModel, batch: int) -> tuple[torch.Tensor, torch.Ten
     latents = torch.randn(batch, context, *model.latent_shape, generator=g)
     actions = torch.randint(0, model.num_actions, (batch, context), generator=g)
     return latents, actions, model.observe(latents, actions[:, :-1])
+
+
+@torch.no_grad()
+def compiled_step_ms(model: JEPAWorldModel, batch: int, repeats: int = 5) -> float:
+    """Milliseconds of one imagined step without its latent (as planners take it) of a compiled model."""
+    _, actions, state = full_context(model, batch)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        state = model.step(state, actions[:, -1], latent=False).state
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times[1:]))
 
 
 @torch.no_grad()
@@ -180,13 +199,21 @@ def main() -> None:
     torch.manual_seed(0)
     model = JEPAWorldModel(JEPAConfig(num_actions=4)).eval()
     profile = step_profile(model, ISSUE_BUDGET[0])
-    print("one step at N=512:", {k: round(v, 1) for k, v in profile.items()}, flush=True)
-    def mpc(name: str, n: int, h: int, i: int) -> MPCConfig:
-        return MPCConfig(planner=name, search=PlannerConfig(candidates=n, horizon=h, iterations=i))
+    def mpc(name: str, n: int, h: int, i: int, compile: bool = False) -> MPCConfig:
+        return MPCConfig(planner=name, search=PlannerConfig(candidates=n, horizon=h, iterations=i), compile=compile)
 
+    compiled = copy.deepcopy(model)
+    start = time.perf_counter()  # the first action of a compiled model compiles its imagined step
+    time_agent(compiled, CountingSteps(compiled), mpc("cem", *ISSUE_BUDGET, compile=True), 1, 0)
+    compile_seconds = time.perf_counter() - start
+    print(f"compiling the imagined step and one action: {compile_seconds:.0f} s", flush=True)
+    profile["compiled_step_without_latent_ms"] = compiled_step_ms(compiled, ISSUE_BUDGET[0])
+    print("one step at N=512:", {k: round(v, 1) for k, v in profile.items()}, flush=True)
     configs = [(mpc(name, *ISSUE_BUDGET), args.large_actions) for name in ("cem", "mppi", "shooting")]
+    configs += [(mpc("cem", *ISSUE_BUDGET, compile=True), args.large_actions),
+                (mpc("cem", *SMALLER[0], compile=True), args.actions)]
     configs += [(mpc("cem", n, h, i), args.actions) for n, h, i in SMALLER]
-    rows = timed_rows(model, configs, args.rounds, args.warmup)
+    rows = timed_rows({False: model, True: compiled}, configs, args.rounds, args.warmup)
     meets = [r for r in rows if r["planner"] == "cem" and r["p95_ms"] <= TARGET_MS]
     best = max(meets, key=lambda r: r["imagined_steps_without_dedupe"], default=None)
     command = (f"python benchmarks/planning.py --actions {args.actions} --large-actions {args.large_actions} "
@@ -200,9 +227,10 @@ def main() -> None:
         "command": command,
         "target_ms": TARGET_MS,
         "step_profile": profile,
+        "compile_seconds": compile_seconds,
         "rows": rows,
         "largest_cem_within_target": None if best is None else
-        {k: best[k] for k in ("candidates", "horizon", "iterations", "median_ms", "p95_ms")},
+        {k: best[k] for k in ("candidates", "horizon", "iterations", "compiled", "median_ms", "p95_ms")},
     }, args.out)
     if args.run:
         from planning_score import RESULT, save_score, score_run

@@ -659,3 +659,51 @@ def test_fitted_latent_stats_standardise_the_fitting_frames_exactly_and_replace_
     unstandardised = JEPAWorldModel(dataclasses.replace(TINY, standardize_latents=False)).eval()
     unstandardised.fit_latent_stats(iter(frames))  # latents are the raw summary tokens: nothing to fit
     assert not hasattr(unstandardised, "latent_mean")
+
+
+def _chained_steps(model: JEPAWorldModel, batches: tuple[int, ...]) -> list[torch.Tensor]:
+    """Rewards, life losses and (every other step) latents of imagined steps from fixed contexts, each step
+    from a fresh context of the given batch size (so a compiled step meets several sizes)."""
+    out = []
+    for i, b in enumerate(batches):
+        g = torch.Generator().manual_seed(i)
+        state = model.observe(torch.randn(b, 4, *model.latent_shape, generator=g),
+                              torch.randint(0, 4, (b, 3), generator=g))
+        for t in range(3):
+            step = model.step(state, torch.randint(0, 4, (b,), generator=g), latent=t % 2 == 1)
+            state = step.state
+            out += [step.reward, step.life_loss] + ([step.latent] if step.latent is not None else [])
+    return out
+
+
+@pytest.mark.slow
+def test_compiled_imagination_gives_the_eager_steps() -> None:
+    torch.manual_seed(0)
+    eager = JEPAWorldModel(TINY).eval()
+    compiled = JEPAWorldModel(TINY).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_imagination()
+    with torch.no_grad():
+        for got, wanted in zip(_chained_steps(compiled, (5,)), _chained_steps(eager, (5,)), strict=True):
+            torch.testing.assert_close(got, wanted, atol=1e-5, rtol=1e-5)
+    from world_models.jepa_reads import step_with_reads
+
+    assert compiled._step_with_reads is not step_with_reads, "it did not fall back to eager steps"
+
+
+def test_imagination_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        def fails(*args: object, **kwargs: object) -> object:
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    with torch.no_grad():
+        wanted = _chained_steps(model, (3,))
+        model.compile_imagination()
+        with pytest.warns(UserWarning, match="compiled imagination failed .*no C.. compiler.*imagining eagerly"):
+            got = _chained_steps(model, (3,))
+    for a, b in zip(got, wanted, strict=True):
+        assert torch.equal(a, b)

@@ -137,6 +137,10 @@ class WorldModel(nn.Module, ABC):
         steps are the same either way.
         """
 
+    def compile_imagination(self) -> None:
+        """Compile `step` for speed where the family can (e.g. torch.compile of its imagined step): the same
+        results, a one-off compile on the first steps. Default: nothing to compile."""
+
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor:
         """latents (..., *latent_shape) -> float frames (..., H, W) in [0, 1] (the newest frame), for pictures."""
