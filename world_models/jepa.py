@@ -552,10 +552,11 @@ class JEPAWorldModel(WorldModel):
         return StepOutput(new_state, predicted, *self._events(*self._corrected(*logits)))
 
     def compile_imagination(self) -> None:
-        """Imagine with carried reads through `torch.compile` (dynamic batch sizes): with the default config, ~25 s
-        to compile on the first steps, then a step of 512 rollouts in ~0.7 of the time on 2 CPU cores
-        (benchmarks/RESULTS.md, "Latent MPC speed"); the same results to float rounding. Where compiling
-        fails (no C++ compiler, say), it warns once and imagines as before."""
+        """Imagine with carried reads through `torch.compile` (one graph, dynamic batch sizes): with the default
+        config ~50 s to compile on the first steps (less with torch's compile cache warm), then a step of 512
+        rollouts in ~0.75 of the time on 2 CPU cores (benchmarks/RESULTS.md, "Latent MPC speed"); the same
+        results to float rounding. Where compiling fails (no C++ compiler, say), it warns once and imagines
+        as before."""
         if self._step_with_reads is step_with_reads:
             self._step_with_reads = torch.compile(step_with_reads, dynamic=True, fullgraph=True)
 
