@@ -87,6 +87,9 @@ def add_agent_commands(sub: Any) -> None:
     plan.add_argument("--iterations", type=positive_int, help="search rounds (config mpc.search.iterations)")
     plan.add_argument("--value-from-agent", action="store_true",
                       help="add the run's trained agent's value of the last imagined latent (sees past the horizon)")
+    plan.add_argument("--compile", action="store_true",
+                      help="compile the world model's imagined step (config mpc.compile): ~50 s once, then plans in "
+                      "~0.65 of the time; for large budgets (e.g. --candidates 512 --horizon 12 --iterations 4)")
     plan.add_argument("--gif", type=Path, help="write the first game as a GIF here")
     plan.add_argument("--out", type=Path, help="JSON result path (default: runs/NAME/plan-PLANNER.json)")
     plan.add_argument("--seed", type=int, default=0, help="seeds the games and the planner (default 0)")
@@ -200,14 +203,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
     run.read_config()  # a one-line error when there is no run there
     flags = {"env.id": args.env, "mpc.planner": args.planner, "mpc.search.horizon": args.horizon,
              "mpc.search.candidates": args.candidates, "mpc.search.iterations": args.iterations,
-             "eval.episodes": args.episodes, "device": args.device}
+             "eval.episodes": args.episodes, "device": args.device, "mpc.compile": args.compile or None}
     config = config_for_run(run, None, args.set, flags)
     device = resolve_device(config.device)
     trained = load_trained_agent(run, with_num_actions(config), device) if args.value_from_agent else None
     agent = mpc_for_run(run, config, device, args.seed, critic_of=trained)
     search = config.mpc.search
     settings = {"agent": f"mpc-{config.mpc.planner}", "horizon": search.horizon, "candidates": search.candidates,
-                "iterations": search.iterations, "value_from_agent": args.value_from_agent}
+                "iterations": search.iterations, "value_from_agent": args.value_from_agent,
+                "compile": config.mpc.compile}
     out = Path(args.out or run.path / f"plan-{config.mpc.planner}.json")
     result = play_and_save(agent, config.env, config.eval, args.seed, out, settings, args.gif, args.quiet)
     print(format_scores(result))

@@ -78,6 +78,7 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
     assert proc.returncode == 0, proc.stderr
     planned = json.loads((run / "plan-mppi.json").read_text())
     assert planned["agent"] == "mpc-mppi" and planned["horizon"] == 3 and planned["episodes"] == 1
+    assert planned["compile"] is False  # --compile not given
     assert planned["lengths"][0] <= 50 and planned["complete"]  # 200 frames
     assert not any(line.startswith("game ") for line in proc.stderr.splitlines())  # --quiet
     assert_user_error(mbrl_cli("plan", "--run", str(run), "--env", "ALE/Pong-v5"), r"created with env ALE/Breakout")

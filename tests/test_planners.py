@@ -424,3 +424,13 @@ def test_tree_levels_cover_what_a_first_round_meets_and_leave_the_last_step(cand
     from agents.planners.objective import _auto_levels
 
     assert _auto_levels(4, candidates, horizon) == levels
+
+
+def test_mpc_compile_asks_the_world_model_to_compile_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[object] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
+    model = JEPAWorldModel(TINY).eval()
+    MPCAgent(model, MPCConfig())
+    assert compiled == []  # off by default
+    MPCAgent(model, MPCConfig(compile=True))
+    assert compiled == [{"dynamic": True, "fullgraph": True}]
