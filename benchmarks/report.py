@@ -176,6 +176,7 @@ def _cem_issue_row(r: dict[str, Any]) -> dict[str, Any] | None:
 def _planning(r: dict[str, Any]) -> list[str]:
     p = r["step_profile"]
     best = r["largest_cem_within_target"]
+    issue_row = _cem_issue_row(r)
     lines = [
         "## Latent MPC speed (`benchmarks/planning.py`)",
         "",
@@ -185,7 +186,7 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "frames imagined 13% more steps per action at N=512, H=12, I=4), one env, `MPCAgent.predict` per real action "
         "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
         f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4: "
-        + ("met." if _cem_issue_row(r) is not None and _cem_issue_row(r)["p95_ms"] <= r["target_ms"] else "not met.")
+        + ("met." if issue_row is not None and issue_row["p95_ms"] <= r["target_ms"] else "not met.")
         + (f" 'compiled': the imagined step compiled (`mpc.compile=true`, `WorldModel.compile_imagination`); the "
            f"compile and its first action took {r['compile_seconds']:.0f} s." if "compile_seconds" in r else "")
         + " History of that row (same script; 1 thread until 2026-12-02's second run): 4.7 s before the "

@@ -76,7 +76,7 @@ def main() -> None:
             rng = np.random.default_rng(args.seed)
             num_actions = int(teacher.action_space.n)  # type: ignore[attr-defined]
 
-            def play(obs: np.ndarray) -> np.ndarray:
+            def play(obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
                 actions = np.asarray(teacher.predict(obs, deterministic=False)[0])
                 explore = rng.random(len(actions)) < args.epsilon
                 return np.where(explore, rng.integers(0, num_actions, len(actions)), actions)
