@@ -72,6 +72,7 @@ def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any
         return mpc_for_run(run, run_config, torch.device("cpu"), seed)
     return load_trained_agent(run, run_config, torch.device("cpu"))
 
+
 def mpc_settings(config: Any) -> dict[str, Any]:
     """What RESULTS.md says of an MPC agent's `MPCConfig`."""
     search = config.search
@@ -82,8 +83,7 @@ def mpc_settings(config: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds whose agents to score")
-    parser.add_argument("--methods", nargs="+", choices=METHODS,
-                        default=["mbrl", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["mbrl", "ppo", "random"])
     parser.add_argument("--episodes", type=int, default=50, help="full games per agent (default 50)")
     parser.add_argument("--real-steps", type=int, default=100_000, help="the runs' real-step budget (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")

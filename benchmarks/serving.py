@@ -158,18 +158,27 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     rule = IN_PLAY[config.env.id]["ball_y"]
     rng = np.random.default_rng(seed)
 
-    def encode(stacks: np.ndarray) -> torch.Tensor:  # uint8 (N, S, H, W) -> (N, *latent_shape)
-        return torch.cat([model.encode(torch.as_tensor(stacks[i:i + 512])[:, None])[:, 0]
-                          for i in range(0, len(stacks), 512)])
+    def encode(rows: np.ndarray) -> torch.Tensor:  # buffer rows (..., C) -> latents (..., C, *latent_shape)
+        stacks = buffer.stacks(rows.ravel())
+        z = torch.cat([model.encode(torch.as_tensor(stacks[i:i + 512])[:, None])[:, 0]
+                       for i in range(0, len(stacks), 512)])
+        return z.view(*rows.shape, *z.shape[1:])
 
     def probe_data(episodes: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = buffer.sample(n, 0, rng, episodes=episodes)
-        x = encode(sample.frames[:, 0]).flatten(1).double()
+        x = encode(sample.rows[:, 0]).flatten(1).double()
         return x, torch.as_tensor(in_play(sample.ram[:, 0], rule)).double()[:, None]
 
     probe = fit_probe(*probe_data(train, 4096))
     x_test, y_test = probe_data(held, 2048)
     accuracy = float(((apply_probe(probe, x_test) > 0.5) == (y_test > 0.5)).double().mean())
+
+    def imagined(rows: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, list[float]]:
+        """Latents (P, horizon, F) imagined from the contexts rows[:, :context] under `actions` (P, context - 1 +
+        horizon), and the share of them the probe reads in play at each step."""
+        latents = imagine(model, encode(rows[:, :context]), torch.as_tensor(actions)).latent.flatten(2)
+        read = apply_probe(probe, latents.double().flatten(0, 1)).view(len(rows), horizon) > 0.5
+        return latents, read.double().mean(0).tolist()
 
     context = int(model.config.context)
     span = context - 1 + horizon  # the context, then the real continuation
@@ -178,38 +187,29 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     keep = waiting(ball, actions, buffer.flags(rows[:, 0]) & FIRST != 0, context, fire)
     # the probe's control: contexts with the ball in play, imagined under their real actions
     control = rng.permutation(np.flatnonzero(ball[:, context - 1]))[:contexts]
-    z = encode(buffer.stacks(rows[control, :context].ravel()))
-    out = imagine(model, z.view(len(control), context, *z.shape[1:]), torch.as_tensor(actions[control]))
-    read = apply_probe(probe, out.latent.flatten(2).double().flatten(0, 1)).view(len(control), horizon) > 0.5
-    control_rates = {"real_in_play": ball[control, context:].mean(0).tolist(),
-                     "imagined_in_play": read.double().mean(0).tolist()}
+    control_imagined = imagined(rows[control], actions[control])[1]
+    control_real = ball[control, context:].mean(0).tolist()
+
     rows, actions, ball = rows[keep], actions[keep], ball[keep]
     after = ball[:, context:]  # (B, horizon): in play 1..horizon steps after the context
     first_fire = actions[:, context - 1] == fire
     no_fire_yet = np.cumsum(actions[:, context - 1:] == fire, axis=1) == 0  # no FIRE up to that step
-
     pick = rng.permutation(len(rows))[:contexts]
-    z = encode(buffer.stacks(rows[pick, :context].ravel()))
-    z = z.view(len(pick), context, *z.shape[1:])
-    imagined, branch = {}, {}
+    branch, shares = {}, {}
     for name, first in (("fire", fire), ("noop", noop)):
-        plan = torch.full((len(pick), horizon), noop, dtype=torch.long)
+        plan = np.full((len(pick), horizon), noop)
         plan[:, 0] = first
-        past = torch.as_tensor(actions[pick, :context - 1])
-        branch[name] = imagine(model, z, torch.cat([past, plan], dim=1)).latent.flatten(2)  # (P, horizon, F)
-        read = apply_probe(probe, branch[name].double().flatten(0, 1)).view(len(pick), horizon) > 0.5
-        imagined[name] = read.double().mean(0).tolist()
+        branch[name], shares[name] = imagined(rows[pick], np.concatenate([actions[pick, :context - 1], plan], 1))
     # how far the FIRE branch strays from the NOOP branch, against the NOOP branch's first step from the context
-    step = (branch["noop"][:, 0] - z[:, -1].flatten(1)).abs().mean()
-    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / step).tolist()
+    last = encode(rows[pick, context - 1]).flatten(1)
+    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / (branch["noop"][:, 0] - last).abs().mean()).tolist()
     return {"run_seed": seed, "horizon": horizon, "waiting_contexts": int(len(rows)), "imagined_contexts": len(pick),
             "probe_accuracy": accuracy, "probe_in_play": float(y_test.mean()),
             "real_fire": after[first_fire].mean(0).tolist(), "real_fire_contexts": int(first_fire.sum()),
             "real_no_fire": [float(after[no_fire_yet[:, t], t].mean()) if no_fire_yet[:, t].any() else None
                              for t in range(horizon)],
-            "imagined_fire": imagined["fire"], "imagined_noop": imagined["noop"], "fire_noop_gap": gap,
-            "control_real": control_rates["real_in_play"], "control_imagined": control_rates["imagined_in_play"]}
-
+            "imagined_fire": shares["fire"], "imagined_noop": shares["noop"], "fire_noop_gap": gap,
+            "control_real": control_real, "control_imagined": control_imagined}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
