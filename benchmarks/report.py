@@ -342,11 +342,12 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
             if len(diffs) < 2:
                 continue
             spread = statistics.stdev(diffs)
-            t = statistics.mean(diffs) / (spread / len(diffs) ** 0.5) if spread else float("inf")
+            t = (f"t = {statistics.mean(diffs) / (spread / len(diffs) ** 0.5):.2f} with {len(diffs) - 1} df" if spread
+                 else "no t (the differences are all equal)")
             lines.append(f"- {method} - {other}, paired over seeds {', '.join(map(str, seeds))} "
                          f"({episodes} games each): "
                          + ", ".join(f"{d:+.2f}" for d in diffs)
-                         + f"; mean {statistics.mean(diffs):+.2f}, t = {t:.2f} with {len(diffs) - 1} df.")
+                         + f"; mean {statistics.mean(diffs):+.2f}, {t}.")
     return [*lines, ""]
 
 

@@ -200,6 +200,9 @@ def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
     # differences 1 and 2: mean 1.5, sd 0.707, t = 1.5 / (0.707 / sqrt 2) = 3
     assert "- mbrl:mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df." \
         in table
+    runs[-1]["mean"] = 3.0  # both differences +1: no spread, no t
+    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    assert "+1.00, +1.00; mean +1.00, no t (the differences are all equal)." in table
 
 
 def test_more_games_refuse_an_mbrl_seed_whose_run_has_not_finished(tmp_path: Path,
