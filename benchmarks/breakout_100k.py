@@ -30,7 +30,7 @@ import torch
 
 from mbrl.atomic import write_atomic
 from mbrl.memory import keep_freed_memory
-from report import HERE, machine, save_result
+from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
@@ -151,7 +151,7 @@ def current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load() -> dict[str, Any]:
-    return json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "breakout_100k", "runs": []}
+    return load_result(RESULT, "breakout_100k")
 
 
 def _eval_seed(seed: int) -> int:

@@ -35,7 +35,7 @@ from breakout_100k import MBRL, current, train_ppo
 from breakout_100k import RESULT as TRAINED
 
 from mbrl.memory import keep_freed_memory
-from report import HERE, machine, save_result
+from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k_games.json"
 METHODS = (*MBRL, *(f"{method}:mpc" for method in MBRL), "ppo", "random")  # RUN:mpc plans in RUN's world model
@@ -98,8 +98,7 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             key = {"method": method, "seed": seed, "real_steps": args.real_steps, "episodes": args.episodes}
-            saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "breakout_100k_games",
-                                                                             "runs": []}
+            saved = load_result(RESULT, "breakout_100k_games")
             if any(all(r.get(k) == v for k, v in key.items()) for r in saved["runs"]):
                 continue
             agent = final_agent(method, seed, args.real_steps, args.runs, config)
@@ -107,7 +106,7 @@ def main() -> None:
             result = evaluate_agent(agent, config.env, eval_config, games_seed(seed), progress=False)
             print(f"{method} seed {seed}: {result['mean']:.2f} +- {result['std']:.2f} over {args.episodes} games",
                   file=sys.stderr, flush=True)
-            saved = json.loads(RESULT.read_text()) if RESULT.exists() else saved  # others may have added runs
+            saved = load_result(RESULT, "breakout_100k_games")  # others may have added runs
             settings = {"mpc": mpc_settings(agent.config)} if method.endswith(":mpc") else {}
             saved["runs"].append({**key, **settings, "mean": result["mean"], "std": result["std"],
                                   "scores": result["scores"], "lengths": result["lengths"],

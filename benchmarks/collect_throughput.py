@@ -39,7 +39,7 @@ def raw_steps_per_second(game: str, num_envs: int, steps: int, seed: int) -> flo
     )
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    n = env.single_action_space.n
+    n = env.single_action_space.n  # type: ignore[attr-defined]
     for _ in range(20):  # warm-up
         env.step(rng.integers(0, n, num_envs))
     start = time.perf_counter()

@@ -171,7 +171,7 @@ def main() -> None:
         if args.learn_in != "real" or not isinstance(model, JEPAWorldModel):
             parser.error("--observe tokens needs --learn-in real and a JEPA world model")
         summary_tokens = model.config.summary_tokens
-        model = EncoderTokens(model)
+        model = EncoderTokens(model)  # type: ignore[assignment]  # stands in for it where it is read
     if args.policy == "grid" and args.observe != "tokens":
         parser.error("--policy grid needs --observe tokens")
     features = (TokenGrid, {"summary_tokens": summary_tokens}) if args.policy == "grid" else None
@@ -182,7 +182,7 @@ def main() -> None:
     chunks, start = [], time.perf_counter()
     for k in range(1, args.chunks + 1):
         learner.learn(args.dream_steps // args.chunks, reset_num_timesteps=False, progress_bar=False)
-        episodes = list(learner.ep_info_buffer)  # SB3 keeps the last 100 dream episodes
+        episodes = list(learner.ep_info_buffer or [])  # SB3 keeps the last 100 dream episodes
         real = evaluate_agent(agent, config.env, config.eval, seed=1000 + k, progress=False)
         chunks.append({
             "agent_steps": learner.num_timesteps,

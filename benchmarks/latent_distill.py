@@ -75,7 +75,7 @@ def teacher_play(teacher: BaseAlgorithm, config: RunConfig, steps: int, seed: in
         obs, _ = venv.reset(seed=seed)
         for _ in tqdm(range(steps // num_envs), desc="teacher plays", unit="step", disable=None):
             tensor = teacher.policy.obs_to_tensor(obs)[0]
-            probs = teacher.policy.get_distribution(tensor).distribution.probs.float()
+            probs = teacher.policy.get_distribution(tensor).distribution.probs.float()  # type: ignore[operator]
             actions = torch.multinomial(probs, 1, generator=generator)[:, 0].numpy()
             observations.append(obs.copy())
             probabilities.append(probs.numpy())
@@ -106,7 +106,7 @@ def clone(policy: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
 
     def log_probs(x: torch.Tensor) -> torch.Tensor:
-        return policy.get_distribution(x).distribution.logits  # SB3's Categorical: normalised log-probabilities
+        return policy.get_distribution(x).distribution.logits  # type: ignore[operator]  # SB3's Categorical: normalised log-probabilities
 
     policy.train()
     for _ in tqdm(range(epochs), desc=f"clone {name}", unit="epoch", disable=None):

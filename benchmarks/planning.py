@@ -99,7 +99,7 @@ def timed_rows(models: dict[bool, JEPAWorldModel], configs: list[tuple[MPCConfig
     for (config, _), runs in zip(configs, samples):
         ms = np.concatenate([times for times, _ in runs])
         search = config.search
-        row = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
+        row: dict[str, Any] = {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
                "iterations": search.iterations, "compiled": config.compile, "actions": len(ms),
                "median_ms": float(np.median(ms)),
                "p95_ms": float(np.percentile(ms, 95)), "round_medians_ms": [float(np.median(t)) for t, _ in runs],

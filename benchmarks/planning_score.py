@@ -14,7 +14,6 @@ settings, games and seed), so runs can be scored in separate processes or sittin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from mbrl.memory import keep_freed_memory
-from report import HERE, machine, save_result
+from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "planning_score.json"
 ACTS_BEFORE = "best"  # entries written before `mpc_acts` was recorded: MPC acted its best sequence's first action
@@ -61,10 +60,11 @@ def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, 
     for name, policy in policies.items():
         torch.manual_seed(seed)  # SB3's predict samples from torch's global generator
         start = time.perf_counter()
-        result = evaluate_agent(policy, config.env, config.eval, seed, progress=False,
-                                on_game=lambda r, name=name: print(
-                                    f"{run_path} {name}: game {r['episodes']}: {r['scores'][-1]:g} in "
-                                    f"{r['lengths'][-1]} steps", file=sys.stderr, flush=True))
+        def on_game(r: dict[str, Any], name: str = name) -> None:
+            print(f"{run_path} {name}: game {r['episodes']}: {r['scores'][-1]:g} in {r['lengths'][-1]} steps",
+                  file=sys.stderr, flush=True)
+
+        result = evaluate_agent(policy, config.env, config.eval, seed, progress=False, on_game=on_game)
         entry[name] = {key: result[key] for key in ("mean", "median", "std", "scores", "lengths")}
         entry[name]["seconds"] = time.perf_counter() - start
         print(f"{run_path} {name}: mean {result['mean']:.2f} +- {result['std']:.2f} over {episodes} games",
@@ -76,7 +76,7 @@ def save_score(entry: dict[str, Any], out: Path) -> None:
     """Add a scored run to the results file `out`, replacing its earlier entry of the same run, settings, games
     and seed; the file is read again first, as other processes may have added runs meanwhile."""
     entry = dict(entry, date=time.strftime("%Y-%m-%d"), machine=machine())
-    saved = json.loads(out.read_text()) if out.exists() else {"benchmark": "planning_score", "runs": []}
+    saved = load_result(out, "planning_score")
     saved["runs"] = [r for r in saved["runs"] if not same_entry(r, entry)] + [entry]
     save_result(saved, out)
 

@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 
@@ -407,10 +407,11 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
              "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | control: real; "
              "imagined |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in sorted(rows, key=lambda row: row["run_seed"]):
+    for row in sorted(rows, key=lambda row: (row.get("runs", "runs/bench"), row["run_seed"])):
         control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
                    else "-")
-        lines.append(f"| seed {row['run_seed']} | {row['waiting_contexts']} ({row['imagined_contexts']}) | "
+        run = f"{row.get('runs', 'runs/bench')}/mbrl-s{row['run_seed']}"
+        lines.append(f"| {run} | {row['waiting_contexts']} ({row['imagined_contexts']}) | "
                      f"{row['probe_accuracy']:.2f} ({row['probe_in_play']:.2f}) | "
                      f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']}) | "
                      f"{at(row['imagined_fire'], steps)} | {at(row['imagined_noop'], steps)} | "
@@ -666,6 +667,14 @@ RENDERERS = {
     "world_model_train": _world_model_train,
     "planning": _planning,
 }
+
+
+def load_result(path: Path, benchmark: str, rows: str = "runs") -> dict[str, Any]:
+    """A benchmark's saved results (read again each time: other processes may have added rows), or an empty
+    result with no `rows` yet."""
+    if path.exists():
+        return cast(dict[str, Any], json.loads(path.read_text()))
+    return {"benchmark": benchmark, rows: []}
 
 
 def save_result(result: dict[str, Any], out: Path) -> None:

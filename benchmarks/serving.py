@@ -33,7 +33,6 @@ their real actions and read the same way, against their real continuations.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from breakout_100k_games import final_agent, games_seed
 from latent_distill import dream_rates
 
 from mbrl.memory import keep_freed_memory
-from report import HERE, save_result
+from report import HERE, load_result, save_result
 
 RESULT = HERE / "results" / "serving.json"
 WAIT = 4  # context observations before a serve that must all show no ball, with no FIRE between them
@@ -176,7 +175,9 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     def imagined(rows: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, list[float]]:
         """Latents (P, horizon, F) imagined from the contexts rows[:, :context] under `actions` (P, context - 1 +
         horizon), and the share of them the probe reads in play at each step."""
-        latents = imagine(model, encode(rows[:, :context]), torch.as_tensor(actions)).latent.flatten(2)
+        imagined_latents = imagine(model, encode(rows[:, :context]), torch.as_tensor(actions)).latent
+        assert imagined_latents is not None  # imagine always gives them
+        latents = imagined_latents.flatten(2)
         read = apply_probe(probe, latents.double().flatten(0, 1)).view(len(rows), horizon) > 0.5
         return latents, read.double().mean(0).tolist()
 
@@ -238,7 +239,7 @@ def main() -> None:
 
     config = resolve_config("atari100k", [])
     env = make_env(eval_env_config(config.env, config.eval))
-    meanings = env.unwrapped.get_action_meanings()
+    meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
     fire, noop = meanings.index("FIRE"), meanings.index("NOOP")
     command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     for spec in args.agents:
@@ -249,13 +250,13 @@ def main() -> None:
                **play(agent, env, args.episodes, games_seed(int(seed)), fire)}
         print(f"{spec}: FIRE on {row['fire_share']:.1%} of steps, median wait after a lost life {row['median_wait']}, "
               f"{row['steps_per_game']:.0f} steps per game, mean score {row['mean_score']:.2f}", file=sys.stderr)
-        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
+        saved = load_result(RESULT, "serving", "rows")
         saved["rows"] = [r for r in saved["rows"] if (r["agent"], r["seed"], r["episodes"]) !=
                          (method, int(seed), args.episodes)] + [row]
         save_result(saved, RESULT)
     for seed in args.dream_seeds:
-        rows = dream_rows(seed, args.dream_steps, args.runs, fire, int(env.action_space.n))
-        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
+        rows = dream_rows(seed, args.dream_steps, args.runs, fire, int(env.action_space.n))  # type: ignore[attr-defined]
+        saved = load_result(RESULT, "serving", "rows")
         saved["dream"] = [r for r in saved.get("dream", []) if r["run_seed"] != seed] + [
             dict(r, command=command) for r in rows]
         save_result(saved, RESULT)
@@ -264,8 +265,10 @@ def main() -> None:
         print(f"mbrl seed {seed}: ball in play after FIRE real {row['real_fire'][-1]:.2f}, imagined "
               f"{row['imagined_fire'][-1]:.2f}; after NOOPs imagined {row['imagined_noop'][-1]:.2f} "
               f"({args.fire_horizon} steps out)", file=sys.stderr)
-        saved = json.loads(RESULT.read_text()) if RESULT.exists() else {"benchmark": "serving", "rows": []}
-        saved["fire"] = [r for r in saved.get("fire", []) if r["run_seed"] != seed] + [dict(row, command=command)]
+        saved = load_result(RESULT, "serving", "rows")
+        runs = str(args.runs)  # rows of other runs' directories are kept
+        kept = [r for r in saved.get("fire", []) if (r.get("runs", "runs/bench"), r["run_seed"]) != (runs, seed)]
+        saved["fire"] = kept + [dict(row, runs=runs, command=command)]
         save_result(saved, RESULT)
     env.close()
 

@@ -234,9 +234,11 @@ def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observ
     row = {"run_seed": 2, "horizon": 10, "waiting_contexts": 900, "imagined_contexts": 512, "probe_accuracy": 0.95,
            "probe_in_play": 0.65, "real_fire": steps, "real_fire_contexts": 80, "real_no_fire": [0.0] * 9 + [None],
            "imagined_fire": [0.0] * 10, "imagined_noop": [0.01] * 10, "fire_noop_gap": [0.04] * 10, "command": "c"}
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    other = dict(row, runs="runs/ab", run_seed=0)  # a row of another runs directory, written later
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [other, row]}))
     assert "ball in play 1 / 3 / 10 steps after the context" in table
-    assert ("| seed 2 | 900 (512) | 0.95 (0.65) | 0.10 / 0.30 / 1.00 (80) | 0.00 / 0.00 / 0.00 | 0.01 / 0.01 / 0.01 | "
+    assert table.index("| runs/ab/mbrl-s0 |") < table.index("| runs/bench/mbrl-s2 |")  # sorted by run
+    assert ("| runs/bench/mbrl-s2 | 900 (512) | 0.95 (0.65) | 0.10 / 0.30 / 1.00 (80) | 0.00 / 0.00 / 0.00 | 0.01 / 0.01 / 0.01 | "
             "0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - |") in table
     row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10)
     table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
