@@ -16,8 +16,10 @@ drops that partial record, so everything flushed before the kill loads back inta
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -119,7 +121,7 @@ class ReplayBuffer:
         self.dtype = record_dtype(self.frame_shape, self.ram_size)
         self._size = 0
         self._rows = np.empty(0, self.dtype)
-        self._ends_memo: dict[tuple[int, bytes | None], np.ndarray] = {}  # see _window_ends
+        self._ends_memo: dict[tuple[str, int, bytes | None], np.ndarray] = {}  # see _remembered
         self._ends_size = 0
         self._stream_last = np.empty(0, np.int64)  # per stream: its newest row, -1 before any
         self._num_episodes_started = 0
@@ -304,7 +306,7 @@ class ReplayBuffer:
 
     def sample(
         self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None,
-        event_fraction: float = 0.0,
+        event_fraction: float = 0.0, restart_fraction: float = 0.0,
     ) -> SequenceBatch:
         """Sample `batch_size` windows of `seq_len` transitions, each inside one episode.
 
@@ -317,28 +319,51 @@ class ReplayBuffer:
                 (a nonzero reward, a life loss or a game over), so that rare events reach the reward and
                 termination heads often enough to learn them (0 samples all windows alike; with no event
                 windows stored, all windows are drawn alike).
+            restart_fraction: share of the windows drawn among those whose first observation follows a
+                lost life, so that what happens after one (in Breakout: the ball waits until FIRE serves
+                it) is trained on as often as asked (drawn after the event windows, from the rest of
+                the batch; 0 draws none).
 
         Raises:
             ValueError: no episode holds `seq_len` transitions.
         """
-        return self.windows(self.sample_ends(batch_size, seq_len, rng, episodes, event_fraction), seq_len)
+        return self.windows(self.sample_ends(batch_size, seq_len, rng, episodes, event_fraction, restart_fraction),
+                            seq_len)
 
     def sample_ends(
         self, batch_size: int, seq_len: int, rng: np.random.Generator, episodes: np.ndarray | None = None,
-        event_fraction: float = 0.0,
+        event_fraction: float = 0.0, restart_fraction: float = 0.0,
     ) -> np.ndarray:
         """int64 (B,) the rows that end the windows `sample` draws with the same arguments and generator state
         (for callers that need a window's rows and actions but not its frames: see `window_rows`)."""
         ends = self._window_ends(seq_len, episodes)
         picks = ends[rng.integers(0, len(ends), size=batch_size)]
-        if event_fraction > 0 and seq_len > 0:  # the event mask costs a pass over the rows: only when asked
-            events = ends[self._ends_on_event(ends)]
-            count = _event_count(batch_size, seq_len, event_fraction, len(events))
-            picks[:count] = events[rng.integers(0, len(events), size=count)]
+        start = 0
+        for chosen, count in self._oversampled(batch_size, seq_len, episodes, event_fraction, restart_fraction):
+            picks[start:start + count] = ends[chosen][rng.integers(0, int(chosen.sum()), size=count)]
+            start += count
         return picks
 
+    def _oversampled(self, batch_size: int, seq_len: int, episodes: np.ndarray | None, event_fraction: float,
+                     restart_fraction: float) -> list[tuple[np.ndarray, int]]:
+        """The oversampled kinds of windows (ending on an event, starting after a lost life), each as (bool mask
+        over `_window_ends(seq_len, episodes)`, windows of a batch drawn among them); kinds not asked for or not
+        stored are left out. Masks are remembered with the window ends."""
+        ends = self._window_ends(seq_len, episodes)
+        kinds, taken = [], 0
+        for fraction, kind in ((event_fraction, self._ends_on_event), (restart_fraction, self._starts_after_life_loss)):
+            if fraction <= 0 or seq_len == 0:
+                continue
+            mask = self._remembered((kind.__name__, seq_len, episodes), functools.partial(kind, ends, seq_len))
+            count = min(_event_count(batch_size, seq_len, fraction, int(mask.sum())), batch_size - taken)
+            if count:
+                kinds.append((mask, count))
+                taken += count
+        return kinds
+
     def event_rates(
-        self, batch_size: int, seq_len: int, episodes: np.ndarray | None = None, event_fraction: float = 0.0
+        self, batch_size: int, seq_len: int, episodes: np.ndarray | None = None, event_fraction: float = 0.0,
+        restart_fraction: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """How often each event is a training target under `sample(...)` with these arguments, and under
         uniform windows: float64 (5,) each, the shares of the windows' transitions with clipped reward -1,
@@ -349,27 +374,32 @@ class ReplayBuffer:
         over the stored windows, not estimates.
         """
         ends = self._window_ends(seq_len, episodes)
-        is_event = self._ends_on_event(ends)
         chain = self._chains(ends, seq_len)  # (N, L) rows reached by each window's transitions
         sign, flags = np.sign(self._rows["reward"][chain]), self._rows["flags"][chain]
         per_window = np.stack([sign == -1, sign == 0, sign == 1, (flags & TERMINATED) != 0,
                                (flags & LIFE_LOSS) != 0], axis=-1).mean(axis=1)  # (N, 5)
-        uniform = per_window.mean(axis=0)
-        share = _event_count(batch_size, seq_len, event_fraction, int(is_event.sum())) / batch_size
-        if share == 0:
-            return uniform, uniform
-        return (1 - share) * uniform + share * per_window[is_event].mean(axis=0), uniform
+        uniform = trained = per_window.mean(axis=0)
+        for mask, count in self._oversampled(batch_size, seq_len, episodes, event_fraction, restart_fraction):
+            share = count / batch_size
+            trained = trained + share * (per_window[mask].mean(axis=0) - uniform)
+        return trained, uniform
 
     def _window_ends(self, seq_len: int, episodes: np.ndarray | None) -> np.ndarray:
         """Rows that can end a window of `seq_len` transitions (in `episodes` if given), remembered until rows
         are appended: a pass over every row (1.3 ms for 50k rows and an episode filter) for each sampled
         batch would cost a dream restart more than its world-model work."""
-        key = (seq_len, None if episodes is None else np.asarray(episodes).tobytes())
+        return self._remembered(("ends", seq_len, episodes), lambda: self._find_window_ends(seq_len, episodes))
+
+    def _remembered(self, key: tuple[str, int, np.ndarray | None], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """`compute()` of the stored rows, remembered under `key` (a name, a window length and an episode filter)
+        until rows are appended."""
+        name, seq_len, episodes = key
+        memo_key = (name, seq_len, None if episodes is None else np.asarray(episodes).tobytes())
         if self._ends_size != self._size:
             self._ends_memo, self._ends_size = {}, self._size
-        if key not in self._ends_memo:
-            self._ends_memo[key] = self._find_window_ends(seq_len, episodes)
-        return self._ends_memo[key]
+        if memo_key not in self._ends_memo:
+            self._ends_memo[memo_key] = compute()
+        return self._ends_memo[memo_key]
 
     def _find_window_ends(self, seq_len: int, episodes: np.ndarray | None) -> np.ndarray:
         rows = self._rows[: self._size]
@@ -381,11 +411,17 @@ class ReplayBuffer:
             raise ValueError(f"no stored episode holds {seq_len} consecutive transitions")
         return ends
 
-    def _ends_on_event(self, ends: np.ndarray) -> np.ndarray:
+    def _ends_on_event(self, ends: np.ndarray, seq_len: int) -> np.ndarray:
         """bool (N,): whether the transition into each of these rows is an event (a nonzero reward, a life
-        loss or a game over)."""
+        loss or a game over); `seq_len` is not needed (the signature is `_starts_after_life_loss`'s)."""
         rows = self._rows
         return (rows["reward"][ends] != 0) | ((rows["flags"][ends] & (TERMINATED | LIFE_LOSS)) != 0)
+
+    def _starts_after_life_loss(self, ends: np.ndarray, seq_len: int) -> np.ndarray:
+        """bool (N,): whether the first observation of each window of `seq_len` transitions ending at these rows
+        was reached by a lost life."""
+        first = self._chains(ends, seq_len + 1)[:, 0]
+        return (self._rows["flags"][first] & LIFE_LOSS) != 0
 
     def _chains(self, ends: np.ndarray, span: int) -> np.ndarray:
         """int64 (B, span) the rows of each episode up to the given end rows, oldest first, -1 before the start."""
@@ -466,7 +502,7 @@ class ReplayBuffer:
 
 
 def _event_count(batch_size: int, seq_len: int, event_fraction: float, events: int) -> int:
-    """Windows of a batch drawn among those that end on an event (none when there are no such windows)."""
+    """Windows of a batch drawn among those of one oversampled kind (none when there are no such windows)."""
     return round(event_fraction * batch_size) if events and seq_len > 0 else 0
 
 

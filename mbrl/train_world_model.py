@@ -60,6 +60,10 @@ class WorldModelTrainConfig:
             steps, too rare for the heads (and stage 1's event loss) to learn from uniform windows.
             Validation stays uniform. The heads learn these windows' event rates as their prior, so
             the trainer tells the model both rates (`calibrate_events`) and it corrects its heads.
+        restart_fraction: share of training windows that begin with the first observation after a lost
+            life (see ReplayBuffer.sample), drawn besides the event windows: in Breakout the ball waits
+            there until FIRE serves it, a step the 100k world models never learnt
+            (benchmarks/serving.py --fire-seeds). Counted in the event rates the heads are corrected for.
     """
 
     family: str = "jepa"
@@ -76,6 +80,7 @@ class WorldModelTrainConfig:
     patience: int = 4
     holdout_every: int = 10
     event_fraction: float = 0.5
+    restart_fraction: float = 0.0
 
 
 def to_train_batch(batch: SequenceBatch, device: torch.device, cache: LatentCache | None = None) -> TrainBatch:
@@ -184,13 +189,14 @@ class Trainer:
         """Tell the model how much more often events are training targets than in uniform windows of the
         training episodes (event_fraction), so its heads predict at the real rates."""
         trained, natural = self.buffer.event_rates(self.cfg.batch_size, self.cfg.seq_len, self.train_ids,
-                                                   self.cfg.event_fraction)
+                                                   self.cfg.event_fraction, self.cfg.restart_fraction)
         self.model.calibrate_events(torch.from_numpy(trained), torch.from_numpy(natural))
 
     def _update(self, stage: str) -> dict[str, float]:
         self.model.train()
         batch = self.buffer.sample(self.cfg.batch_size, self.cfg.seq_len, self.rng, episodes=self.train_ids,
-                                   event_fraction=self.cfg.event_fraction)
+                                   event_fraction=self.cfg.event_fraction,
+                                   restart_fraction=self.cfg.restart_fraction)
         losses = self.model.loss(to_train_batch(batch, self.device, self._cache_for(stage)), stage)
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)

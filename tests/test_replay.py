@@ -105,6 +105,18 @@ def test_event_fraction_windows_end_on_an_event(filled: tuple[ReplayBuffer, dict
     assert not event[16:].all()  # the rest are drawn alike, events or not
 
 
+def test_restart_fraction_windows_begin_after_a_lost_life(filled: tuple[ReplayBuffer, dict]) -> None:
+    buffer, rows = filled
+    batch = buffer.sample(64, 3, np.random.default_rng(3), event_fraction=0.25, restart_fraction=0.25)
+    first = decode(batch.frames[:, 0, -1])  # row of each window's first observation
+    last = decode(batch.frames[:, -1, -1])
+    after_loss = np.array([bool(rows[i].flags & LIFE_LOSS) for i in first])
+    event = np.array([rows[i].reward != 0 or bool(rows[i].flags & (TERMINATED | LIFE_LOSS)) for i in last])
+    assert event[:16].all() and after_loss[16:32].all()  # event windows first, then restart windows
+    assert not after_loss[32:].all()  # the rest are drawn alike
+    assert after_loss.mean() > 0.25
+
+
 def test_event_fraction_without_events_draws_all_windows_alike() -> None:
     buffer = ReplayBuffer(FRAME, STACK, ram_size=4)
     streams = buffer.new_streams(1)
@@ -253,6 +265,11 @@ def test_event_rates_are_the_expected_targets_of_sample(filled: tuple[ReplayBuff
     np.testing.assert_allclose(trained, 0.75 * every.mean(axis=0) + 0.25 * every[is_event].mean(axis=0))
     assert trained[3:].sum() > natural[3:].sum()  # events are oversampled
     np.testing.assert_allclose(buffer.event_rates(64, seq_len, episodes)[0], natural)
+    after_loss = (buffer.flags(last.rows[:, 0]) & LIFE_LOSS) != 0
+    assert 0 < after_loss.sum() < len(after_loss)
+    both = buffer.event_rates(64, seq_len, episodes, event_fraction=0.25, restart_fraction=0.5)[0]
+    np.testing.assert_allclose(both, 0.25 * every.mean(axis=0) + 0.25 * every[is_event].mean(axis=0)
+                               + 0.5 * every[after_loss].mean(axis=0))
 
     rng = np.random.default_rng(7)  # and sample() draws them at those rates
     drawn = np.concatenate([_targets(buffer.sample(64, seq_len, rng, episodes, 0.25)).reshape(-1, 5)
