@@ -73,7 +73,7 @@ def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any
     return load_trained_agent(run, run_config, torch.device("cpu"))
 
 
-def mpc_settings(config: Any) -> dict[str, Any]:
+def mpc_record(config: Any) -> dict[str, Any]:
     """What RESULTS.md says of an MPC agent's `MPCConfig`."""
     search = config.search
     return {"planner": config.planner, "candidates": search.candidates, "horizon": search.horizon,
@@ -107,7 +107,7 @@ def main() -> None:
             print(f"{method} seed {seed}: {result['mean']:.2f} +- {result['std']:.2f} over {args.episodes} games",
                   file=sys.stderr, flush=True)
             saved = load_result(RESULT, "breakout_100k_games")  # others may have added runs
-            settings = {"mpc": mpc_settings(agent.config)} if method.endswith(":mpc") else {}
+            settings = {"mpc": mpc_record(agent.config)} if method.endswith(":mpc") else {}
             saved["runs"].append({**key, **settings, "mean": result["mean"], "std": result["std"],
                                   "scores": result["scores"], "lengths": result["lengths"],
                                   "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})

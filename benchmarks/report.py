@@ -318,7 +318,7 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
         "table's 8 (evaluation rules as there)."
         + "".join(f" RUN:mpc: MPC on the world model of RUN's run with the run's settings ({s}), no terminal value: "
                   "the same 100k real steps, acted on by planning instead of the run's agent."
-                  for s in mpc_settings(r["runs"]))
+                  for s in mpc_phrases(r["runs"]))
         + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
            if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else ""),
         "",
@@ -351,7 +351,7 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def mpc_settings(runs: list[dict[str, Any]]) -> list[str]:
+def mpc_phrases(runs: list[dict[str, Any]]) -> list[str]:
     """The distinct MPC settings of `breakout_100k_games` rows, each as one phrase."""
     settings = (x["mpc"] for x in runs if x.get("mpc"))
     return list(dict.fromkeys(f"{m['planner']} N={m['candidates']}, H={m['horizon']}, I={m['iterations']}, "

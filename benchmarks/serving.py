@@ -172,14 +172,14 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     x_test, y_test = probe_data(held, 2048)
     accuracy = float(((apply_probe(probe, x_test) > 0.5) == (y_test > 0.5)).double().mean())
 
-    def imagined(rows: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, list[float]]:
-        """Latents (P, horizon, F) imagined from the contexts rows[:, :context] under `actions` (P, context - 1 +
+    def imagined(latents: torch.Tensor, actions: np.ndarray) -> tuple[torch.Tensor, list[float]]:
+        """Latents (P, horizon, F) imagined from encoded contexts (P, context, ...) under `actions` (P, context - 1 +
         horizon), and the share of them the probe reads in play at each step."""
-        imagined_latents = imagine(model, encode(rows[:, :context]), torch.as_tensor(actions)).latent
+        imagined_latents = imagine(model, latents, torch.as_tensor(actions)).latent
         assert imagined_latents is not None  # imagine always gives them
-        latents = imagined_latents.flatten(2)
-        read = apply_probe(probe, latents.double().flatten(0, 1)).view(len(rows), horizon) > 0.5
-        return latents, read.double().mean(0).tolist()
+        flat = imagined_latents.flatten(2)
+        read = apply_probe(probe, flat.double().flatten(0, 1)).view(len(latents), horizon) > 0.5
+        return flat, read.double().mean(0).tolist()
 
     context = int(model.config.context)
     span = context - 1 + horizon  # the context, then the real continuation
@@ -188,7 +188,7 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     keep = waiting(ball, actions, buffer.flags(rows[:, 0]) & FIRST != 0, context, fire)
     # the probe's control: contexts with the ball in play, imagined under their real actions
     control = rng.permutation(np.flatnonzero(ball[:, context - 1]))[:contexts]
-    control_imagined = imagined(rows[control], actions[control])[1]
+    control_imagined = imagined(encode(rows[control, :context]), actions[control])[1]
     control_real = ball[control, context:].mean(0).tolist()
 
     rows, actions, ball = rows[keep], actions[keep], ball[keep]
@@ -196,13 +196,14 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     first_fire = actions[:, context - 1] == fire
     no_fire_yet = np.cumsum(actions[:, context - 1:] == fire, axis=1) == 0  # no FIRE up to that step
     pick = rng.permutation(len(rows))[:contexts]
+    encoded = encode(rows[pick, :context])  # (P, context, ...)
     branch, shares = {}, {}
     for name, first in (("fire", fire), ("noop", noop)):
         plan = np.full((len(pick), horizon), noop)
         plan[:, 0] = first
-        branch[name], shares[name] = imagined(rows[pick], np.concatenate([actions[pick, :context - 1], plan], 1))
+        branch[name], shares[name] = imagined(encoded, np.concatenate([actions[pick, :context - 1], plan], 1))
     # how far the FIRE branch strays from the NOOP branch, against the NOOP branch's first step from the context
-    last = encode(rows[pick, context - 1]).flatten(1)
+    last = encoded[:, -1].flatten(1)
     gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / (branch["noop"][:, 0] - last).abs().mean()).tolist()
     return {"run_seed": seed, "horizon": horizon, "waiting_contexts": int(len(rows)), "imagined_contexts": len(pick),
             "probe_accuracy": accuracy, "probe_in_play": float(y_test.mean()),
