@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from planning import full_context
+from planning import chained_step_ms, full_context
 from torch.utils.flop_counter import FlopCounterMode
 
 from mbrl.checkpoint import load_checkpoint
@@ -46,17 +45,6 @@ def macs_per_rollout_step(model: WorldModel) -> float:
 
 
 @torch.no_grad()
-def step_ms(model: WorldModel, batch: int, repeats: int) -> float:
-    """Median milliseconds of one imagined step of `batch` rollouts (steps chained: a step consumes its state)."""
-    _, actions, state = full_context(model, batch)
-    times = []
-    for _ in range(repeats + 3):
-        start = time.perf_counter()
-        state = model.step(state, actions[:, -1]).state
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(torch.tensor(times[3:]).median())
-
-
 def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
     checkpoints = RunDir(run).checkpoint_dir
     metadata = load_checkpoint(checkpoints, CHECKPOINT).metadata
@@ -69,7 +57,7 @@ def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
         kept = load_checkpoint(checkpoints, BEST).step if (checkpoints / f"{BEST}.json").exists() else None
     row = {"label": label, "run": str(run), "config": config, "updates": metadata["progress"]["step"],
            "kept": kept, "macs": macs_per_rollout_step(model),
-           "step_ms": {str(n): step_ms(model, n, repeats) for n in (256, 512)},
+           "step_ms": {str(n): chained_step_ms(model, n, repeats, warmup=3) for n in (256, 512)},
            "eval": json.loads((run / "world_model_eval.json").read_text())}
     print(f"{label}: {row['macs'] / 1e6:.2f}M multiply-adds per rollout step, step of 256 "
           f"{row['step_ms']['256']:.1f} ms, of 512 {row['step_ms']['512']:.1f} ms", flush=True)
