@@ -394,7 +394,7 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
 
     horizon = max(row["horizon"] for row in rows)
     steps = tuple(t for t in (1, 3, horizon) if t <= horizon)
-    lines = ["", "Does the world model know that FIRE serves? From real contexts of an mbrl run's held-out episodes in "
+    lines = ["", "Does the world model know that FIRE serves? From real contexts of a run's held-out episodes in "
              "which the ball waits to be served, the share of imagined or real steps with the ball in play "
              f"{' / '.join(map(str, steps))} steps after the context (imagined: read from the latent by a linear "
              "probe fit to the RAM's ball-in-play flag; 'probe' its accuracy on held-out real observations, with "
@@ -403,7 +403,7 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
              "contexts with the ball in play imagined under their real actions, read by the same probe (real / "
              "imagined, at the same steps). Commands: "
              + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in rows)) + ".", "",
-             "| mbrl run | waiting contexts (imagined from) | probe (in play) | real after FIRE (contexts) | "
+             "| run | waiting contexts (imagined from) | probe (in play) | real after FIRE (contexts) | "
              "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | control: real; "
              "imagined |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
