@@ -64,6 +64,7 @@ class WorldModelTrainConfig:
             life (see ReplayBuffer.sample), drawn besides the event windows: in Breakout the ball waits
             there until FIRE serves it, a step the 100k world models never learnt
             (benchmarks/serving.py --fire-seeds). Counted in the event rates the heads are corrected for.
+            0.25 did not teach it either (README, "Training on more serves does not teach it").
     """
 
     family: str = "jepa"
