@@ -399,14 +399,16 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
              f"{' / '.join(map(str, steps))} steps after the context (imagined: read from the latent by a linear "
              "probe fit to the RAM's ball-in-play flag; 'probe' its accuracy on held-out real observations, with "
              "the share in play there); 'FIRE - NOOP' is how far the FIRE branch's latents lie from the NOOP "
-             "branch's at those steps, in units of the NOOP branch's first step away from the context; 'control': "
+             "branch's at those steps, in units of the NOOP branch's first step away from the context, and 'RIGHT - "
+             "LEFT' the same for RIGHT and LEFT each held from the same contexts (since 2026-12-04; '-' before), "
+             "for scale: an action the model follows; 'control': "
              "contexts with the ball in play imagined under their real actions, read by the same probe (real / "
              "imagined, at the same steps). Commands: "
              + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in rows)) + ".", "",
              "| run | waiting contexts (imagined from) | probe (in play) | real after FIRE (contexts) | "
-             "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | control: real; "
-             "imagined |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | RIGHT - LEFT | "
+             "control: real; imagined |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in sorted(rows, key=lambda row: (row.get("runs", "runs/bench"), row["run_seed"])):
         control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
                    else "-")
@@ -416,7 +418,8 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
                      f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']}) | "
                      f"{at(row['imagined_fire'], steps)} | {at(row['imagined_noop'], steps)} | "
                      f"{at(row['real_no_fire'], steps)} | "
-                     f"{at(row['fire_noop_gap'], steps)} | {control} |")
+                     f"{at(row['fire_noop_gap'], steps)} | "
+                     f"{at(row['right_left_gap'], steps) if 'right_left_gap' in row else '-'} | {control} |")
     return lines
 
 

@@ -139,9 +139,11 @@ def waiting(ball: np.ndarray, actions: np.ndarray, starts: np.ndarray, context: 
 
 
 @torch.no_grad()
-def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts: int) -> dict[str, Any]:
+def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts: int,
+             moves: tuple[int, int]) -> dict[str, Any]:
     """Ball in play 1..`horizon` steps after real waiting contexts: imagined after FIRE and after NOOPs by the
-    world model of the mbrl run of `seed` (read by a linear probe), and in the real continuations."""
+    world model of the mbrl run of `seed` (read by a linear probe), and in the real continuations; and how far
+    apart the model imagines the two paddle moves `moves` (RIGHT, LEFT) held from the same contexts."""
     from envs.registration import load_world_model
     from mbrl.cli import config_for_run
     from mbrl.eval_world_model import IN_PLAY, apply_probe, fit_probe, in_play
@@ -204,13 +206,18 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
         branch[name], shares[name] = imagined(encoded, np.concatenate([actions[pick, :context - 1], plan], 1))
     # how far the FIRE branch strays from the NOOP branch, against the NOOP branch's first step from the context
     last = encoded[:, -1].flatten(1)
-    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / (branch["noop"][:, 0] - last).abs().mean()).tolist()
+    unit = (branch["noop"][:, 0] - last).abs().mean()
+    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / unit).tolist()
+    moved = [imagined(encoded, np.concatenate([actions[pick, :context - 1], np.full((len(pick), horizon), move)], 1))[0]
+             for move in moves]  # a move held for the whole horizon: an action the model is known to follow
+    move_gap = ((moved[0] - moved[1]).abs().mean((0, 2)) / unit).tolist()
     return {"run_seed": seed, "horizon": horizon, "waiting_contexts": int(len(rows)), "imagined_contexts": len(pick),
             "probe_accuracy": accuracy, "probe_in_play": float(y_test.mean()),
             "real_fire": after[first_fire].mean(0).tolist(), "real_fire_contexts": int(first_fire.sum()),
             "real_no_fire": [float(after[no_fire_yet[:, t], t].mean()) if no_fire_yet[:, t].any() else None
                              for t in range(horizon)],
             "imagined_fire": shares["fire"], "imagined_noop": shares["noop"], "fire_noop_gap": gap,
+            "right_left_gap": move_gap,
             "control_real": control_real, "control_imagined": control_imagined}
 
 def main() -> None:
@@ -242,6 +249,7 @@ def main() -> None:
     env = make_env(eval_env_config(config.env, config.eval))
     meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
     fire, noop = meanings.index("FIRE"), meanings.index("NOOP")
+    moves = (meanings.index("RIGHT"), meanings.index("LEFT"))
     command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     for spec in args.agents:
         method, seed = spec.split(":")
@@ -262,7 +270,7 @@ def main() -> None:
             dict(r, command=command) for r in rows]
         save_result(saved, RESULT)
     for seed in args.fire_seeds:
-        row = fire_row(seed, args.runs, fire, noop, args.fire_horizon, args.fire_contexts)
+        row = fire_row(seed, args.runs, fire, noop, args.fire_horizon, args.fire_contexts, moves)
         print(f"mbrl seed {seed}: ball in play after FIRE real {row['real_fire'][-1]:.2f}, imagined "
               f"{row['imagined_fire'][-1]:.2f}; after NOOPs imagined {row['imagined_noop'][-1]:.2f} "
               f"({args.fire_horizon} steps out)", file=sys.stderr)

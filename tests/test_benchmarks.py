@@ -239,10 +239,10 @@ def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observ
     assert "ball in play 1 / 3 / 10 steps after the context" in table
     assert table.index("| runs/ab/mbrl-s0 |") < table.index("| runs/bench/mbrl-s2 |")  # sorted by run
     assert ("| runs/bench/mbrl-s2 | 900 (512) | 0.95 (0.65) | 0.10 / 0.30 / 1.00 (80) | 0.00 / 0.00 / 0.00 | "
-            "0.01 / 0.01 / 0.01 | 0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - |") in table
-    row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10)
+            "0.01 / 0.01 / 0.01 | 0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - | - |") in table
+    row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10, right_left_gap=[0.5] * 10)
     table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
-    assert "| 0.04 / 0.04 / 0.04 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 |" in table
+    assert "| 0.04 / 0.04 / 0.04 | 0.50 / 0.50 / 0.50 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 |" in table
 
 
 def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> None:
