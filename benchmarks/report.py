@@ -409,10 +409,10 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
              "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | RIGHT - LEFT | "
              "control: real; imagined |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in sorted(rows, key=lambda row: (row.get("runs", "runs/bench"), row["run_seed"])):
+    for row in sorted(rows, key=lambda row: (row["runs"], row["run_seed"])):
         control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
                    else "-")
-        run = f"{row.get('runs', 'runs/bench')}/mbrl-s{row['run_seed']}"
+        run = f"{row['runs']}/mbrl-s{row['run_seed']}"
         lines.append(f"| {run} | {row['waiting_contexts']} ({row['imagined_contexts']}) | "
                      f"{row['probe_accuracy']:.2f} ({row['probe_in_play']:.2f}) | "
                      f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']}) | "

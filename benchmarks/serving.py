@@ -199,25 +199,26 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     no_fire_yet = np.cumsum(actions[:, context - 1:] == fire, axis=1) == 0  # no FIRE up to that step
     pick = rng.permutation(len(rows))[:contexts]
     encoded = encode(rows[pick, :context])  # (P, context, ...)
+    # FIRE then NOOPs, NOOPs only, and the two paddle moves each held (actions the model is known to follow)
+    plans = {"fire": [fire] + [noop] * (horizon - 1), "noop": [noop] * horizon, "right": [moves[0]] * horizon,
+             "left": [moves[1]] * horizon}
     branch, shares = {}, {}
-    for name, first in (("fire", fire), ("noop", noop)):
-        plan = np.full((len(pick), horizon), noop)
-        plan[:, 0] = first
-        branch[name], shares[name] = imagined(encoded, np.concatenate([actions[pick, :context - 1], plan], 1))
-    # how far the FIRE branch strays from the NOOP branch, against the NOOP branch's first step from the context
-    last = encoded[:, -1].flatten(1)
-    unit = (branch["noop"][:, 0] - last).abs().mean()
-    gap = ((branch["fire"] - branch["noop"]).abs().mean((0, 2)) / unit).tolist()
-    moved = [imagined(encoded, np.concatenate([actions[pick, :context - 1], np.full((len(pick), horizon), move)], 1))[0]
-             for move in moves]  # a move held for the whole horizon: an action the model is known to follow
-    move_gap = ((moved[0] - moved[1]).abs().mean((0, 2)) / unit).tolist()
+    for name, plan in plans.items():
+        branch[name], shares[name] = imagined(encoded, np.concatenate(
+            [actions[pick, :context - 1], np.tile(plan, (len(pick), 1))], 1))
+    unit = (branch["noop"][:, 0] - encoded[:, -1].flatten(1)).abs().mean()  # the NOOP branch's first step
+
+    def gap(a: str, b: str) -> list[float]:
+        """How far branch a strays from branch b, in units of the NOOP branch's first step from the context."""
+        return ((branch[a] - branch[b]).abs().mean((0, 2)) / unit).tolist()
+
     return {"run_seed": seed, "horizon": horizon, "waiting_contexts": int(len(rows)), "imagined_contexts": len(pick),
             "probe_accuracy": accuracy, "probe_in_play": float(y_test.mean()),
             "real_fire": after[first_fire].mean(0).tolist(), "real_fire_contexts": int(first_fire.sum()),
             "real_no_fire": [float(after[no_fire_yet[:, t], t].mean()) if no_fire_yet[:, t].any() else None
                              for t in range(horizon)],
-            "imagined_fire": shares["fire"], "imagined_noop": shares["noop"], "fire_noop_gap": gap,
-            "right_left_gap": move_gap,
+            "imagined_fire": shares["fire"], "imagined_noop": shares["noop"], "fire_noop_gap": gap("fire", "noop"),
+            "right_left_gap": gap("right", "left"),
             "control_real": control_real, "control_imagined": control_imagined}
 
 def main() -> None:
@@ -276,7 +277,7 @@ def main() -> None:
               f"({args.fire_horizon} steps out)", file=sys.stderr)
         saved = load_result(RESULT, "serving", "rows")
         runs = str(args.runs)  # rows of other runs' directories are kept
-        kept = [r for r in saved.get("fire", []) if (r.get("runs", "runs/bench"), r["run_seed"]) != (runs, seed)]
+        kept = [r for r in saved.get("fire", []) if (r["runs"], r["run_seed"]) != (runs, seed)]
         saved["fire"] = kept + [dict(row, runs=runs, command=command)]
         save_result(saved, RESULT)
     env.close()

@@ -233,7 +233,8 @@ def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observ
     steps = [0.1 * t for t in range(1, 11)]
     row = {"run_seed": 2, "horizon": 10, "waiting_contexts": 900, "imagined_contexts": 512, "probe_accuracy": 0.95,
            "probe_in_play": 0.65, "real_fire": steps, "real_fire_contexts": 80, "real_no_fire": [0.0] * 9 + [None],
-           "imagined_fire": [0.0] * 10, "imagined_noop": [0.01] * 10, "fire_noop_gap": [0.04] * 10, "command": "c"}
+           "imagined_fire": [0.0] * 10, "imagined_noop": [0.01] * 10, "fire_noop_gap": [0.04] * 10,
+           "runs": "runs/bench", "command": "c"}
     other = dict(row, runs="runs/ab", run_seed=0)  # a row of another runs directory, written later
     table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [other, row]}))
     assert "ball in play 1 / 3 / 10 steps after the context" in table
