@@ -38,9 +38,9 @@ class MPCConfig:
         context: real latents given to `observe` (with the actions between them); None = the
             world model's own `config.context` if it has one, else 1.
         warm_start: start each plan from the previous plan's distribution shifted by one step.
-        compile: compile the world model's imagined step (`WorldModel.compile_imagination`): a one-off
-            compile on the first plans (~50 s for the default JEPA model), then faster plans (CEM at
-            N=512, H=12, I=4: ~0.65 of the time; `benchmarks/planning.py`).
+        compile: compile the world model's imagination (`WorldModel.compile_imagination`): a one-off
+            compile on the first plans (a few minutes for the default JEPA model on 2 CPU cores, less
+            with torch's compile cache warm), then faster plans (`benchmarks/planning.py`).
     """
 
     planner: str = "cem"

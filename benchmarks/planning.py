@@ -31,6 +31,7 @@ import argparse
 import copy
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from agents.mpc import MPCAgent, MPCConfig
 from agents.planners import PlannerConfig
 from mbrl.memory import keep_freed_memory
 from report import save_result
-from world_models.base import WorldModel
+from world_models.base import TreeOutput, WorldModel
 from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 HERE = Path(__file__).resolve().parent
@@ -52,17 +53,19 @@ SMALLER = [(512, 8, 2), (256, 12, 3), (256, 8, 3), (128, 8, 3), (64, 8, 2), (64,
 
 
 class CountingSteps:
-    """Wraps `model.step` to count imagined rollout steps (after shared-prefix dedupe) and `step` calls."""
+    """Wraps `model.step_tree` to count imagined rollout steps (after shared-prefix dedupe) and imagination calls (a
+    planner's objective makes one per round, and one for the first levels of a plan's tree)."""
 
     def __init__(self, model: JEPAWorldModel) -> None:
         self.count = self.calls = 0
-        self._step = model.step
-        model.step = self  # type: ignore[method-assign]
+        self._step_tree = model.step_tree
+        model.step_tree = self  # type: ignore[method-assign]
 
-    def __call__(self, state: Any, action: torch.Tensor, latent: bool = True) -> Any:
-        self.count += len(action)
+    def __call__(self, state: Any, parents: Sequence[torch.Tensor | None], actions: Sequence[torch.Tensor],
+                 latent: bool = False) -> TreeOutput:
+        self.count += sum(len(step) for step in actions)
         self.calls += 1
-        return self._step(state, action, latent=latent)
+        return self._step_tree(state, parents, actions, latent=latent)
 
 
 def time_agent(model: JEPAWorldModel, counter: CountingSteps, config: MPCConfig, actions: int,
@@ -104,7 +107,7 @@ def timed_rows(models: dict[bool, JEPAWorldModel], configs: list[tuple[MPCConfig
                "median_ms": float(np.median(ms)),
                "p95_ms": float(np.percentile(ms, 95)), "round_medians_ms": [float(np.median(t)) for t, _ in runs],
                "imagined_steps": float(np.mean([n for _, steps in runs for n, _ in steps])),
-               "step_calls": float(np.mean([c for _, steps in runs for _, c in steps])),
+               "imagination_calls": float(np.mean([c for _, steps in runs for _, c in steps])),
                "imagined_steps_without_dedupe": search.candidates * search.horizon * search.iterations}
         rounds_ms = ", ".join(f"{m:.0f}" for m in row["round_medians_ms"])
         print(f"{config.planner} N={search.candidates} H={search.horizon} I={search.iterations}"

@@ -187,7 +187,7 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "(encode, plan, shift). Imagined steps count rollout steps after shared discrete prefixes are imagined "
         f"once. Target: <= {r['target_ms']:.0f} ms per action for CEM at N=512, H=12, I=4: "
         + ("met." if issue_row is not None and issue_row["p95_ms"] <= r["target_ms"] else "not met.")
-        + (f" 'compiled': the imagined step compiled (`mpc.compile=true`, `WorldModel.compile_imagination`); the "
+        + (f" 'compiled': imagination compiled (`mpc.compile=true`, `WorldModel.compile_imagination`); the "
            f"compile and its first action took {r['compile_seconds']:.0f} s." if "compile_seconds" in r else "")
         + " History of that row (same script; 1 thread until 2026-12-02's second run): 4.7 s before the "
         "predictor's key/value cache; 886 ms with the previous default predictor (2.39M multiply-adds per imagined "
@@ -208,10 +208,16 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "table's figures are above the earlier ones. What remains is per-step and per-row work outside the "
         "matrix products: ~217 torch calls per `step` (~1 ms of fixed cost), and ~10 us per rollout step "
         "against ~2.3 us of arithmetic; carrying the reads in bfloat16 (AVX512-BF16) made a 512-rollout step 7% "
-        "faster on two threads, not kept.",
+        "faster on two threads, not kept. Since 2026-12-04 the objective hands the world model a round whole, as a "
+        "tree of the distinct prefixes (`WorldModel.step_tree`), and the JEPA model imagines up to 4 depths per call "
+        "(compiled: one graph, the parents' states copied inside it), so a plan at the issue's budget makes 5 "
+        "calls of `step_tree` (the table's last column), 9 calls of the compiled function, instead of 36 of `step`; on "
+        "that day's slower machine (one 512-rollout eager step 10.1 ms against 6.1 on 2026-12-03) the compiled row "
+        "took 0.45 of the eager one, against 0.64 on 2026-12-03, and paired per action in one process against the "
+        "compiled single steps, 0.69 of the time (README, 'Compiled trees').",
         "",
         "| planner | N | H | I | compiled | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps "
-        "per action | without dedupe | step calls per action |",
+        "per action | without dedupe | imagination calls per action |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
@@ -220,7 +226,7 @@ def _planning(r: dict[str, Any]) -> list[str]:
                      f"{'yes' if row.get('compiled') else 'no'} | "
                      f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {rounds} | "
                      f"{row['imagined_steps']:.0f} | {row['imagined_steps_without_dedupe']} | "
-                     + (f"{row['step_calls']:.0f} |" if "step_calls" in row else "- |"))
+                     + (f"{row['imagination_calls']:.0f} |" if "imagination_calls" in row else "- |"))
     lines += [
         "",
         f"One imagined step of {p['batch']} rollouts with a full context window: {p['step_ms']:.1f} ms, "

@@ -88,8 +88,8 @@ def add_agent_commands(sub: Any) -> None:
     plan.add_argument("--value-from-agent", action="store_true",
                       help="add the run's trained agent's value of the last imagined latent (sees past the horizon)")
     plan.add_argument("--compile", action="store_true",
-                      help="compile the world model's imagined step (config mpc.compile): ~50 s once, then plans in "
-                      "~0.65 of the time; for large budgets (e.g. --candidates 512 --horizon 12 --iterations 4)")
+                      help="compile the world model's imagination (config mpc.compile): a few minutes once on 2 CPU "
+                      "cores, then faster plans; for large budgets (e.g. --candidates 512 --horizon 12 --iterations 4)")
     plan.add_argument("--gif", type=Path, help="write the first game as a GIF here")
     plan.add_argument("--out", type=Path, help="JSON result path (default: runs/NAME/plan-PLANNER.json)")
     plan.add_argument("--seed", type=int, default=0, help="seeds the games and the planner (default 0)")

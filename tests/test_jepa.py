@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
 
 from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from world_models.base import TrainBatch, event_logit_shift, imagine
+from world_models.base import TrainBatch, WorldModel, event_logit_shift, imagine
 from world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
 from world_models.heads import StandardizedHead
 from world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
@@ -65,7 +66,8 @@ def test_shapes(model: JEPAWorldModel) -> None:
     reads = TINY.predictor_dim + 2 * skip + 2 * hidden
     assert shapes(out.state) == {"latent": (3, 2, 32), "reads": (3, reads), "previous_read": (3, skip),
                                  "actions": (3, TINY.action_history - 1), "keys": per_block, "values": per_block,
-                                 "key_at": (3, ring), "position": (3,)}
+                                 "key_at": (3, ring), "position": (3,),
+                                 "pending": (3, TINY.predictor_dim + skip + 1)}  # the latent's change not added yet
     assert out.state["position"].tolist() == [6 * per_step] * 3  # 5 context steps and 1 imagined
     short = model.observe(z[:, :1], data.actions[:, :0])  # one latent: the same shapes, nothing cached yet
     assert shapes(short) == shapes(out.state) and (short["key_at"] < 0).all()
@@ -676,19 +678,50 @@ def _chained_steps(model: JEPAWorldModel, batches: tuple[int, ...]) -> list[torc
     return out
 
 
+def _tree(model: JEPAWorldModel, seed: int, problems: int) -> tuple[dict[str, Any], list[Any], list[torch.Tensor]]:
+    """A context of `problems` rows and a tree of three depths from it: every row branches into all actions, then
+    two more steps (parents given, then None): the context's state, the parents and the actions."""
+    g = torch.Generator().manual_seed(seed)
+    state = model.observe(torch.randn(problems, 4, *model.latent_shape, generator=g),
+                          torch.randint(0, 4, (problems, 3), generator=g))
+    first = torch.arange(problems).repeat_interleave(4)
+    second = torch.randint(0, len(first), (3 * problems,), generator=g)  # some nodes branch twice, some stop
+    actions = [torch.arange(4).repeat(problems)] + [torch.randint(0, 4, (len(second),), generator=g) for _ in "ab"]
+    return state, [first, second, None], actions
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_step_tree_gives_the_steps_of_copied_parent_states(latent: bool) -> None:
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    state, parents, actions = _tree(model, 0, 2)
+    before = {key: value.clone() for key, value in state.items() if isinstance(value, torch.Tensor)}
+    tree = model.step_tree(state, parents, actions, latent=latent)  # JEPA's own: all depths in one function
+    for key, value in before.items():
+        assert torch.equal(state[key], value), f"the tree consumed the context's {key}"
+    wanted = WorldModel.step_tree(model, state, parents, actions, latent=latent)  # steps of select_state copies
+    assert [len(r) for r in tree.reward] == [8, 6, 6] and (tree.latent is None) == (not latent)
+    for got, expected in zip(tree[1:], wanted[1:], strict=True):
+        if got is not None:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tree.state["reads"], wanted.state["reads"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
-def test_compiled_imagination_gives_the_eager_steps() -> None:
+def test_compiled_imagination_gives_the_eager_trees() -> None:
     torch.manual_seed(0)
     eager = JEPAWorldModel(TINY).eval()
     compiled = JEPAWorldModel(TINY).eval()
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_imagination()
-    with torch.no_grad():
-        for got, wanted in zip(_chained_steps(compiled, (5,)), _chained_steps(eager, (5,)), strict=True):
-            torch.testing.assert_close(got, wanted, atol=1e-5, rtol=1e-5)
-    from world_models.jepa_reads import step_with_reads
+    for seed, problems in enumerate((2, 3)):  # one graph of three depths meets two sets of sizes
+        got = compiled.step_tree(*_tree(compiled, seed, problems), latent=True)
+        wanted = eager.step_tree(*_tree(eager, seed, problems), latent=True)
+        for a, b in zip(got[1:], wanted[1:], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    from world_models.jepa_reads import tree_with_reads
 
-    assert compiled._step_with_reads is not step_with_reads, "it did not fall back to eager steps"
+    assert compiled._tree_with_reads is not tree_with_reads, "it did not fall back to eager steps"
 
 
 def test_imagination_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:

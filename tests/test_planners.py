@@ -240,23 +240,23 @@ def test_dedupe_matches_full_imagination_on_jepa(jepa: JEPAWorldModel) -> None:
     torch.testing.assert_close(again, fast, rtol=0, atol=0)
 
 
-def test_objective_runs_small_steps_on_one_thread_and_gives_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
+def test_objective_runs_small_trees_on_one_thread_and_gives_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
     g = torch.Generator().manual_seed(0)
     state = jepa.observe(torch.randn(1, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (1, 2), generator=g))
     sequences = torch.randint(0, 4, (1, 64, 4), generator=g)
     seen = []
-    step = jepa.step
+    step_tree = jepa.step_tree
 
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append((len(args[1]), torch.get_num_threads()))  # type: ignore[arg-type]
-        return step(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(([len(actions) for actions in args[2]], torch.get_num_threads()))
+        return step_tree(*args, **kwargs)
 
-    jepa.step = spy  # type: ignore[method-assign]
+    jepa.step_tree = spy  # type: ignore[method-assign]
     torch.set_num_threads(2)
-    returns = world_model_objective(jepa, parallel_from=16)(state, sequences)
+    returns = world_model_objective(jepa, parallel_from=32)(state, sequences)
     assert torch.get_num_threads() == 2
-    assert [threads for rows, threads in seen] == [2 if rows >= 16 else 1 for rows, _ in seen]
-    assert {threads for _, threads in seen} == {1, 2}  # 4 first actions, then more prefixes than 16
+    # the first levels (N=64: L=2, the widest 16 nodes) on one thread, then a round (up to 64) on two
+    assert [threads for _, threads in seen] == [1, 2] and seen[0][0] == [4, 16]
     torch.testing.assert_close(world_model_objective(jepa, parallel_from=1)(state, sequences), returns)
 
 
@@ -347,17 +347,17 @@ def test_mpc_agent_plays_breakout(jepa: JEPAWorldModel) -> None:
 
 
 def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
-    """The objective switches torch's process-wide thread count per step, so calls from two Python threads must
-    not interleave. Here B tries to start while A is inside a small step (1 thread) and A finishes first:
+    """The objective switches torch's process-wide thread count per tree, so calls from two Python threads must
+    not interleave. Here B tries to start while A is inside a small tree (1 thread) and A finishes first:
     interleaved, B ran steps at thread counts A had set and its returns differed from the serial ones."""
     g = torch.Generator().manual_seed(0)
     state = jepa.observe(torch.randn(1, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (1, 2), generator=g))
     sequences = torch.randint(0, 4, (1, 64, 4), generator=g)
-    objective = world_model_objective(jepa, parallel_from=16)
+    objective = world_model_objective(jepa, parallel_from=32)
     torch.set_num_threads(2)
     expected = objective(state, sequences)
     a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
-    step = jepa.step
+    step_tree = jepa.step_tree
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "A":
@@ -367,9 +367,9 @@ def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JE
         else:
             b_inside.set()
             a_done.wait(timeout=10.0)
-        return step(*args, **kwargs)
+        return step_tree(*args, **kwargs)
 
-    jepa.step = spy  # type: ignore[method-assign]
+    jepa.step_tree = spy  # type: ignore[method-assign]
     results: dict[str, torch.Tensor] = {}
 
     def plan() -> None:
@@ -393,29 +393,29 @@ def test_first_levels_are_imagined_once_per_state_and_give_the_same_returns(jepa
     state = jepa.observe(torch.randn(2, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (2, 2), generator=g))
     rounds = [torch.randint(0, 4, (2, 40, 5), generator=g) for _ in range(3)]  # three rounds of a plan, N=40
     value = lambda z: z.mean((1, 2))  # noqa: E731
-    rows: list[int] = []
-    step = jepa.step
+    rows: list[list[int]] = []
+    step_tree = jepa.step_tree
 
-    def spy(*args: object, **kwargs: object) -> object:
-        rows.append(len(args[1]))  # type: ignore[arg-type]
-        return step(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rows.append([len(actions) for actions in args[2]])
+        return step_tree(*args, **kwargs)
 
-    jepa.step = spy  # type: ignore[method-assign]
+    jepa.step_tree = spy  # type: ignore[method-assign]
     tree = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5)  # A=4, N=40: L=2 (16 <= 20)
     plain = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5, tree_levels=0)
     full = world_model_objective(jepa, 0.95, value, life_loss_penalty=0.5, dedupe=False)
     for k, sequences in enumerate(rounds):
         rows.clear()
         got = tree(state, sequences)
-        assert len(rows) == (2 + 3 if k == 0 else 3)  # the tree's two levels (2 x 4, 2 x 16 rows) only at first
-        assert k > 0 or rows[:2] == [8, 32]
+        assert [len(depths) for depths in rows] == ([2, 3] if k == 0 else [3])  # the tree's levels only at first
+        assert k > 0 or rows[0] == [8, 32]  # 2 x 4, 2 x 16 nodes
         torch.testing.assert_close(got, plain(state, sequences), rtol=0, atol=1e-5)
         torch.testing.assert_close(got, full(state, sequences), rtol=0, atol=1e-5)
     # a state changed in place (a step consumes its state) is a new start: its tree is imagined again
     state["keys"][0].add_(1.0)
     rows.clear()
     torch.testing.assert_close(tree(state, rounds[0]), plain(state, rounds[0]), rtol=0, atol=1e-5)
-    assert rows[:2] == [8, 32]
+    assert rows[0] == [8, 32]
 
 
 @pytest.mark.parametrize(("candidates", "horizon", "levels"), [(512, 12, 4), (64, 8, 2), (64, 2, 1), (7, 5, 0)])

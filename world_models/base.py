@@ -7,7 +7,7 @@ training loop use only this interface, so a new family is one new file plus a re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -52,6 +52,22 @@ class StepOutput(NamedTuple):
     reward: Tensor
     cont: Tensor
     life_loss: Tensor
+
+
+class TreeOutput(NamedTuple):
+    """A tree of imagined rollouts, depth by depth (see `WorldModel.step_tree`).
+
+    Attributes:
+        state: the imagination state of the last depth's nodes.
+        latent: (M, *latent_shape) the last depth's predicted latents; None unless asked for.
+        reward, cont, life_loss: per depth d, (M_d,) as in `StepOutput`, one entry per node.
+    """
+
+    state: Any
+    latent: Tensor | None
+    reward: tuple[Tensor, ...]
+    cont: tuple[Tensor, ...]
+    life_loss: tuple[Tensor, ...]
 
 
 class CheckedPart(NamedTuple):
@@ -137,9 +153,33 @@ class WorldModel(nn.Module, ABC):
         steps are the same either way.
         """
 
+    def step_tree(self, state: Any, parents: Sequence[Tensor | None], actions: Sequence[Tensor],
+                  latent: bool = False) -> TreeOutput:
+        """Imagine a tree of rollouts depth by depth, as a planner does with candidates that share prefixes.
+
+        Node i of depth d continues node `parents[d][i]` of depth d - 1 (depth -1: the rows of
+        `state`) with action `actions[d][i]`; a parent entry None means node i continues node i.
+        The same results as stepping `select_state` copies of the parents' states, which is what
+        this default does; a family may run all depths at once (JEPA compiles them into one call).
+        `state` is consumed only when `parents[0]` is None.
+
+        Args:
+            state: an imagination state (`observe`, or a previous step's).
+            parents: per depth, int64 (M_d,) rows of the previous depth, or None.
+            actions: per depth, (M_d,) actions (as `step` takes them).
+            latent: also give the last depth's latents.
+        """
+        outs = []
+        for depth, (parent, action) in enumerate(zip(parents, actions, strict=True)):
+            if parent is not None:
+                state = select_state(state, parent)
+            outs.append(self.step(state, action, latent=latent and depth == len(actions) - 1))
+            state = outs[-1].state
+        return tree_output(outs, latent)
+
     def compile_imagination(self) -> None:
-        """Compile `step` for speed where the family can (e.g. torch.compile of its imagined step): the same
-        results, a one-off compile on the first steps. Default: nothing to compile."""
+        """Compile `step` and `step_tree` for speed where the family can (e.g. torch.compile of its imagined
+        steps): the same results, a one-off compile on the first steps. Default: nothing to compile."""
 
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor:
@@ -182,6 +222,19 @@ def imagine(model: WorldModel, latents: Tensor, actions: Tensor) -> StepOutput:
         raise RuntimeError(f"{type(model).__name__}.step gave no latent although asked for one")
     return StepOutput(state, torch.stack(predicted, dim=1),
                       *(torch.stack(parts, dim=1) for parts in list(zip(*outs))[2:]))
+
+
+def tree_output(outs: Sequence[StepOutput], latent: bool) -> TreeOutput:
+    """The `TreeOutput` of a tree's steps, one per depth (`latent`: the last one's latent was asked for)."""
+    if latent and outs[-1].latent is None:
+        raise RuntimeError("a step gave no latent although asked for one")
+    return TreeOutput(outs[-1].state, outs[-1].latent if latent else None, *(tuple(parts) for parts in
+                                                                              list(zip(*outs))[2:]))
+
+
+def select_state(state: Any, index: Tensor) -> Any:
+    """Rows `index` (M,) of every tensor in a (nested) imagination state, batch dim first: a copy."""
+    return map_state(lambda tensor: tensor.index_select(0, index), state)
 
 
 def map_state(fn: Callable[..., Any], state: Any, *others: Any) -> Any:

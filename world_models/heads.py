@@ -128,6 +128,14 @@ class FoldedHeads(NamedTuple):
         return list(torch.addmm(self.b_out, F.gelu(hidden), self.w_out.T).split(self.sizes, dim=1))
 
 
+def expected_events(reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Expected clipped reward, continue and life-loss probabilities (N,) from the heads' (corrected) reward
+    logits (N, 3: -1, 0, +1) and end logits (N, 2: game over, life loss)."""
+    probs = reward_logits.softmax(-1)
+    ends = torch.sigmoid(end_logits)
+    return probs[:, 2] - probs[:, 0], 1.0 - ends[:, 0], ends[:, 1]
+
+
 def fold_standardized_heads(heads: Sequence[StandardizedHead], folded: Folded) -> FoldedHeads:
     """Their folded first layers stacked, their output layers as one block-diagonal matrix; `folded` caches
     them until a weight or statistic changes."""

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard, cast
 
 import torch
+import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from world_models.base import CheckedPart, StepOutput, TrainBatch, WorldModel
+from world_models.base import CheckedPart, StepOutput, TrainBatch, TreeOutput, WorldModel, map_state
 from world_models.blocks import (
     Block,
     CrossBlock,
@@ -50,12 +51,26 @@ from world_models.heads import (
     HEADS,
     FoldedHeads,
     StandardizedHead,
+    expected_events,
     fold_standardized_heads,
     standardized_heads,
     standardized_sources,
     transition_head,
 )
-from world_models.jepa_reads import ReadFold, fold_reads, read_sources, step_with_reads, supports_reads, with_reads
+from world_models.jepa_reads import (
+    ReadFold,
+    fold_reads,
+    read_sources,
+    step_with_reads,
+    supports_reads,
+    tree_with_reads,
+    with_reads,
+)
+
+TREE_CHUNK = 4
+"""Depths of a tree `JEPAWorldModel.step_tree` imagines per call of `tree_with_reads`: compiled, each number of
+depths is a graph of its own (minutes to compile), so chunks bound them to 1..4 for any horizon; a round of 8
+depths makes 2 calls (~1 ms of fixed cost each)."""
 
 
 @dataclass(frozen=True)
@@ -460,6 +475,18 @@ def _window_mask(query_at: Tensor, key_at: Tensor, window: int) -> Tensor:
     return (offsets >= 0) & (offsets < window)
 
 
+def _standard_strides(tensor: Tensor) -> Tensor:
+    """`tensor`, or a copy of it with the strides of a new tensor of its shape (a compiled graph's guards compare
+    strides: a view of one row of a batch, contiguous by torch's rule, would make it compile again)."""
+    stride, standard = 1, []
+    for size in reversed(tensor.shape):
+        standard.append(stride)
+        stride *= size
+    if tensor.stride() == tuple(reversed(standard)):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def _left_pad(actions: Tensor, length: int) -> Tensor:
     """The last `length` actions of (B, T), left-padded with action 0 when T < length."""
     padded = F.pad(actions, (max(0, length - actions.shape[1]), 0), value=0)
@@ -520,7 +547,7 @@ class JEPAWorldModel(WorldModel):
         self.end_head = transition_head(config.head, *heads, 2, momentum, hidden)  # game over, life loss
         self._folded_heads = Folded()  # both standardized heads as one, for imagination
         self._folded_reads = Folded()  # what imagination carries the reads of latents with
-        self._step_with_reads: Callable[..., Any] = step_with_reads  # torch.compile'd by compile_imagination
+        self._tree_with_reads: Callable[..., Any] = tree_with_reads  # torch.compile'd by compile_imagination
         self.decoder = Decoder(config)
 
     # ---- the WorldModel interface --------------------------------------------------------
@@ -539,37 +566,65 @@ class JEPAWorldModel(WorldModel):
     @torch.no_grad()
     def step(self, state: dict[str, Any], action: Tensor, latent: bool = True) -> StepOutput:
         """One imagined step; states from `observe` carry their latent's linear reads (world_models/jepa_reads.py)
-        unless the linear path is full-rank, and then `latent=False` skips computing the latent."""
+        unless the linear path is full-rank, and with the standardized heads `latent=False` skips computing the
+        latent. With those heads this is `step_tree` of one depth (compiled with it, see `compile_imagination`)."""
         if "reads" not in state:
             z_next, new_state = self.dynamics.step(state, action)
-            reward, cont, life_loss = self.transition(state["latent"], z_next)
-            return StepOutput(new_state, z_next, reward, cont, life_loss)
+            return StepOutput(new_state, z_next, *self.transition(state["latent"], z_next))
         fold, heads = self._read_fold()
-        predicted, new_state, logits = self._imagined_step(fold, heads, state, action, latent)
-        if logits is None:  # heads that read latents: the state had no pending change
+        if heads is None:  # heads that read latents: the step computes its latent
+            predicted, new_state, _ = step_with_reads(self.dynamics, fold, None, state, action)
             assert predicted is not None
             return StepOutput(new_state, predicted, *self.transition(state["latent"], predicted))
-        return StepOutput(new_state, predicted, *self._events(*self._corrected(*logits)))
+        tree = self.step_tree(state, [None], [action], latent)
+        return StepOutput(tree.state, tree.latent, tree.reward[0], tree.cont[0], tree.life_loss[0])
 
-    def compile_imagination(self) -> None:
-        """Imagine with carried reads through `torch.compile` (one graph, dynamic batch sizes): with the default
-        config ~50 s to compile on the first steps (less with torch's compile cache warm), then a step of 512
-        rollouts in ~0.75 of the time on 2 CPU cores (benchmarks/RESULTS.md, "Latent MPC speed"); the same
-        results to float rounding. Where compiling fails (no C++ compiler, say), it warns once and imagines
-        as before."""
-        if self._step_with_reads is step_with_reads:
-            self._step_with_reads = torch.compile(step_with_reads, dynamic=True, fullgraph=True)
+    @torch.no_grad()
+    def step_tree(self, state: dict[str, Any], parents: Sequence[Tensor | None], actions: Sequence[Tensor],
+                  latent: bool = False) -> TreeOutput:
+        """`WorldModel.step_tree`; with carried reads and the standardized heads, up to TREE_CHUNK depths at a time in
+        one call of `tree_with_reads` (compiled by `compile_imagination`)."""
+        fold, heads = self._read_fold()
+        if "reads" not in state or heads is None:
+            return super().step_tree(state, parents, actions, latent)
+        events: list[tuple[Tensor, Tensor, Tensor]] = []
+        z = None
+        for start in range(0, len(actions), TREE_CHUNK):
+            end = start + TREE_CHUNK
+            z, state, chunk = self._imagine_tree(fold, heads, state, parents[start:end], actions[start:end],
+                                                 latent and end >= len(actions))
+            events += chunk
+        return TreeOutput(state, z, *(tuple(parts) for parts in zip(*events)))
 
-    def _imagined_step(self, fold: ReadFold, heads: FoldedHeads | None, state: dict[str, Any], action: Tensor,
-                       latent: bool) -> tuple[Tensor | None, dict[str, Any], list[Tensor] | None]:
-        if self._step_with_reads is not step_with_reads:
+    def _imagine_tree(self, fold: ReadFold, heads: FoldedHeads, state: dict[str, Any],
+                      parents: Sequence[Tensor | None], actions: Sequence[Tensor], latent: bool
+                      ) -> tuple[Tensor | None, dict[str, Any], list[tuple[Tensor, Tensor, Tensor]]]:
+        """`tree_with_reads`, compiled if asked and compiling works."""
+        args = (self.dynamics, fold, heads, self.event_shift, state, list(parents), list(actions), latent)
+        if self._tree_with_reads is not tree_with_reads:
             try:
-                return self._step_with_reads(self.dynamics, fold, heads, state, action, latent)
+                with fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
+                    return self._tree_with_reads(*args[:4], map_state(_standard_strides, state), *args[5:])
             except Exception as error:  # one graph (fullgraph): compiling fails before it runs, the state untouched
                 warnings.warn(f"compiled imagination failed ({type(error).__name__}: {error}); imagining eagerly",
                               stacklevel=2)
-                self._step_with_reads = step_with_reads
-        return step_with_reads(self.dynamics, fold, heads, state, action, latent)
+                self._tree_with_reads = tree_with_reads
+        return tree_with_reads(*args)
+
+    def compile_imagination(self) -> None:
+        """Imagine with carried reads and the standardized heads (the defaults) through `torch.compile`, one graph
+        per number of depths a `tree_with_reads` call has (1 to TREE_CHUNK: a `step` is one depth; CEM at N=512,
+        H=12, I=4 makes its first levels and each round's two halves calls of 4) and per torch thread count, with
+        dynamic sizes. The first call
+        of each compiles it (with the default config on 2 CPU cores ~2 minutes for 4 depths, less with torch's
+        on-disk compile cache warm); then CEM at N=512, H=12, I=4 plans in ~0.7 of the time of compiled single
+        steps (benchmarks/RESULTS.md, "Latent MPC speed"), with the same results to float rounding. Sizes that
+        happen to be equal when a graph is traced get symbols of their own (no duck shapes), so that they need not
+        stay equal, and a state's tensors are given with the strides of new tensors. A planner's first levels from
+        one env's state (a batch of 1) and its rounds compile twice. Where compiling fails (no C++ compiler, say),
+        it warns once and imagines as before."""
+        if self._tree_with_reads is tree_with_reads:
+            self._tree_with_reads = torch.compile(tree_with_reads, dynamic=True, fullgraph=True)
 
     def _read_fold(self) -> tuple[ReadFold, FoldedHeads | None]:
         """The folded weights of imagination with carried reads (and of the standardized heads, or None), kept
@@ -591,15 +646,7 @@ class JEPAWorldModel(WorldModel):
 
     def transition(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Expected clipped reward, continue probability and life-loss probability of (z, z_next): (N,) each."""
-        return self._events(*self._head_logits(z, z_next, corrected=True, imagined=True))
-
-    @staticmethod
-    def _events(reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Expected clipped reward, continue and life-loss probabilities (N,) from corrected logits."""
-        probs = reward_logits.softmax(-1)
-        reward = probs[:, 2] - probs[:, 0]
-        ends = torch.sigmoid(end_logits)
-        return reward, 1.0 - ends[:, 0], ends[:, 1]
+        return expected_events(*self._head_logits(z, z_next, corrected=True, imagined=True))
 
     def _head_logits(self, z: Tensor, z_next: Tensor, corrected: bool, imagined: bool = False
                      ) -> tuple[Tensor, Tensor]:

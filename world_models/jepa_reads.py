@@ -22,16 +22,23 @@ tests/test_jepa.py).
 
 The model uses these reads when its linear path is low-rank or absent (`JEPAConfig.skip_rank`
 > 0 or no `predictor_skip`); a full-rank linear path (512 x 1024) would make C larger than D.
+
+`tree_with_reads` runs such steps over the depths of a tree of rollouts (`WorldModel.step_tree`),
+copying each depth's parent rows first: compiled (`JEPAWorldModel.compile_imagination`), a planner's
+whole round is one call, so the fixed cost of a call (~1 ms on 2 CPU cores) is paid once per round
+instead of once per depth, and the copies fuse with the step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
-from world_models.heads import FoldedHeads
+from world_models.base import select_state
+from world_models.heads import FoldedHeads, expected_events
 
 if TYPE_CHECKING:
     from world_models.jepa import Dynamics
@@ -90,10 +97,10 @@ def read_sources(dynamics: Dynamics) -> tuple[Tensor, ...]:
 
 
 def with_reads(state: dict[str, Any], fold: ReadFold) -> dict[str, Any]:
-    """A prefilled imagination state with its newest latent's reads, and the linear path's read of the
-    latent before it, in place of that latent."""
+    """A prefilled imagination state with its newest latent's reads, the linear path's read of the latent
+    before it in place of that latent, and no change pending (see `step_with_reads`)."""
     reads = state["latent"].flatten(1) @ fold.read.T
-    state = {**state, "reads": reads}
+    state = {**state, "reads": reads, "pending": reads.new_zeros(len(reads), fold.change.shape[1])}
     previous = state.pop("previous")
     if fold.sizes[1]:
         start, skip = fold.sizes[0] + fold.sizes[1], fold.sizes[2]
@@ -108,7 +115,9 @@ def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | Non
 
     The reads are updated in place (a state is consumed by its step), which spares a copy of them.
     With `latent=False` (and standardized heads) the latent is not computed: the state keeps its last
-    computed latent and the sum of the changes [u, 1] since ("pending"), and a later step adds them.
+    computed latent and the sum of the changes [u, 1] since ("pending"), and a later step adds them. Every
+    state has "pending" (zeros when nothing is pending), so that all have one structure: a compiled step
+    would otherwise compile again for each, and restarting rows of a state in place needs one structure.
     """
     width, skip, _, head_rows, _ = fold.sizes
     reads = state["reads"]
@@ -129,10 +138,26 @@ def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | Non
     state = {**state, "reads": reads}
     if skip:
         state["previous_read"] = previous_read
-    pending = state.pop("pending", None)
-    change = u if pending is None else pending + u
+    change = state["pending"] + u
     if not latent and heads is not None:
         return None, {**state, "pending": change}, logits
     z = state["latent"]
     z_next = torch.addmm(z.flatten(1), change, fold.change.T).view_as(z)
-    return z_next, {**state, "latent": z_next}, logits
+    return z_next, {**state, "latent": z_next, "pending": torch.zeros_like(change)}, logits
+
+
+def tree_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads, shift: Tensor, state: dict[str, Any],
+                    parents: Sequence[Tensor | None], actions: Sequence[Tensor], latent: bool = False
+                    ) -> tuple[Tensor | None, dict[str, Any], list[tuple[Tensor, Tensor, Tensor]]]:
+    """`step_with_reads` over the depths of a tree of rollouts (see `WorldModel.step_tree`): the last depth's
+    latents (None unless `latent`), its state, and per depth the expected reward, continue and life-loss
+    probabilities (M_d,) of the heads' logits corrected by `shift` (the model's event_shift)."""
+    events = []
+    z = None
+    for depth, (parent, action) in enumerate(zip(parents, actions, strict=True)):
+        if parent is not None:
+            state = select_state(state, parent)
+        z, state, logits = step_with_reads(dynamics, fold, heads, state, action, latent and depth == len(actions) - 1)
+        assert logits is not None
+        events.append(expected_events(logits[0] + shift[:3], logits[1] + shift[3:]))
+    return z, state, events
