@@ -212,8 +212,9 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "tree of the distinct prefixes (`WorldModel.step_tree`), and the JEPA model imagines up to 4 depths per call "
         "(compiled: one graph, the parents' states copied inside it), so a plan at the issue's budget makes 5 "
         "calls of `step_tree` (the table's last column), 9 calls of the compiled function, instead of 36 of `step`; on "
-        "that day's slower machine (one 512-rollout eager step 10.1 ms against 6.1 on 2026-12-03) the compiled row "
-        "took 0.45 of the eager one, against 0.64 on 2026-12-03, and paired per action in one process against the "
+        "that day's slower machine (one 512-rollout eager step 10.1 and 12.9 ms in two runs of this script, "
+        "against 6.1 on 2026-12-03) the compiled row took 0.45 and 0.48 of the eager one, against 0.64 on "
+        "2026-12-03, and paired per action in one process against the "
         "compiled single steps, 0.69 of the time (README, 'Compiled trees').",
         "",
         "| planner | N | H | I | compiled | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps "

@@ -349,6 +349,23 @@ def test_parameter_groups_and_option_checks() -> None:
         JEPAWorldModel(dataclasses.replace(TINY, jepa_target="pixel"))  # "pixels", "motion" or "tokens"
     with pytest.raises(ValueError, match="jepa_positions"):
         JEPAWorldModel(dataclasses.replace(TINY, jepa_positions="some"))
+    with pytest.raises(ValueError, match="dynamics_loss"):
+        JEPAWorldModel(dataclasses.replace(TINY, dynamics_loss="huber"))
+
+
+def test_dynamics_loss_is_the_mean_absolute_or_squared_error_of_the_predicted_latents() -> None:
+    torch.manual_seed(0)
+    l1 = JEPAWorldModel(TINY).eval()
+    mse = JEPAWorldModel(dataclasses.replace(TINY, dynamics_loss="mse")).eval()
+    mse.load_state_dict(l1.state_dict())
+    data = batch()
+    with torch.no_grad():
+        z = l1.encode(data.frames)
+        pred = l1.dynamics(z[:, :-1], data.actions)
+        got_l1, got_mse = l1.loss(data, "dynamics"), mse.loss(data, "dynamics")
+    torch.testing.assert_close(got_l1["teacher_forcing"], (pred - z[:, 1:]).abs().mean())
+    torch.testing.assert_close(got_mse["teacher_forcing"], (pred - z[:, 1:]).square().mean())
+    torch.testing.assert_close(got_mse["reward"], got_l1["reward"])  # the heads' losses do not change
 
 
 def test_event_loss_reaches_the_online_encoder_and_can_be_switched_off() -> None:

@@ -124,7 +124,11 @@ class JEPAConfig:
             real ones instead of compounding the error. Off by default: in two runs at 0.25 the
             ball probes 5 steps out improved, the latent error and the paddle probe got worse
             (benchmarks/RESULTS.md).
-        teacher_forcing_weight: weight of the teacher-forcing L1; the rollout L1 gets 1 minus it.
+        teacher_forcing_weight: weight of the teacher-forcing loss; the rollout loss gets 1 minus it.
+        dynamics_loss: the error of predicted latents in stage 2 and 3, "l1" or "mse". L1 regresses each
+            feature to its median given the inputs, MSE to its mean: an effect that shows in different
+            features from case to case (a served ball appears at one of many places) has a median change
+            of zero in each of them, but not a mean one.
         decoder_dim: width of the pixel decoder.
         decoder_batch: observations per stage-2/3 update the decoder learns from, a random subset of
             the batch's (it serves only pictures: decoding 64x64 frames cost more than the rest of
@@ -181,6 +185,7 @@ class JEPAConfig:
     rollout_steps: int = 4
     context_noise: float = 0.0
     teacher_forcing_weight: float = 0.7
+    dynamics_loss: str = "l1"
     decoder_dim: int = 64
     decoder_batch: int = 8
     jepa_bottleneck: bool = True
@@ -518,7 +523,8 @@ class JEPAWorldModel(WorldModel):
         super().__init__()
         for name, value, allowed in (("jepa_positions", config.jepa_positions, ("masked", "all")),
                                      ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion")),
-                                     ("head", config.head, HEADS)):
+                                     ("head", config.head, HEADS),
+                                     ("dynamics_loss", config.dynamics_loss, ("l1", "mse"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
@@ -784,7 +790,8 @@ class JEPAWorldModel(WorldModel):
         noise = self.config.context_noise if self.training else 0.0
         z_ctx = z_in + noise * torch.randn_like(z_in) if noise else z_in  # what the predictor reads
         pred = self.dynamics(z_ctx[:, :-1], batch.actions)  # (B, L, K, dim) teacher forcing
-        teacher = F.l1_loss(pred, z[:, 1:])
+        error = F.l1_loss if self.config.dynamics_loss == "l1" else F.mse_loss
+        teacher = error(pred, z[:, 1:])
 
         # open loop: from a real context, feed back predictions for rollout_steps steps
         start = max(1, steps + 1 - self.config.rollout_steps)
@@ -794,7 +801,7 @@ class JEPAWorldModel(WorldModel):
             rolled.append(nxt[:, -1])
             history = torch.cat([history, nxt[:, -1:]], dim=1)
         open_loop = torch.stack(rolled, dim=1)  # (B, R, K, dim) for o_start .. o_L
-        rollout = F.l1_loss(open_loop, z[:, start:])
+        rollout = error(open_loop, z[:, start:])
 
         # heads read real pairs, pairs with a predicted next latent and (open_loop_heads) the open loop's
         # pairs, where both latents are predictions: what imagination gives them one and several steps out
