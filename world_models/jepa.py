@@ -621,14 +621,13 @@ class JEPAWorldModel(WorldModel):
         """Imagine with carried reads and the standardized heads (the defaults) through `torch.compile`, one graph
         per number of depths a `tree_with_reads` call has (1 to TREE_CHUNK: a `step` is one depth; CEM at N=512,
         H=12, I=4 makes its first levels and each round's two halves calls of 4) and per torch thread count, with
-        dynamic sizes. The first call
-        of each compiles it (with the default config on 2 CPU cores ~2 minutes for 4 depths, less with torch's
-        on-disk compile cache warm); then CEM at N=512, H=12, I=4 plans in ~0.7 of the time of compiled single
-        steps (benchmarks/RESULTS.md, "Latent MPC speed"), with the same results to float rounding. Sizes that
-        happen to be equal when a graph is traced get symbols of their own (no duck shapes), so that they need not
-        stay equal, and a state's tensors are given with the strides of new tensors. A planner's first levels from
-        one env's state (a batch of 1) and its rounds compile twice. Where compiling fails (no C++ compiler, say),
-        it warns once and imagines as before."""
+        dynamic sizes. The first call of each compiles it (with the default config on 2 CPU cores ~2 minutes for
+        4 depths, less with torch's on-disk compile cache warm); then CEM at N=512, H=12, I=4 plans in ~0.7 of
+        the time of compiled single steps (README, "Compiled trees"), with the same results to float rounding.
+        Sizes that happen to be equal when a graph is traced get symbols of their own (no duck shapes), so that
+        they need not stay equal, and a state's tensors are given with the strides of new tensors. A planner's
+        first levels from one env's state (a batch of 1) and its rounds compile twice. Where compiling fails (no
+        C++ compiler, say), it warns once and imagines as before."""
         if self._tree_with_reads is tree_with_reads:
             self._tree_with_reads = torch.compile(tree_with_reads, dynamic=True, fullgraph=True)
 

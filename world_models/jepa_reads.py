@@ -24,9 +24,9 @@ The model uses these reads when its linear path is low-rank or absent (`JEPAConf
 > 0 or no `predictor_skip`); a full-rank linear path (512 x 1024) would make C larger than D.
 
 `tree_with_reads` runs such steps over the depths of a tree of rollouts (`WorldModel.step_tree`),
-copying each depth's parent rows first: compiled (`JEPAWorldModel.compile_imagination`), a planner's
-whole round is one call, so the fixed cost of a call (~1 ms on 2 CPU cores) is paid once per round
-instead of once per depth, and the copies fuse with the step.
+copying each depth's parent rows first: compiled (`JEPAWorldModel.compile_imagination`), up to 4
+depths of a planner's round are one call, so the fixed cost of a call (~1 ms on 2 CPU cores) is paid
+once per 4 depths instead of once per depth, and the copies fuse with the step.
 """
 
 from __future__ import annotations
