@@ -128,6 +128,12 @@ class FoldedHeads(NamedTuple):
         return list(torch.addmm(self.b_out, F.gelu(hidden), self.w_out.T).split(self.sizes, dim=1))
 
 
+def shifted_logits(reward_logits: Tensor, end_logits: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Reward (N, 3) and end (N, 2) logits with a model's `event_shift` (5,) added: the prior correction for the
+    real event rates (`WorldModel.calibrate_events`)."""
+    return reward_logits + shift[:3], end_logits + shift[3:]
+
+
 def expected_events(reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Expected clipped reward, continue and life-loss probabilities (N,) from the heads' (corrected) reward
     logits (N, 3: -1, 0, +1) and end logits (N, 2: game over, life loss)."""

@@ -53,6 +53,7 @@ from world_models.heads import (
     StandardizedHead,
     expected_events,
     fold_standardized_heads,
+    shifted_logits,
     standardized_heads,
     standardized_sources,
     transition_head,
@@ -573,7 +574,8 @@ class JEPAWorldModel(WorldModel):
     def step(self, state: dict[str, Any], action: Tensor, latent: bool = True) -> StepOutput:
         """One imagined step; states from `observe` carry their latent's linear reads (world_models/jepa_reads.py)
         unless the linear path is full-rank, and with the standardized heads `latent=False` skips computing the
-        latent. With those heads this is `step_tree` of one depth (compiled with it, see `compile_imagination`)."""
+        latent. With those heads this is a tree of one depth (compiled with `step_tree`'s, see
+        `compile_imagination`)."""
         if "reads" not in state:
             z_next, new_state = self.dynamics.step(state, action)
             return StepOutput(new_state, z_next, *self.transition(state["latent"], z_next))
@@ -582,8 +584,8 @@ class JEPAWorldModel(WorldModel):
             predicted, new_state, _ = step_with_reads(self.dynamics, fold, None, state, action)
             assert predicted is not None
             return StepOutput(new_state, predicted, *self.transition(state["latent"], predicted))
-        tree = self.step_tree(state, [None], [action], latent)
-        return StepOutput(tree.state, tree.latent, tree.reward[0], tree.cont[0], tree.life_loss[0])
+        z, new_state, events = self._imagine_tree(fold, heads, state, [None], [action], latent)
+        return StepOutput(new_state, z, *events[0])
 
     @torch.no_grad()
     def step_tree(self, state: dict[str, Any], parents: Sequence[Tensor | None], actions: Sequence[Tensor],
@@ -606,16 +608,18 @@ class JEPAWorldModel(WorldModel):
                       parents: Sequence[Tensor | None], actions: Sequence[Tensor], latent: bool
                       ) -> tuple[Tensor | None, dict[str, Any], list[tuple[Tensor, Tensor, Tensor]]]:
         """`tree_with_reads`, compiled if asked and compiling works."""
-        args = (self.dynamics, fold, heads, self.event_shift, state, list(parents), list(actions), latent)
+        def run(function: Callable[..., Any], state: dict[str, Any]) -> Any:
+            return function(self.dynamics, fold, heads, self.event_shift, state, list(parents), list(actions), latent)
+
         if self._tree_with_reads is not tree_with_reads:
             try:
                 with fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
-                    return self._tree_with_reads(*args[:4], map_state(_standard_strides, state), *args[5:])
+                    return run(self._tree_with_reads, map_state(_standard_strides, state))
             except Exception as error:  # one graph (fullgraph): compiling fails before it runs, the state untouched
                 warnings.warn(f"compiled imagination failed ({type(error).__name__}: {error}); imagining eagerly",
                               stacklevel=2)
                 self._tree_with_reads = tree_with_reads
-        return tree_with_reads(*args)
+        return run(tree_with_reads, state)
 
     def compile_imagination(self) -> None:
         """Imagine with carried reads and the standardized heads (the defaults) through `torch.compile`, one graph
@@ -668,7 +672,7 @@ class JEPAWorldModel(WorldModel):
 
     def _corrected(self, reward_logits: Tensor, end_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Reward and end logits with the prior correction for the real event rates (`event_shift`) added."""
-        return reward_logits + self.event_shift[:3], end_logits + self.event_shift[3:]
+        return shifted_logits(reward_logits, end_logits, self.event_shift)
 
     def standardize(self, summary: Tensor) -> Tensor:
         """Summary tokens (..., K, dim) -> latents: standardised per feature when standardize_latents is set."""

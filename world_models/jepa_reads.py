@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from world_models.base import select_state
-from world_models.heads import FoldedHeads, expected_events
+from world_models.heads import FoldedHeads, expected_events, shifted_logits
 
 if TYPE_CHECKING:
     from world_models.jepa import Dynamics
@@ -159,5 +159,5 @@ def tree_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads, shif
             state = select_state(state, parent)
         z, state, logits = step_with_reads(dynamics, fold, heads, state, action, latent and depth == len(actions) - 1)
         assert logits is not None
-        events.append(expected_events(logits[0] + shift[:3], logits[1] + shift[3:]))
+        events.append(expected_events(*shifted_logits(logits[0], logits[1], shift)))
     return z, state, events
