@@ -215,7 +215,11 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "that day's slower machine (one 512-rollout eager step 10.1 and 12.9 ms in two runs of this script, "
         "against 6.1 on 2026-12-03) the compiled row took 0.45 and 0.48 of the eager one, against 0.64 on "
         "2026-12-03, and paired per action in one process against the "
-        "compiled single steps, 0.69 of the time (README, 'Compiled trees').",
+        "compiled single steps, 0.69 of the time (README, 'Compiled trees'). Since that day's third run the compiled "
+        "graph runs from a C++ wrapper (inductor's `cpp_wrapper`) and rotates by the rotary angles in real "
+        "arithmetic (complex numbers were eager kernels inside the graph): 0.94 of the time per action, paired "
+        "in one process against the graph before (60 actions, same actions chosen); in that run one 512-rollout "
+        "eager step took 8.7 ms and the compiled row 0.49 of the eager one (README, 'C++ wrapper').",
         "",
         "| planner | N | H | I | compiled | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps "
         "per action | without dedupe | imagination calls per action |",

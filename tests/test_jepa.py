@@ -707,21 +707,32 @@ def _tree(model: JEPAWorldModel, seed: int, problems: int) -> tuple[dict[str, An
     return state, [first, second, None], actions
 
 
-@pytest.mark.parametrize("latent", [False, True])
-def test_step_tree_gives_the_steps_of_copied_parent_states(latent: bool) -> None:
+@pytest.mark.parametrize(("latent", "changes"), [
+    (False, {}), (True, {}),
+    (False, {"action_conditioning": "token"}),  # two tokens per step
+    (True, {"action_conditioning": "cross"}),  # the action history matters
+    (False, {"context": 2}),  # a ring shorter than the tree's paths
+])
+def test_step_tree_gives_the_steps_of_copied_parent_states(latent: bool, changes: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    model = JEPAWorldModel(TINY).eval()
+    model = JEPAWorldModel(dataclasses.replace(TINY, **changes)).eval()
     state, parents, actions = _tree(model, 0, 2)
+    parents.append(torch.tensor([5, 0, 0, 3, 2]))  # a fourth depth: nodes of one parent and none of others
+    actions.append(torch.tensor([1, 0, 3, 2, 2]))
     before = {key: value.clone() for key, value in state.items() if isinstance(value, torch.Tensor)}
     tree = model.step_tree(state, parents, actions, latent=latent)  # JEPA's own: all depths in one function
     for key, value in before.items():
         assert torch.equal(state[key], value), f"the tree consumed the context's {key}"
     wanted = WorldModel.step_tree(model, state, parents, actions, latent=latent)  # steps of select_state copies
-    assert [len(r) for r in tree.reward] == [8, 6, 6] and (tree.latent is None) == (not latent)
+    assert [len(r) for r in tree.reward] == [8, 6, 6, 5] and (tree.latent is None) == (not latent)
     for got, expected in zip(tree[1:], wanted[1:], strict=True):
         if got is not None:
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(tree.state["reads"], wanted.state["reads"], rtol=1e-5, atol=1e-6)
+    assert tree.state.keys() == wanted.state.keys()
+    for key, expected in wanted.state.items():  # the rings too: a next tree or step continues from them
+        torch.testing.assert_close(tree.state[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+    follow = torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(model.step(tree.state, follow).reward, model.step(wanted.state, follow).reward)
 
 
 @pytest.mark.slow

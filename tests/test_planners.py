@@ -433,4 +433,4 @@ def test_mpc_compile_asks_the_world_model_to_compile_its_step(monkeypatch: pytes
     MPCAgent(model, MPCConfig())
     assert compiled == []  # off by default
     MPCAgent(model, MPCConfig(compile=True))
-    assert compiled == [{"dynamic": True, "fullgraph": True}]
+    assert compiled == [{"dynamic": True, "fullgraph": True, "options": {"cpp_wrapper": True}}]

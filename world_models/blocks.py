@@ -85,8 +85,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate channel pairs (x[2i], x[2i+1]) of `x` (..., N, dim) by the angles of each of its N positions.
 
     One complex multiplication per pair, (x1 + i x2)(cos + i sin), instead of four real ones and a stack
-    (in float32 for half-precision inputs, which have no complex type on every device).
+    (in float32 for half-precision inputs, which have no complex type on every device). Compiled, the real
+    ones: torch's compiler generates no code for complex numbers and would call eager kernels for them.
     """
+    if torch.compiler.is_compiling():
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * torch.complex(cos.float(), sin.float())).flatten(-2).type_as(x)
 
