@@ -752,6 +752,38 @@ def test_compiled_imagination_gives_the_eager_trees() -> None:
     assert compiled._tree_with_reads is not tree_with_reads, "it did not fall back to eager steps"
 
 
+@pytest.mark.slow
+def test_compiled_imagination_compiles_a_tree_once_for_contexts_of_any_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-latent context's newest latent is a view of the context and a longer one's a copy with other strides:
+    the compiled function gets both as new tensors, so one graph serves both (once, a third action's plan compiled
+    for ~10 s because a graph traced with a view guards on its base)."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        graphs.append(graph)
+        return graph.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(
+        fn, dynamic=kwargs["dynamic"], fullgraph=kwargs["fullgraph"], backend=counting))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY).eval()
+    model.compile_imagination()
+    parents = [torch.zeros(4, dtype=torch.long), torch.arange(4).repeat_interleave(4)]
+    actions = [torch.arange(4), torch.arange(4).repeat(4)]
+    try:
+        for context in (1, 3, 2):
+            g = torch.Generator().manual_seed(context)
+            state = model.observe(torch.randn(1, context, *model.latent_shape, generator=g),
+                                  torch.randint(0, 4, (1, context - 1), generator=g))
+            tree = model.step_tree(state, parents, actions)
+            assert [len(r) for r in tree.reward] == [4, 16]
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+
+
 def test_imagination_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> object:
         def fails(*args: object, **kwargs: object) -> object:

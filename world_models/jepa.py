@@ -483,12 +483,13 @@ def _window_mask(query_at: Tensor, key_at: Tensor, window: int) -> Tensor:
 
 def _standard_strides(tensor: Tensor) -> Tensor:
     """`tensor`, or a copy of it with the strides of a new tensor of its shape (a compiled graph's guards compare
-    strides: a view of one row of a batch, contiguous by torch's rule, would make it compile again)."""
+    strides: a view of one row of a batch, contiguous by torch's rule, would make it compile again) that is no
+    view (a graph traced with a view guards on its base, so the same tensor as a view or not compiled twice)."""
     stride, standard = 1, []
     for size in reversed(tensor.shape):
         standard.append(stride)
         stride *= size
-    if tensor.stride() == tuple(reversed(standard)):
+    if tensor.stride() == tuple(reversed(standard)) and not tensor._is_view():
         return tensor
     return tensor.clone(memory_format=torch.contiguous_format)
 
