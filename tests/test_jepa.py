@@ -755,8 +755,8 @@ def test_compiled_imagination_gives_the_eager_trees() -> None:
 @pytest.mark.slow
 def test_compiled_imagination_compiles_a_tree_once_for_contexts_of_any_length(monkeypatch: pytest.MonkeyPatch) -> None:
     """A one-latent context's newest latent is a view of the context and a longer one's a copy with other strides:
-    the compiled function gets both as new tensors, so one graph serves both (once, a third action's plan compiled
-    for ~10 s because a graph traced with a view guards on its base)."""
+    the compiled function gets both as new tensors, so one graph serves both (before, a plan a few actions into a
+    game compiled again for ~10 s: a graph traced with a view guards on its base)."""
     graphs: list[torch.fx.GraphModule] = []
 
     def counting(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:

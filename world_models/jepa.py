@@ -632,8 +632,8 @@ class JEPAWorldModel(WorldModel):
         Sizes that happen to be equal when a graph is traced get symbols of their own (no duck shapes), so that
         they need not stay equal, and a state's tensors are given with the strides of new tensors. A planner's
         first levels from one env's state (a batch of 1) and its rounds compile twice. The graph runs from a C++
-        wrapper (inductor's `cpp_wrapper`: 0.93 of the time per plan against its Python one). Where compiling
-        fails (no C++ compiler, say), it warns once and imagines as before."""
+        wrapper (inductor's `cpp_wrapper`: 0.93 of the time per plan against its Python one, README "C++
+        wrapper"). Where compiling fails (no C++ compiler, say), it warns once and imagines as before."""
         if self._tree_with_reads is tree_with_reads:
             self._tree_with_reads = torch.compile(tree_with_reads, dynamic=True, fullgraph=True,
                                                   options={"cpp_wrapper": True})
