@@ -415,23 +415,29 @@ def _fire_lines(rows: list[dict[str, Any]]) -> list[str]:
              "LEFT' the same for RIGHT and LEFT each held from the same contexts (since 2026-12-04; '-' before), "
              "for scale: an action the model follows; 'control': "
              "contexts with the ball in play imagined under their real actions, read by the same probe (real / "
-             "imagined, at the same steps). Commands: "
+             "imagined, at the same steps); 'serve size' (since 2026-12-04's last runs): from the waiting contexts "
+             "whose next real action is FIRE and whose ball is in play one step later, the real latent's first step "
+             "and the predictor's error on it (mean absolute change per feature, under the real actions), and the "
+             "predictor's error on the control's first steps, all in units of the control's mean real first step. "
+             "Commands: "
              + "; ".join(f"`{c}`" for c in dict.fromkeys(row["command"] for row in rows)) + ".", "",
              "| run | waiting contexts (imagined from) | probe (in play) | real after FIRE (contexts) | "
              "imagined after FIRE | imagined after NOOPs | real before any FIRE | FIRE - NOOP | RIGHT - LEFT | "
-             "control: real; imagined |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "control: real; imagined | serve size: real step / error; control error (serves) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in sorted(rows, key=lambda row: (row["runs"], row["run_seed"])):
         control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
                    else "-")
         run = f"{row['runs']}/mbrl-s{row['run_seed']}"
+        size = (f"{row['serve_change']:.2f} / {row['serve_error']:.2f}; {row['control_error']:.2f} "
+                f"({row['served_contexts']})" if "serve_change" in row else "-")
         lines.append(f"| {run} | {row['waiting_contexts']} ({row['imagined_contexts']}) | "
                      f"{row['probe_accuracy']:.2f} ({row['probe_in_play']:.2f}) | "
                      f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']}) | "
                      f"{at(row['imagined_fire'], steps)} | {at(row['imagined_noop'], steps)} | "
                      f"{at(row['real_no_fire'], steps)} | "
                      f"{at(row['fire_noop_gap'], steps)} | "
-                     f"{at(row['right_left_gap'], steps) if 'right_left_gap' in row else '-'} | {control} |")
+                     f"{at(row['right_left_gap'], steps) if 'right_left_gap' in row else '-'} | {control} | {size} |")
     return lines
 
 

@@ -183,6 +183,15 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
         read = apply_probe(probe, flat.double().flatten(0, 1)).view(len(latents), horizon) > 0.5
         return flat, read.double().mean(0).tolist()
 
+    def one_step(rows: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per window (rows (P, >= context + 1), actions (P, >= context)): the real latent's first step after the
+        context and the predictor's error on it, each the mean absolute change per feature."""
+        z = encode(rows[:, :context + 1])
+        predicted = imagine(model, z[:, :context], torch.as_tensor(actions[:, :context])).latent
+        assert predicted is not None
+        real = z[:, context]
+        return (real - z[:, context - 1]).abs().flatten(1).mean(1), (predicted[:, 0] - real).abs().flatten(1).mean(1)
+
     context = int(model.config.context)
     span = context - 1 + horizon  # the context, then the real continuation
     rows, actions = buffer.window_rows(np.unique(buffer.sample_ends(50_000, span, rng, episodes=held)), span)
@@ -192,6 +201,8 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     control = rng.permutation(np.flatnonzero(ball[:, context - 1]))[:contexts]
     control_imagined = imagined(encode(rows[control, :context]), actions[control])[1]
     control_real = ball[control, context:].mean(0).tolist()
+    control_change, control_error = one_step(rows[control], actions[control])
+    typical = control_change.mean()
 
     rows, actions, ball = rows[keep], actions[keep], ball[keep]
     after = ball[:, context:]  # (B, horizon): in play 1..horizon steps after the context
@@ -207,6 +218,8 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
         branch[name], shares[name] = imagined(encoded, np.concatenate(
             [actions[pick, :context - 1], np.tile(plan, (len(pick), 1))], 1))
     unit = (branch["noop"][:, 0] - encoded[:, -1].flatten(1)).abs().mean()  # the NOOP branch's first step
+    served = rng.permutation(np.flatnonzero(first_fire & after[:, 0]))[:contexts]  # FIRE, then the ball in play
+    serve_change, serve_error = one_step(rows[served], actions[served])
 
     def gap(a: str, b: str) -> list[float]:
         """How far branch a strays from branch b, in units of the NOOP branch's first step from the context."""
@@ -219,7 +232,9 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
                              for t in range(horizon)],
             "imagined_fire": shares["fire"], "imagined_noop": shares["noop"], "fire_noop_gap": gap("fire", "noop"),
             "right_left_gap": gap("right", "left"),
-            "control_real": control_real, "control_imagined": control_imagined}
+            "control_real": control_real, "control_imagined": control_imagined,
+            "served_contexts": len(served), "serve_change": float(serve_change.mean() / typical),
+            "serve_error": float(serve_error.mean() / typical), "control_error": float(control_error.mean() / typical)}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -243,7 +243,10 @@ def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observ
             "0.01 / 0.01 / 0.01 | 0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - | - |") in table
     row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10, right_left_gap=[0.5] * 10)
     table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
-    assert "| 0.04 / 0.04 / 0.04 | 0.50 / 0.50 / 0.50 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 |" in table
+    assert "| 0.04 / 0.04 / 0.04 | 0.50 / 0.50 / 0.50 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 | - |" in table
+    row.update(served_contexts=75, serve_change=0.539, serve_error=0.382, control_error=0.466)
+    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    assert "| 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 | 0.54 / 0.38; 0.47 (75) |" in table
 
 
 def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> None:
