@@ -23,7 +23,10 @@ on one latent, fit on training episodes to the RAM's ball-in-play flag, its accu
 observations reported). The same contexts' real continuations give the truth: where the first
 real action was FIRE, and where no FIRE came yet (in play never, by the game's rules). As a
 control of the probe on imagined latents, contexts with the ball in play are imagined under
-their real actions and read the same way, against their real continuations.
+their real actions and read the same way, against their real continuations. And how big a serve
+is to the dynamics loss: for contexts whose next real action is FIRE and whose ball is in play one
+step later, the real latent's first step and the predictor's error on it, against the first steps
+of the control's contexts, in units of the control's mean real step.
 
     python benchmarks/serving.py --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
     python benchmarks/serving.py --agents mbrl:1 --dream-seeds 1 4
