@@ -218,9 +218,9 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "compiled single steps, 0.69 of the time (README, 'Compiled trees'). Since that day's third run the compiled "
         "graph runs from a C++ wrapper (inductor's `cpp_wrapper`) and rotates by the rotary angles in real "
         "arithmetic (complex numbers were eager kernels inside the graph): 0.94 of the time per action, paired "
-        "in one process against the graph before (60 actions, same actions chosen); two runs of this script then gave "
-        "the compiled row 114 ms (p95 141) with one 512-rollout eager step at 8.7 ms and, the table, 95 ms (p95 "
-        "103) with it at 6.7 ms (README, 'C++ wrapper').",
+        "in one process against the graph before (60 actions, same actions chosen); three runs of this script then "
+        "gave the compiled row medians of 114, 95 and 92 ms (p95 141, 103 and 111) with one 512-rollout eager step "
+        "at 8.7, 6.7 and 6.3 ms; the table is the last (README, 'C++ wrapper').",
         "",
         "| planner | N | H | I | compiled | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps "
         "per action | without dedupe | imagination calls per action |",
