@@ -186,10 +186,10 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
         read = apply_probe(probe, flat.double().flatten(0, 1)).view(len(latents), horizon) > 0.5
         return flat, read.double().mean(0).tolist()
 
-    def one_step(rows: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per window (rows (P, >= context + 1), actions (P, >= context)): the real latent's first step after the
-        context and the predictor's error on it, each the mean absolute change per feature."""
-        z = encode(rows[:, :context + 1])
+    def one_step(z: torch.Tensor, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per window (latents z (P, context + 1, ...) of a context and the observation after it, actions (P,
+        >= context)): the real latent's first step after the context and the predictor's error on it, each the mean
+        absolute change per feature."""
         predicted = imagine(model, z[:, :context], torch.as_tensor(actions[:, :context])).latent
         assert predicted is not None
         real = z[:, context]
@@ -202,9 +202,10 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     keep = waiting(ball, actions, buffer.flags(rows[:, 0]) & FIRST != 0, context, fire)
     # the probe's control: contexts with the ball in play, imagined under their real actions
     control = rng.permutation(np.flatnonzero(ball[:, context - 1]))[:contexts]
-    control_imagined = imagined(encode(rows[control, :context]), actions[control])[1]
+    control_latents = encode(rows[control, :context + 1])  # the context and its next observation
+    control_imagined = imagined(control_latents[:, :context], actions[control])[1]
     control_real = ball[control, context:].mean(0).tolist()
-    control_change, control_error = one_step(rows[control], actions[control])
+    control_change, control_error = one_step(control_latents, actions[control])
     typical = control_change.mean()
 
     rows, actions, ball = rows[keep], actions[keep], ball[keep]
@@ -222,7 +223,7 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
             [actions[pick, :context - 1], np.tile(plan, (len(pick), 1))], 1))
     unit = (branch["noop"][:, 0] - encoded[:, -1].flatten(1)).abs().mean()  # the NOOP branch's first step
     served = rng.permutation(np.flatnonzero(first_fire & after[:, 0]))[:contexts]  # FIRE, then the ball in play
-    serve_change, serve_error = one_step(rows[served], actions[served])
+    serve_change, serve_error = one_step(encode(rows[served, :context + 1]), actions[served])
 
     def gap(a: str, b: str) -> list[float]:
         """How far branch a strays from branch b, in units of the NOOP branch's first step from the context."""
