@@ -46,6 +46,9 @@ class AgentConfig:
         buffer_size: DQN replay capacity (dream transitions; not checkpointed, refilled after a resume).
         learning_starts: DQN steps before learning starts.
         train_freq: DQN env steps between updates.
+        gradient_steps: DQN gradient steps per update (-1: as many as the env steps since the last, i.e. one per
+            transition of every env).
+        return_steps: DQN steps of its n-step return target (1: the one-step target).
         target_update_interval: DQN steps between target-network syncs.
         exploration_fraction: DQN share of each `learn` call over which epsilon decays.
         exploration_final_eps: DQN final epsilon.
@@ -64,6 +67,8 @@ class AgentConfig:
     buffer_size: int = 50_000
     learning_starts: int = 1_000
     train_freq: int = 4
+    gradient_steps: int = 1
+    return_steps: int = 1
     target_update_interval: int = 2_000
     exploration_fraction: float = 0.1
     exploration_final_eps: float = 0.05
@@ -95,6 +100,7 @@ def build_agent(config: AgentConfig, env: VecEnv, seed: int, device: torch.devic
     else:
         common.update(buffer_size=config.buffer_size, learning_starts=config.learning_starts,
                       batch_size=config.batch_size, train_freq=config.train_freq,
+                      gradient_steps=config.gradient_steps, n_steps=config.return_steps,
                       target_update_interval=config.target_update_interval,
                       exploration_fraction=config.exploration_fraction,
                       exploration_final_eps=config.exploration_final_eps)

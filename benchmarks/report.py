@@ -522,14 +522,15 @@ def _dream_gap(r: dict[str, Any]) -> list[str]:
     lines = [
         "## The dream-to-real gap (`benchmarks/dream_gap.py`)",
         "",
-        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A fresh PPO agent (the default `agent` "
-        "settings) trained only in a run's dream ('learns in' dream) or, for comparison, on the real game seen "
-        "through the run's encoder ('real': episodic life and clipped rewards, as in the dream; its agent steps are "
-        "real steps; 'all encoder tokens': it sees the patch tokens too), then scored on full real games (the "
-        "same evaluation code as every score here); reward per step is the summed reward over the summed episode "
-        "lengths (the last 100 training episodes; the real "
-        "games). For scale: 0.75% of the steps of the 50k random-policy buffer earn a reward, and the random "
-        "policy scores about 1.6 per game. Commands per row below the table.",
+        f"Machine: {r['machine']}, torch threads {r['torch_threads']}. A fresh agent (the default `agent` "
+        "settings, PPO, unless the row's command sets others: the fire-add-real-100k-dqn rows are DQNs that take "
+        "one gradient step per real transition) trained only in a run's dream ('learns in' dream) or, for "
+        "comparison, on the real game seen through the run's encoder ('real': episodic life and clipped rewards, "
+        "as in the dream; its agent steps are real steps; 'all encoder tokens': it sees the patch tokens too), then "
+        "scored on full real games (the same evaluation code as every score here); reward per step is the summed "
+        "reward over the summed episode lengths (the last 100 training episodes; the real games). For scale: 0.75% "
+        "of the steps of the 50k random-policy buffer earn a reward, and the random policy scores about 1.6 per "
+        "game. Commands per row below the table.",
         "",
         "| row | learns in | dream: horizon, reward, ends on | agent steps | reward / step while learning "
         "| real reward / step | real score (mean +- std over games) | real scores after each chunk "

@@ -7,6 +7,8 @@
                   warmup_steps + k * collect_steps steps (loop.collect_with=mpc: MPC on the
                   world model plays instead, with the config's mpc settings)
         fit       stage-2 updates of the world model until it has had k * world_model_updates
+        real      a DQN agent takes gradient steps on the buffer's real transitions until it has had
+                  real_updates per stored real step (loop.real_updates; 0: none)
         imagine   the agent learns in the batched dream until it has taken k * dream_steps steps
         evaluate  every eval_every iterations and at the end: full real games (mbrl.evaluate)
 
@@ -39,6 +41,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.mpc import MPCAgent
+from agents.replay_updates import learn_from_replay
 from agents.sb3 import DreamVecEnv
 from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from envs.atari import RAM_SIZE, make_env, make_vector_env
@@ -75,6 +78,9 @@ class LoopConfig:
             first action drawn from its plan's distribution; the env then runs as one shard, since
             the planner keeps every env's history).
         world_model_updates: stage-2 world-model updates per iteration.
+        real_updates: gradient steps of the agent on real transitions of the replay buffer per real step
+            stored (agent.algo dqn only; `agents.replay_updates`): Dyna's direct RL next to its learning in
+            the dream. 0: the agent learns in the dream only.
         dream_steps: agent steps in the dream per iteration (all dream envs together).
         dream_envs: imagined episodes run in parallel (one batched world-model step for all).
         eval_every: iterations between real evaluations (the last iteration is always evaluated).
@@ -86,6 +92,7 @@ class LoopConfig:
     collect_epsilon: float = 0.05
     collect_with: str = "agent"
     world_model_updates: int = 200
+    real_updates: float = 0.0
     dream_steps: int = 50_000
     dream_envs: int = 64
     eval_every: int = 4
@@ -93,6 +100,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if not 0 < self.warmup_steps <= self.real_steps:
             raise ValueError(f"loop.warmup_steps must be in (0, real_steps], got {self.warmup_steps}")
+        if self.real_updates < 0:
+            raise ValueError(f"loop.real_updates must be >= 0, got {self.real_updates}")
         if min(self.collect_steps, self.dream_envs, self.eval_every) < 1:
             raise ValueError("loop.collect_steps, loop.dream_envs and loop.eval_every must be >= 1")
         if self.collect_with not in COLLECTORS:
@@ -160,6 +169,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 planner.generator.set_state(state["plan_rng"])
         collect_policy: Policy = latent_agent if planner is None else planner
         history: list[dict[str, Any]] = state.get("evals", [])
+        real_updates: int = state.get("real_updates", 0)
         result: dict[str, Any] = history[-1] if history else {}
 
         # ---- Dyna iterations ----------------------------------------------------------
@@ -174,12 +184,23 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 trainer.save()
                 bar.set_postfix(wm_loss=f"{losses['total']:.4f}")
 
+            missing = round(loop.real_updates * buffer.num_steps) - real_updates
+            if missing > 0:
+                bar.set_postfix_str(f"iteration {k}: agent on real play")
+                rng = np.random.default_rng([config.seed, k, 5])
+                loss = learn_from_replay(agent, buffer, cache, missing, real_updates, config.agent.batch_size,
+                                         config.agent.return_steps, config.dream.terminate_on,
+                                         config.agent.target_update_interval, rng)
+                real_updates += missing
+                writer.add_scalar("agent/real_loss", loss, buffer.num_steps)
+                _save(run, agent, history, latent_agent, planner, real_updates)
+
             missing = k * loop.dream_steps - agent.num_timesteps
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: agent in the dream")
                 agent.set_env(_dream(model, buffer, trainer, config, device, k, cache))
                 agent.learn(missing, reset_num_timesteps=False, progress_bar=False)
-                _save(run, agent, history, latent_agent, planner)
+                _save(run, agent, history, latent_agent, planner, real_updates)
 
             evaluated = {e["iteration"] for e in history}
             if (k % loop.eval_every == 0 or k == loop.iterations) and k not in evaluated:
@@ -190,7 +211,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                                                                "median", "std")})
                 for key in ("mean", "median", "std"):
                     writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
-                _save(run, agent, history, latent_agent, planner)
+                _save(run, agent, history, latent_agent, planner, real_updates)
                 bar.set_postfix(score=f"{result['mean']:.1f}")
             run.update_progress(replay_steps=buffer.num_steps, iteration=k, dream_steps=agent.num_timesteps,
                                 world_model_updates=trainer.progress.get("dyna_updates", 0))
@@ -224,14 +245,15 @@ def _evaluate(run: RunDir, config: RunConfig, agent: LatentAgent, iteration: int
 
 
 def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], latent_agent: LatentAgent,
-          planner: MPCAgent | None) -> None:
-    """The learner, its counters, the evaluation history and the RNG states, atomically."""
+          planner: MPCAgent | None, real_updates: int) -> None:
+    """The learner, its counters (`real_updates`: its gradient steps on real transitions), the evaluation history
+    and the RNG states, atomically."""
     tensors, meta = agent_tensors(agent)
     tensors["rng.torch"] = torch.get_rng_state()
     if planner is not None:
         tensors["rng.plan"] = planner.generator.get_state()
     name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # SB3 draws DQN's exploration from it
-    meta.update(evals=history, explore_rng=latent_agent.rng.bit_generator.state,
+    meta.update(evals=history, real_updates=real_updates, explore_rng=latent_agent.rng.bit_generator.state,
                 rng_numpy_global=[name, np.asarray(keys).tolist(), pos, has_gauss, gauss])
     save_checkpoint(run.checkpoint_dir, AGENT, tensors, meta, step=agent.num_timesteps)
 

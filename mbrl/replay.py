@@ -74,6 +74,22 @@ class SequenceBatch(NamedTuple):
     rows: np.ndarray
 
 
+class Stretches(NamedTuple):
+    """Consecutive transitions onward from sampled observations (`ReplayBuffer.sample_stretches`).
+
+    Attributes:
+        rows: int64 (B, L+1) buffer rows of o_0 .. o_L, -1 past the stretch's end.
+        actions: int64 (B, L) action taken at o_t (0 past the end).
+        rewards: float32 (B, L) raw reward of transition t (0 past the end).
+        flags: uint8 (B, L) TERMINATED / TRUNCATED / LIFE_LOSS bits of transition t (0 past the end).
+    """
+
+    rows: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    flags: np.ndarray
+
+
 def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) episode ids: ids that are multiples of `holdout_every` are held out.
 
@@ -432,6 +448,36 @@ class ReplayBuffer:
             later = chain[:, j + 1]
             chain[:, j] = np.where(later >= 0, prev[np.maximum(later, 0)], -1)
         return chain
+
+    def sample_stretches(self, batch_size: int, span: int, rng: np.random.Generator) -> Stretches:
+        """Up to `span` transitions onward from each of `batch_size` observations drawn uniformly among those with a
+        stored next row (the start of an off-policy learner's n-step return).
+
+        A stretch stops early at its episode's end or at the newest row of its stream; rows past its end are -1
+        and their transitions zero. It does not stop at a lost life or a game over: the caller decides which
+        flags end its returns.
+        """
+        after = self._remembered(("after", 0, None), self._find_next_rows)
+        starts = np.flatnonzero(after >= 0)
+        if len(starts) == 0:
+            raise ValueError("no stored episode holds a transition")
+        rows = np.full((batch_size, span + 1), -1, dtype=np.int64)
+        rows[:, 0] = starts[rng.integers(0, len(starts), size=batch_size)]
+        for j in range(span):
+            here = rows[:, j]
+            rows[:, j + 1] = np.where(here >= 0, after[np.maximum(here, 0)], -1)
+        into = self._rows[np.maximum(rows[:, 1:], 0)]
+        stored = rows[:, 1:] >= 0
+        return Stretches(rows, np.where(stored, into["action"], 0).astype(np.int64),
+                         np.where(stored, into["reward"], 0.0).astype(np.float32), np.where(stored, into["flags"], 0))
+
+    def _find_next_rows(self) -> np.ndarray:
+        """int64 (rows,): the next row of each row's episode, -1 where none is stored (yet)."""
+        prev = self._rows["prev"][: self._size]
+        after = np.full(self._size, -1, dtype=np.int64)
+        linked = np.flatnonzero(prev >= 0)
+        after[prev[linked]] = linked
+        return after
 
     def window_rows(self, ends: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows and actions of the windows `windows(ends, seq_len)` returns, without gathering frames:

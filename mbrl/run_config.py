@@ -57,6 +57,10 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.loop.real_updates > 0 and self.agent.algo != "dqn":
+            raise ValueError(f"loop.real_updates needs an off-policy agent (agent.algo=dqn), got {self.agent.algo!r}")
+
 
 def resolve_config(preset: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> RunConfig:
     """Defaults <- `base` (a saved run's config) or the preset file <- `key=value` overrides.

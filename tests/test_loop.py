@@ -126,10 +126,14 @@ def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path) -> 
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_other_algorithms_run_the_loop(tmp_path: Path, algo: str) -> None:
     run = tmp_path / algo
-    proc = mbrl_cli("train-agent", *SMOKE, "--run", str(run), "--algo", algo, "--real-steps", "250")
+    real = ["--set", "loop.real_updates=0.5"] if algo == "dqn" else []  # and DQN learns from real play too
+    proc = mbrl_cli("train-agent", *SMOKE, "--run", str(run), "--algo", algo, "--real-steps", "250", *real)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "eval.json").read_text())["agent"] == algo
-    assert counters(run)["dream_steps"] >= 128
+    got = counters(run)
+    assert got["dream_steps"] >= 128
+    meta = load_checkpoint(run / "checkpoints", "agent").metadata
+    assert meta["real_updates"] == (round(0.5 * got["replay_steps"]) if algo == "dqn" else 0)
 
 
 @pytest.mark.slow
@@ -179,6 +183,9 @@ def test_loop_schedule() -> None:
         LoopConfig(real_steps=100, warmup_steps=200)
     with pytest.raises(UserError, match="AgentConfig.algo must be one of"):
         resolve_config(None, ["agent.algo=td3"])
+    with pytest.raises(UserError, match=r"loop.real_updates needs an off-policy agent \(agent.algo=dqn\)"):
+        resolve_config(None, ["loop.real_updates=1"])
+    assert resolve_config(None, ["loop.real_updates=1", "agent.algo=dqn"]).loop.real_updates == 1
 
 
 # ---- the agent checkpoint --------------------------------------------------------------------
@@ -209,6 +216,15 @@ def test_agent_checkpoint_round_trip(tmp_path: Path, algo: str) -> None:
     for index, values in old["state"].items():
         for name, value in values.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(new["state"][index][name]))
+
+
+@pytest.mark.parametrize(("gradient_steps", "updates"), [(1, 14), (-1, 56)])
+def test_dqn_gradient_steps_set_the_replay_ratio(gradient_steps: int, updates: int) -> None:
+    venv = VecMonitor(DreamVecEnv(DreamVectorEnv(tiny_jepa(), make_buffer(), 4, DreamConfig(horizon=4), seed=0)))
+    learner = build_agent(AgentConfig(algo="dqn", hidden=8, layers=1, batch_size=4, learning_starts=8, train_freq=1,
+                                      gradient_steps=gradient_steps), venv, seed=0, device="cpu")
+    learner.learn(64)  # 16 steps of 4 envs; the first 2 (8 transitions) only fill the replay
+    assert learner._n_updates == updates  # 1: one update per vector step; -1: one per transition
 
 
 # ---- evaluation ------------------------------------------------------------------------------
