@@ -5,13 +5,16 @@ sticky actions, 108k-frame cap, raw score) and the same number of games:
   mbrl    `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-sSEED, resumed if it exists)
   mbrl-mpc  the same with `--set loop.collect_with=mpc`: MPC on the world model plays the real game
           in the iterations instead of the agent (run dir runs/bench/mbrl-mpc-sSEED)
+  mbrl-dqn  the same with a DQN agent that also learns from the buffer's real transitions, one
+          gradient step per real step (`loop.real_updates=1`, 3-step returns, batch 64, learning rate
+          1e-4), and 10k dream steps per iteration instead of 50k (run dir runs/bench/mbrl-dqn-sSEED)
   ppo     SB3 PPO (CnnPolicy) trained directly on real Breakout for the same real-step budget,
           checkpointed every chunk and resumed if killed
   random  the uniformly random policy
 Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
 seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
 
-    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl mbrl-mpc ppo random] [--real-steps 100000]
+    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl mbrl-mpc mbrl-dqn ppo random] [--real-steps 100000]
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
               "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
 PPO_CHUNK = 10_000
-MBRL = {"mbrl": [], "mbrl-mpc": ["loop.collect_with=mpc"]}  # train-agent settings over the atari100k preset
+MBRL = {  # train-agent settings over the atari100k preset
+    "mbrl": [],
+    "mbrl-mpc": ["loop.collect_with=mpc"],
+    "mbrl-dqn": ["agent.algo=dqn", "loop.real_updates=1", "agent.return_steps=3", "agent.batch_size=64",
+                 "agent.learning_rate=0.0001", "agent.buffer_size=100000", "loop.dream_steps=10000"],
+}
 
 
 class SittingClock:

@@ -90,9 +90,11 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("settings", [[], ["agent.algo=dqn", "loop.real_updates=0.5"]], ids=["ppo", "dqn-real"])
+def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path, settings: list[str]) -> None:
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "mbrl", "train-agent", *SMOKE, "--run", str(run), "--set", "loop.real_steps=400"]
+    args = [sys.executable, "-m", "mbrl", "train-agent", *SMOKE, "--run", str(run), "--set", "loop.real_steps=400",
+            *(arg for setting in settings for arg in ("--set", setting))]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     agent_json = run / "checkpoints" / "agent.json"
@@ -104,8 +106,8 @@ def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path) -> 
     assert agent_json.exists()
     before = ReplayBuffer.load(run / "replay")
     killed_at = len(before)
-    agent_steps = load_checkpoint(run / "checkpoints", "agent").metadata["num_timesteps"]
-    assert agent_steps > 0
+    meta = load_checkpoint(run / "checkpoints", "agent").metadata
+    assert meta["num_timesteps"] > 0 or meta["real_updates"] > 0  # the agent had learnt before the kill
 
     proc2 = mbrl_cli("train-agent", "--resume", str(run), "--quiet")
     assert proc2.returncode == 0, proc2.stderr
@@ -120,6 +122,8 @@ def test_resume_after_sigkill_keeps_counters_and_transitions(tmp_path: Path) -> 
     assert 400 <= got["replay_steps"] == after.num_steps < 400 + 2 * 2  # new streams after the resume may overshoot
     history = json.loads((run / "eval.json").read_text())
     assert history["iteration"] == loop.iterations
+    real_updates = load_checkpoint(run / "checkpoints", "agent").metadata["real_updates"]
+    assert real_updates == (round(0.5 * after.num_steps) if settings else 0)
 
 
 @pytest.mark.slow
