@@ -458,7 +458,7 @@ class ReplayBuffer:
         flags end its returns.
         """
         after = self._remembered(("after", 0, None), self._find_next_rows)
-        starts = np.flatnonzero(after >= 0)
+        starts = self._remembered(("starts", 0, None), lambda: np.flatnonzero(after >= 0))
         if len(starts) == 0:
             raise ValueError("no stored episode holds a transition")
         rows = np.full((batch_size, span + 1), -1, dtype=np.int64)
@@ -466,10 +466,13 @@ class ReplayBuffer:
         for j in range(span):
             here = rows[:, j]
             rows[:, j + 1] = np.where(here >= 0, after[np.maximum(here, 0)], -1)
-        into = self._rows[np.maximum(rows[:, 1:], 0)]
-        stored = rows[:, 1:] >= 0
-        return Stretches(rows, np.where(stored, into["action"], 0).astype(np.int64),
-                         np.where(stored, into["reward"], 0.0).astype(np.float32), np.where(stored, into["flags"], 0))
+        into, stored = np.maximum(rows[:, 1:], 0), rows[:, 1:] >= 0
+
+        def field(name: str) -> np.ndarray:  # of the rows reached, 0 past the end; no frames gathered
+            return np.where(stored, self._rows[name][into], 0)
+
+        return Stretches(rows, field("action").astype(np.int64), field("reward").astype(np.float32),
+                         field("flags").astype(np.uint8))
 
     def _find_next_rows(self) -> np.ndarray:
         """int64 (rows,): the next row of each row's episode, -1 where none is stored (yet)."""
