@@ -295,7 +295,12 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
         f"Command of the last: `{r['command']}`.",
         f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
         "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on the row's machine, summed over the "
-        "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only).",
+        "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). Methods: mbrl "
+        "is `mbrl train-agent --preset atari100k` (PPO learning in the dream); mbrl-mpc the same with MPC playing "
+        "the real game in the iterations; mbrl-dqn the same with a DQN agent that also takes one gradient step per "
+        "real step on the buffer's real transitions (`loop.real_updates=1`, 3-step returns, batch 64, learning "
+        "rate 1e-4) and 10k dream steps per iteration instead of 50k (`breakout_100k.py`'s MBRL settings); ppo "
+        "SB3 PPO with a CNN on the real pixels.",
         "",
         "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours "
         "| machine |",
