@@ -147,6 +147,8 @@ def agent_tensors(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], dict[s
     tensors.update(optim)
     meta = {"num_timesteps": model.num_timesteps, "n_updates": int(getattr(model, "_n_updates", 0)),
             "n_calls": int(getattr(model, "_n_calls", 0)), "optimizer": optim_meta}
+    if isinstance(model, DQN):  # its non-deterministic `predict` acts at random with this probability
+        meta["exploration_rate"] = float(model.exploration_rate)
     return tensors, meta
 
 
@@ -163,6 +165,9 @@ def restore_agent(model: BaseAlgorithm, ckpt: Checkpoint, meta: dict[str, Any]) 
         model._n_updates = int(meta["n_updates"])  # type: ignore[attr-defined]
         if hasattr(model, "_n_calls"):
             model._n_calls = int(meta["n_calls"])
+        if isinstance(model, DQN):  # SB3 starts a DQN at 0 (greedy) until it learns; checkpoints before
+            # 2026-12-05 lack the rate, which is the final epsilon after any of the loop's learn calls
+            model.exploration_rate = float(meta.get("exploration_rate", model.exploration_final_eps))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt.path} lacks the agent's counters: {exc}") from None
 

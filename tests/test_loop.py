@@ -215,6 +215,8 @@ def test_agent_checkpoint_round_trip(tmp_path: Path, algo: str) -> None:
     for key, value in trained.policy.state_dict().items():
         assert torch.equal(value, fresh.policy.state_dict()[key]), key
     assert np.array_equal(trained.predict(obs, deterministic=True)[0], fresh.predict(obs, deterministic=True)[0])
+    if algo == "dqn":  # a fresh DQN acts greedily until it learns; the restored one explores as the trained one
+        assert trained.exploration_rate == fresh.exploration_rate == 0.05
     old, new = trained.policy.optimizer.state_dict(), fresh.policy.optimizer.state_dict()
     assert old["state"].keys() == new["state"].keys() and len(old["state"]) > 0
     for index, values in old["state"].items():
