@@ -337,7 +337,10 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                   "the same 100k real steps, acted on by planning instead of the run's agent."
                   for s in mpc_phrases(r["runs"]))
         + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
-           if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else ""),
+           if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else "")
+        + (" mbrl-dqn: runs whose DQN agent also learnt from the real transitions (`loop.real_updates=1`); its "
+           "agent acts at random with its final epsilon, 0.05, when not greedy, as in the loop's own games."
+           if any(x["method"].startswith("mbrl-dqn") for x in r["runs"]) else ""),
         "",
         "| method | games per seed | seeds | score mean +- std over seeds | per-seed mean (std over games) |",
         "| --- | --- | --- | --- | --- |",
