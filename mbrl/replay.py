@@ -441,13 +441,7 @@ class ReplayBuffer:
 
     def _chains(self, ends: np.ndarray, span: int) -> np.ndarray:
         """int64 (B, span) the rows of each episode up to the given end rows, oldest first, -1 before the start."""
-        chain = np.empty((len(ends), span), dtype=np.int64)
-        chain[:, -1] = ends
-        prev = self._rows["prev"]
-        for j in range(span - 2, -1, -1):
-            later = chain[:, j + 1]
-            chain[:, j] = np.where(later >= 0, prev[np.maximum(later, 0)], -1)
-        return chain
+        return np.ascontiguousarray(_follow(ends, span - 1, self._rows["prev"])[:, ::-1])
 
     def sample_stretches(self, batch_size: int, span: int, rng: np.random.Generator) -> Stretches:
         """Up to `span` transitions onward from each of `batch_size` observations drawn uniformly among those with a
@@ -461,11 +455,7 @@ class ReplayBuffer:
         starts = self._remembered(("starts", 0, None), lambda: np.flatnonzero(after >= 0))
         if len(starts) == 0:
             raise ValueError("no stored episode holds a transition")
-        rows = np.full((batch_size, span + 1), -1, dtype=np.int64)
-        rows[:, 0] = starts[rng.integers(0, len(starts), size=batch_size)]
-        for j in range(span):
-            here = rows[:, j]
-            rows[:, j + 1] = np.where(here >= 0, after[np.maximum(here, 0)], -1)
+        rows = _follow(starts[rng.integers(0, len(starts), size=batch_size)], span, after)
         into, stored = np.maximum(rows[:, 1:], 0), rows[:, 1:] >= 0
 
         def field(name: str) -> np.ndarray:  # of the rows reached, 0 past the end; no frames gathered
@@ -548,6 +538,17 @@ class ReplayBuffer:
         rows = np.empty(max(needed, 2 * len(self._rows), 1024), dtype=self.dtype)
         rows[: self._size] = self._rows[: self._size]
         self._rows = rows
+
+
+def _follow(rows: np.ndarray, steps: int, links: np.ndarray) -> np.ndarray:
+    """int64 (B, steps+1): each of the rows (B,), then the rows `links` (a row's previous or next row of its
+    episode, -1 for none) leads to from it, step by step; -1 once it leads nowhere."""
+    walk = np.full((len(rows), steps + 1), -1, dtype=np.int64)
+    walk[:, 0] = rows
+    for j in range(steps):
+        here = walk[:, j]
+        walk[:, j + 1] = np.where(here >= 0, links[np.maximum(here, 0)], -1)
+    return walk
 
 
 def _event_count(batch_size: int, seq_len: int, event_fraction: float, events: int) -> int:
