@@ -2,19 +2,23 @@
 
 For each seed, with the same evaluation code (`mbrl.evaluate.evaluate_agent`: full games,
 sticky actions, 108k-frame cap, raw score) and the same number of games:
-  mbrl    `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-sSEED, resumed if it exists)
-  mbrl-mpc  the same with `--set loop.collect_with=mpc`: MPC on the world model plays the real game
+  mbrl-dqn  `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-dqn-sSEED, resumed if it
+          exists): a DQN agent that learns from the buffer's real transitions, one gradient step per
+          real step, and in the dream (the preset since 2026-12-05)
+  mbrl-dqn-dream  that with 128 dream gradient steps per 4 steps of the 64 dream envs
+          (`agent.gradient_steps=128`): as many updates on imagined transitions as on real ones,
+          instead of 39 per iteration
+  mbrl    the preset before 2026-12-05: PPO learning in the dream only (run dir runs/bench/mbrl-sSEED)
+  mbrl-mpc  that with `--set loop.collect_with=mpc`: MPC on the world model plays the real game
           in the iterations instead of the agent (run dir runs/bench/mbrl-mpc-sSEED)
-  mbrl-dqn  the same with a DQN agent that also learns from the buffer's real transitions, one
-          gradient step per real step (`loop.real_updates=1`, 3-step returns, batch 64, learning rate
-          1e-4), and 10k dream steps per iteration instead of 50k (run dir runs/bench/mbrl-dqn-sSEED)
   ppo     SB3 PPO (CnnPolicy) trained directly on real Breakout for the same real-step budget,
           checkpointed every chunk and resumed if killed
   random  the uniformly random policy
 Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
 seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
 
-    python benchmarks/breakout_100k.py --seeds 0 [--methods mbrl mbrl-mpc mbrl-dqn ppo random] [--real-steps 100000]
+    python benchmarks/breakout_100k.py --seeds 0 [--real-steps 100000]   # mbrl-dqn, ppo and random
+    python benchmarks/breakout_100k.py --seeds 0 --methods mbrl mbrl-mpc mbrl-dqn-dream
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
               "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
 PPO_CHUNK = 10_000
+DREAM_ONLY = ["agent.algo=ppo", "loop.real_updates=0", "agent.return_steps=1", "agent.batch_size=256",
+              "agent.learning_rate=0.0003", "agent.buffer_size=50000", "loop.dream_steps=50000"]
+"""The atari100k preset before 2026-12-05 (PPO learning in the dream only), from the preset of now."""
 MBRL = {  # train-agent settings over the atari100k preset
-    "mbrl": [],
-    "mbrl-mpc": ["loop.collect_with=mpc"],
-    "mbrl-dqn": ["agent.algo=dqn", "loop.real_updates=1", "agent.return_steps=3", "agent.batch_size=64",
-                 "agent.learning_rate=0.0001", "agent.buffer_size=100000", "loop.dream_steps=10000"],
+    "mbrl-dqn": [],
+    "mbrl": DREAM_ONLY,
+    "mbrl-mpc": [*DREAM_ONLY, "loop.collect_with=mpc"],
+    "mbrl-dqn-dream": ["agent.gradient_steps=128"],
 }
 
 
@@ -169,7 +176,7 @@ def _eval_seed(seed: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", choices=(*MBRL, "ppo", "random"), default=["mbrl", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=(*MBRL, "ppo", "random"), default=["mbrl-dqn", "ppo", "random"])
     parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()

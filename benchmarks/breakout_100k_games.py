@@ -4,10 +4,11 @@ breakout_100k.py scores each run on 8 games at its end. A Breakout game's score 
 around its policy's mean, so a mean over 8 games is uncertain by ~0.5: as much as the methods
 differ. This script plays `--episodes` full games with each seed's final agents, the same games
 (one evaluation seed per training seed) for each method:
-  mbrl    the agent of the finished run runs/bench/mbrl-sSEED (as `mbrl evaluate --run` loads it)
-  mbrl:mpc  MPC on that run's world model with the run's `mpc` settings (`mbrl plan --run`'s agent,
+  METHOD  the agent of the finished run runs/bench/METHOD-sSEED of one of breakout_100k.py's mbrl
+          methods (as `mbrl evaluate --run` loads it): mbrl-dqn (the atari100k preset), mbrl (the
+          preset before 2026-12-05), mbrl-mpc, mbrl-dqn-dream
+  METHOD:mpc  MPC on that run's world model with the run's `mpc` settings (`mbrl plan --run`'s agent,
           without a terminal value): the same 100k real steps, used by planning instead of the agent
-  mbrl-mpc, mbrl-mpc:mpc  the same for the runs of breakout_100k.py's method mbrl-mpc
   ppo     the baseline's PPO from runs/bench/ppo-sSEED, trained first with breakout_100k.py's
           code where this machine does not have it (or not to the end)
   random  the uniformly random policy
@@ -16,7 +17,7 @@ shows the per-seed means, mean +- std over seeds and the paired differences of m
 PPO and random.
 
     python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50
-    python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50 --methods mbrl:mpc
+    python benchmarks/breakout_100k_games.py --seeds 0 1 2 3 4 5 --episodes 50 --methods mbrl:mpc mbrl
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def mpc_record(config: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds whose agents to score")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["mbrl", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["mbrl-dqn", "ppo", "random"])
     parser.add_argument("--episodes", type=int, default=50, help="full games per agent (default 50)")
     parser.add_argument("--real-steps", type=int, default=100_000, help="the runs' real-step budget (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")

@@ -295,12 +295,13 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
         f"Command of the last: `{r['command']}`.",
         f"Same evaluation code for every method: {r['episodes']} full games per seed (no episodic life, sticky "
         "actions 0.25, 108k-frame cap, raw score). Hours are wall clock on the row's machine, summed over the "
-        "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). Methods: mbrl "
-        "is `mbrl train-agent --preset atari100k` (PPO learning in the dream); mbrl-mpc the same with MPC playing "
-        "the real game in the iterations; mbrl-dqn the same with a DQN agent that also takes one gradient step per "
-        "real step on the buffer's real transitions (`loop.real_updates=1`, 3-step returns, batch 64, learning "
-        "rate 1e-4) and 10k dream steps per iteration instead of 50k (`breakout_100k.py`'s MBRL settings); ppo "
-        "SB3 PPO with a CNN on the real pixels.",
+        "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). Methods: "
+        "mbrl-dqn is `mbrl train-agent --preset atari100k` as of 2026-12-05: a DQN agent that takes one gradient "
+        "step per real step on the buffer's real transitions (`loop.real_updates=1`, 3-step returns, batch 64, "
+        "learning rate 1e-4) and learns in the dream too, 10k dream steps per iteration; mbrl is the preset before "
+        "that, PPO learning in the dream only (50k dream steps per iteration); mbrl-mpc that with MPC playing "
+        "the real game in the iterations (`breakout_100k.py`'s MBRL settings); ppo SB3 PPO with a CNN on the real "
+        "pixels.",
         "",
         "| method | real steps | seeds | score mean +- std over seeds | per-seed mean (std over games) | hours "
         "| machine |",
@@ -338,7 +339,8 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
                   for s in mpc_phrases(r["runs"]))
         + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
            if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else "")
-        + (" mbrl-dqn: runs whose DQN agent also learnt from the real transitions (`loop.real_updates=1`); its "
+        + (" mbrl-dqn: runs of the atari100k preset as of 2026-12-05, whose DQN agent also learnt from the real "
+           "transitions (`loop.real_updates=1`); mbrl: the preset before, PPO learning in the dream only. The DQN "
            "agent acts at random with its final epsilon, 0.05, when not greedy, as in the loop's own games."
            if any(x["method"].startswith("mbrl-dqn") for x in r["runs"]) else ""),
         "",

@@ -59,7 +59,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.loop.real_updates > 0 and self.agent.algo != "dqn":
-            raise ValueError(f"loop.real_updates needs an off-policy agent (agent.algo=dqn), got {self.agent.algo!r}")
+            raise ValueError(f"loop.real_updates needs an off-policy agent (agent.algo=dqn), got {self.agent.algo!r}; "
+                             "set loop.real_updates=0 for it to learn in the dream only")
 
 
 def resolve_config(preset: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> RunConfig:

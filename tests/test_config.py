@@ -270,6 +270,15 @@ def test_pong_preset_and_overrides_on_top_of_preset() -> None:
     assert cfg.env.frame_size == 84
 
 
+def test_atari100k_preset_learns_from_real_play_and_names_the_switch_for_on_policy_agents() -> None:
+    cfg = resolve_config("atari100k", [])
+    assert (cfg.agent.algo, cfg.loop.real_updates, cfg.agent.return_steps) == ("dqn", 1.0, 3)
+    # PPO learns on-policy: it cannot take the preset's real updates, and the error says what to set instead
+    message = _user_error(resolve_config, "atari100k", ["agent.algo=ppo"])
+    assert "loop.real_updates needs an off-policy agent" in message and "loop.real_updates=0" in message
+    assert resolve_config("atari100k", ["agent.algo=ppo", "loop.real_updates=0"]).agent.algo == "ppo"
+
+
 def test_no_preset_gives_defaults_plus_overrides() -> None:
     assert resolve_config(None, []) == RunConfig()
     assert resolve_config(None, ["seed=9"]) == dataclasses.replace(RunConfig(), seed=9)
