@@ -298,7 +298,8 @@ def _breakout_100k(r: dict[str, Any]) -> list[str]:
         "sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). Methods: "
         "mbrl-dqn is `mbrl train-agent --preset atari100k` as of 2026-12-05: a DQN agent that takes one gradient "
         "step per real step on the buffer's real transitions (`loop.real_updates=1`, 3-step returns, batch 64, "
-        "learning rate 1e-4) and learns in the dream too, 10k dream steps per iteration; mbrl is the preset before "
+        "learning rate 1e-4) and learns in the dream too, 10k dream steps per iteration; mbrl-dqn-dream that with "
+        "as many dream updates as real ones (`agent.gradient_steps=128`); mbrl is the preset before "
         "that, PPO learning in the dream only (50k dream steps per iteration); mbrl-mpc that with MPC playing "
         "the real game in the iterations (`breakout_100k.py`'s MBRL settings); ppo SB3 PPO with a CNN on the real "
         "pixels.",
@@ -340,7 +341,8 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
         + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
            if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else "")
         + (" mbrl-dqn: runs of the atari100k preset as of 2026-12-05, whose DQN agent also learnt from the real "
-           "transitions (`loop.real_updates=1`); mbrl: the preset before, PPO learning in the dream only. The DQN "
+           "transitions (`loop.real_updates=1`); mbrl-dqn-dream: that with as many dream updates as real ones; mbrl: "
+           "the preset before, PPO learning in the dream only. The DQN "
            "agent acts at random with its final epsilon, 0.05, when not greedy, as in the loop's own games."
            if any(x["method"].startswith("mbrl-dqn") for x in r["runs"]) else ""),
         "",
