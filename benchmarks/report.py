@@ -332,19 +332,14 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
         f"Machines: {'; '.join(sorted({x['machine'] for x in r['runs']}))}. "
         f"Date of the last: {max(x['date'] for x in r['runs'])}. Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(x["command"] for x in r["runs"])) + ".",
-        "Each seed's final agents of the table above (mbrl: the run's agent; PPO: the baseline's, trained again "
-        "on this machine where it lacked it; random) on the same full games per seed, another set than the "
-        "table's 8 (evaluation rules as there)."
+        "Each seed's final agents of the table above (the methods as defined there; an mbrl method: its run's "
+        "agent; PPO: the baseline's, trained again on this machine where it lacked it; random) on the same full "
+        "games per seed, another set than the table's 8 (evaluation rules as there)."
         + "".join(f" RUN:mpc: MPC on the world model of RUN's run with the run's settings ({s}), no terminal value: "
                   "the same 100k real steps, acted on by planning instead of the run's agent."
                   for s in mpc_phrases(r["runs"]))
-        + (" mbrl-mpc: runs in which MPC played the real game in the Dyna iterations (`loop.collect_with=mpc`)."
-           if any(x["method"].startswith("mbrl-mpc") for x in r["runs"]) else "")
-        + (" mbrl-dqn: runs of the atari100k preset as of 2026-12-05, whose DQN agent also learnt from the real "
-           "transitions (`loop.real_updates=1`); mbrl-dqn-dream: that with as many dream updates as real ones; mbrl: "
-           "the preset before, PPO learning in the dream only. The DQN "
-           "agent acts at random with its final epsilon, 0.05, when not greedy, as in the loop's own games."
-           if any(x["method"].startswith("mbrl-dqn") for x in r["runs"]) else ""),
+        + (" The DQN agents (mbrl-dqn*) act at random with their final epsilon, 0.05, when not greedy, as in the "
+           "loop's own games." if any(x["method"].startswith("mbrl-dqn") for x in r["runs"]) else ""),
         "",
         "| method | games per seed | seeds | score mean +- std over seeds | per-seed mean (std over games) |",
         "| --- | --- | --- | --- | --- |",
