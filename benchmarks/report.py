@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from paired import paired_t
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -360,8 +362,9 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
             diffs = [runs[s]["mean"] - others[s]["mean"] for s in seeds]
             if len(diffs) < 2:
                 continue
-            spread = statistics.stdev(diffs)
-            t = (f"t = {statistics.mean(diffs) / (spread / len(diffs) ** 0.5):.2f} with {len(diffs) - 1} df" if spread
+            test = paired_t(diffs)
+            t = (f"t = {test.t:.2f} with {test.df} df, two-sided p = {test.p:.3f}, 95% interval of the mean "
+                 f"difference {test.low:+.2f} to {test.high:+.2f}" if test
                  else "no t (the differences are all equal)")
             lines.append(f"- {method} - {other}, paired over seeds {', '.join(map(str, seeds))} "
                          f"({episodes} games each): "

@@ -20,6 +20,7 @@ import breakout_100k_games  # noqa: E402
 from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
+from paired import paired_t, t_quantile, t_within  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 from serving import WAIT, UniformOver, serve_waits, waiting  # noqa: E402
@@ -183,11 +184,25 @@ def test_more_games_table_pairs_each_seed_of_mbrl_with_the_same_seed_of_the_othe
     table = "\n".join(_breakout_100k_games({"runs": runs}))
     assert "| mbrl | 50 | 3 | 3.00 +- 0.82 | s0: 3.00 (1.00), s1: 2.00 (1.00), s2: 4.00 (1.00) |" in table
     # seed 2 has no PPO agent: the pairs are seeds 0 and 1, differences 2 and 1, t = 1.5 / (0.707 / sqrt 2) = 3
-    assert "- mbrl - ppo, paired over seeds 0, 1 (50 games each): +2.00, +1.00; mean +1.50, t = 3.00 with 1 df." \
-        in table
+    # two-sided p with 1 df is 1 - (2 / pi) atan(t) = 0.205; the interval is 1.5 +- 12.706 * 0.5
+    assert ("- mbrl - ppo, paired over seeds 0, 1 (50 games each): +2.00, +1.00; mean +1.50, t = 3.00 with 1 df, "
+            "two-sided p = 0.205, 95% interval of the mean difference -4.85 to +7.85.") in table
     assert "- mbrl - random, paired over seeds 0, 1, 2 (50 games each): +1.50, +0.50, +2.50; mean +1.50, t = 2.60" \
         in table
     assert "mpc" not in table  # no MPC rows: no MPC sentence or pairs
+
+
+def test_student_t_matches_closed_forms_and_printed_tables() -> None:
+    # 1 df is the Cauchy distribution: P(|T| <= t) = (2 / pi) atan(t); 2 df: t / sqrt(2 + t^2)
+    assert t_within(3.0, 1) == pytest.approx(2 / np.pi * np.arctan(3.0), abs=1e-12)
+    assert t_within(2.12, 2) == pytest.approx(2.12 / np.sqrt(2 + 2.12 ** 2), abs=1e-12)
+    # 97.5% quantiles from printed t tables, odd and even df, small and large
+    for df, quantile in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (10, 2.228), (30, 2.042)):
+        assert t_quantile(0.95, df) == pytest.approx(quantile, abs=1e-3)
+    test = paired_t([2.0, 1.0, 3.0])  # mean 2, sd 1, se 1 / sqrt 3
+    assert test is not None and test.df == 2 and test.t == pytest.approx(2 * np.sqrt(3))
+    assert (test.low, test.high) == pytest.approx((2 - 4.3027 / np.sqrt(3), 2 + 4.3027 / np.sqrt(3)), abs=1e-3)
+    assert paired_t([1.0]) is None and paired_t([1.0, 1.0]) is None
 
 
 def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
@@ -198,7 +213,7 @@ def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
     table = "\n".join(_breakout_100k_games({"runs": runs}))
     assert "with the run's settings (cem N=64, H=8, I=2, life-loss penalty 1)" in table
     # differences 1 and 2: mean 1.5, sd 0.707, t = 1.5 / (0.707 / sqrt 2) = 3
-    assert "- mbrl:mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df." \
+    assert "- mbrl:mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df," \
         in table
     runs[-1]["mean"] = 3.0  # both differences +1: no spread, no t
     table = "\n".join(_breakout_100k_games({"runs": runs}))
