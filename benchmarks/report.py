@@ -363,7 +363,8 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
             if len(diffs) < 2:
                 continue
             test = paired_t(diffs)
-            t = (f"t = {test.t:.2f} with {test.df} df, two-sided p = {test.p:.3f}, 95% interval of the mean "
+            p = "< 0.001" if test and test.p < 0.001 else f"= {test.p:.3f}" if test else ""
+            t = (f"t = {test.t:.2f} with {test.df} df, two-sided p {p}, 95% interval of the mean "
                  f"difference {test.low:+.2f} to {test.high:+.2f}" if test
                  else "no t (the differences are all equal)")
             lines.append(f"- {method} - {other}, paired over seeds {', '.join(map(str, seeds))} "

@@ -203,6 +203,11 @@ def test_student_t_matches_closed_forms_and_printed_tables() -> None:
     assert test is not None and test.df == 2 and test.t == pytest.approx(2 * np.sqrt(3))
     assert (test.low, test.high) == pytest.approx((2 - 4.3027 / np.sqrt(3), 2 + 4.3027 / np.sqrt(3)), abs=1e-3)
     assert paired_t([1.0]) is None and paired_t([1.0, 1.0]) is None
+    runs = [{"method": method, "seed": seed, "episodes": 50, "mean": mean, "std": 1.0, "date": "d", "machine": "m",
+             "command": "c"} for method, seed, mean in (("mbrl", 0, 9.0), ("mbrl", 1, 9.0), ("mbrl", 2, 9.0),
+                                                         ("ppo", 0, 1.0), ("ppo", 1, 1.02), ("ppo", 2, 0.98))]
+    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    assert "+8.00, +7.98, +8.02; mean +8.00, t = 692.82 with 2 df, two-sided p < 0.001, 95% interval" in table
 
 
 def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
