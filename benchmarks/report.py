@@ -222,7 +222,10 @@ def _planning(r: dict[str, Any]) -> list[str]:
         "arithmetic (complex numbers were eager kernels inside the graph): 0.94 of the time per action, paired "
         "in one process against the graph before (60 actions, same actions chosen); three runs of this script then "
         "gave the compiled row medians of 114, 95 and 92 ms (p95 141, 103 and 111) with one 512-rollout eager step "
-        "at 8.7, 6.7 and 6.3 ms; the table is the last (README, 'C++ wrapper').",
+        "at 8.7, 6.7 and 6.3 ms (README, 'C++ wrapper'). Since 2026-12-05 the script also times that compiled "
+        "row in a fresh process that plans nothing else, as `mbrl plan --compile` does ('own process'): in the "
+        "main process, which also hosts the eager model and the other rows, the same plans came out slower "
+        "(README, 'Planning in a process of its own').",
         "",
         "| planner | N | H | I | compiled | actions timed | median ms | p95 ms | rounds' medians ms | imagined steps "
         "per action | without dedupe | imagination calls per action |",
@@ -231,7 +234,7 @@ def _planning(r: dict[str, Any]) -> list[str]:
     for row in r["rows"]:
         rounds = ", ".join(f"{m:.0f}" for m in row.get("round_medians_ms", [])) or "-"
         lines.append(f"| {row['planner']} | {row['candidates']} | {row['horizon']} | {row['iterations']} | "
-                     f"{'yes' if row.get('compiled') else 'no'} | "
+                     f"{'yes, own process' if row.get('own_process') else 'yes' if row.get('compiled') else 'no'} | "
                      f"{row['actions']} | {row['median_ms']:.0f} | {row['p95_ms']:.0f} | {rounds} | "
                      f"{row['imagined_steps']:.0f} | {row['imagined_steps_without_dedupe']} | "
                      + (f"{row['imagination_calls']:.0f} |" if "imagination_calls" in row else "- |"))

@@ -21,12 +21,22 @@ from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from paired import paired_t, t_quantile, t_within  # noqa: E402
+from planning import summarise  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 from serving import WAIT, UniformOver, serve_waits, waiting  # noqa: E402
 
+from agents.mpc import MPCConfig  # noqa: E402
+from agents.planners import PlannerConfig  # noqa: E402
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from report import _breakout_100k, _breakout_100k_games, _planning_score, _serving, write_results_md  # noqa: E402
+from report import (  # noqa: E402
+    _breakout_100k,
+    _breakout_100k_games,
+    _planning,
+    _planning_score,
+    _serving,
+    write_results_md,
+)
 from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
@@ -208,6 +218,20 @@ def test_student_t_matches_closed_forms_and_printed_tables() -> None:
                                                          ("ppo", 0, 1.0), ("ppo", 1, 1.02), ("ppo", 2, 0.98))]
     table = "\n".join(_breakout_100k_games({"runs": runs}))
     assert "+8.00, +7.98, +8.02; mean +8.00, t = 692.82 with 2 df, two-sided p < 0.001, 95% interval" in table
+
+
+def test_planning_rows_pool_the_rounds_and_name_the_own_process_row() -> None:
+    config = MPCConfig(planner="cem", search=PlannerConfig(candidates=8, horizon=3, iterations=2), compile=True)
+    runs = [([10.0, 30.0], [(5, 2), (7, 2)]), ([20.0, 40.0, 50.0], [(6, 2), (6, 3), (6, 2)])]
+    row = summarise(config, runs, own_process=True)
+    assert (row["actions"], row["median_ms"], row["round_medians_ms"]) == (5, 30.0, [20.0, 40.0])
+    assert row["p95_ms"] == pytest.approx(48.0)  # numpy's linear interpolation: 40 + 0.8 * (50 - 40)
+    assert (row["imagined_steps"], row["imagination_calls"], row["imagined_steps_without_dedupe"]) == (6.0, 2.2, 48)
+    profile = dict.fromkeys(["batch", "step_ms", "step_without_latent_ms", "step_reading_each_latent_ms",
+                             "predictor_cached_ms", "predictor_full_window_ms", "heads_ms", "encode_one_obs_ms"], 1.0)
+    result = {"machine": "m", "torch_threads": 2, "load_average": 0.0, "date": "d", "command": "c",
+              "target_ms": 100.0, "step_profile": profile, "largest_cem_within_target": None, "rows": [row]}
+    assert "| cem | 8 | 3 | 2 | yes, own process | 5 | 30 | 48 | 20, 40 | 6 | 48 | 2 |" in "\n".join(_planning(result))
 
 
 def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
