@@ -237,7 +237,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="also score MPC on this run's world model against its agent and "
                         "the random policy (results/planning_score.json)")
     parser.add_argument("--episodes", type=int, default=10, help="full real games per policy with --run")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "planning.json",
+                        help="the JSON result (RESULTS.md is re-rendered from benchmarks/results/)")
     parser.add_argument("--own-process", type=Path, help="internal: time only the compiled --planner at --budget "
                         "in this process and write its rounds to this JSON file (the 'own process' row)")
     parser.add_argument("--planner", default="cem", choices=("cem", "mppi", "shooting"),
