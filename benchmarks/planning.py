@@ -145,15 +145,25 @@ def own_process_rounds(config: MPCConfig, actions: int, warmup: int, rounds: int
         return [(times, [(n, c) for n, c in steps]) for times, steps in json.loads(out.read_text())]
 
 
+def benchmark_model(threads: int) -> JEPAWorldModel:
+    """The process set up as the mbrl command line sets it (freed memory kept, `threads` torch threads) and the
+    default JEPA model with seed-0 weights: the main process and an own-process child plan with the same one."""
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return JEPAWorldModel(JEPAConfig(num_actions=4)).eval()
+
+
+def mpc(planner: str, n: int, h: int, i: int, compile: bool = False) -> MPCConfig:
+    """An MPC config of `planner` with N candidates, horizon H and I iterations."""
+    return MPCConfig(planner=planner, search=PlannerConfig(candidates=n, horizon=h, iterations=i), compile=compile)
+
+
 def run_own_process(args: argparse.Namespace) -> None:
     """The child of `own_process_rounds`: compile (an untimed first action), time the rounds, write them."""
-    keep_freed_memory()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = JEPAWorldModel(JEPAConfig(num_actions=4)).eval()
+    model = benchmark_model(args.threads)
     candidates, horizon, iterations = args.budget
-    config = MPCConfig(planner=args.planner, search=PlannerConfig(candidates=candidates, horizon=horizon,
-                                                                  iterations=iterations), compile=True)
+    config = mpc(args.planner, candidates, horizon, iterations, compile=True)
     counter = CountingSteps(model)
     time_agent(model, counter, config, 1, 0)
     rounds = [time_agent(model, counter, config, args.actions, args.warmup) for _ in range(args.rounds)]
@@ -249,15 +259,8 @@ def main() -> None:
     if args.own_process:
         run_own_process(args)
         return
-    keep_freed_memory()  # as the mbrl command line does
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = JEPAWorldModel(JEPAConfig(num_actions=4)).eval()
+    model = benchmark_model(args.threads)
     profile = step_profile(model, ISSUE_BUDGET[0])
-    def mpc(name: str, n: int, h: int, i: int, compile: bool = False) -> MPCConfig:
-        return MPCConfig(planner=name, search=PlannerConfig(candidates=n, horizon=h, iterations=i), compile=compile)
-
     compiled = copy.deepcopy(model)
     start = time.perf_counter()  # the first action of a compiled model compiles its imagined step
     time_agent(compiled, CountingSteps(compiled), mpc("cem", *ISSUE_BUDGET, compile=True), 1, 0)

@@ -366,10 +366,12 @@ def _breakout_100k_games(r: dict[str, Any]) -> list[str]:
             if len(diffs) < 2:
                 continue
             test = paired_t(diffs)
-            p = "< 0.001" if test and test.p < 0.001 else f"= {test.p:.3f}" if test else ""
-            t = (f"t = {test.t:.2f} with {test.df} df, two-sided p {p}, 95% interval of the mean "
-                 f"difference {test.low:+.2f} to {test.high:+.2f}" if test
-                 else "no t (the differences are all equal)")
+            if test is None:
+                t = "no t (the differences are all equal)"
+            else:
+                p = "< 0.001" if test.p < 0.001 else f"= {test.p:.3f}"
+                t = (f"t = {test.t:.2f} with {test.df} df, two-sided p {p}, 95% interval of the mean difference "
+                     f"{test.low:+.2f} to {test.high:+.2f}")
             lines.append(f"- {method} - {other}, paired over seeds {', '.join(map(str, seeds))} "
                          f"({episodes} games each): "
                          + ", ".join(f"{d:+.2f}" for d in diffs)
