@@ -259,6 +259,11 @@ def _planning(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _command_list(rows: list[dict[str, Any]]) -> list[str]:
+    """A section's closing list of the distinct commands of its rows."""
+    return ["", "Commands:", "", *(f"- `{c}`" for c in dict.fromkeys(row["command"] for row in rows)), ""]
+
+
 def _planning_score(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Latent MPC on the real game (`benchmarks/planning_score.py`)",
@@ -286,9 +291,39 @@ def _planning_score(r: dict[str, Any]) -> list[str]:
                      f"{e.get('mpc_acts', 'best')} | {e['episodes']} "
                      f"({e['seed']}) | {cell(e['mpc'])} | {cell(e['agent'])} | {cell(e['random'])} | "
                      f"{e['mpc']['seconds'] / 60:.1f} | {e['date']}, {e['machine']} |")
-    lines += ["", "Commands:", ""]
-    lines += [f"- `{c}`" for c in dict.fromkeys(e["command"] for e in r["runs"])]
-    return [*lines, ""]
+    return [*lines, *_command_list(r["runs"])]
+
+
+def _plan_ranking(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Does the planning objective rank action sequences as the real game does? (`benchmarks/plan_ranking.py`)",
+        "",
+        "Per run: states from real games of the run's agent (as in evaluation) or the random policy ('played by'), "
+        "one every few steps; at each, the same uniformly drawn action sequences scored by `mbrl plan`'s objective "
+        "(the run's world model, its `mpc` discount and life-loss penalty, no terminal value) and by the real game "
+        "replayed from the saved emulator state without sticky actions (`envs/emulator.py`), on the first H steps. "
+        "Informative: the share of states where the real returns of the sequences differ at all; the other columns "
+        "are means over those states. Spearman: rank correlation of imagined and real returns. Gain: (real return "
+        "of the imagined best - mean real return) / (best real - mean real): 1 = the objective picks the best "
+        "sequence, 0 = no better than a random pick (what the random policy gets). Room: best real - mean real. "
+        "'heads on real futures': the same heads read on the encoded frames of each sequence's real future instead "
+        "of on imagined latents (what better dynamics could give at most), at the first states where the longest "
+        "horizon's real returns differ, shown with imagination on the same states.",
+        "",
+        "| run | played by | scored by | states (every) | candidates | H | informative | spearman | gain | room | "
+        "seed | date, machine |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def number(x: float) -> str:
+        return "-" if x != x else f"{x:.3f}"  # nan: no state to rank at
+
+    for e in r["runs"]:
+        for h in e["rankings"]:
+            lines.append(f"| {e['run']} | {e['behaviour']} | {h['scored_by']} | {h['states']} ({e['every']}) | "
+                         f"{e['candidates']} | {h['horizon']} | {h['informative']:.3f} | {number(h['spearman'])} | "
+                         f"{number(h['gain'])} | {h['room']:.3f} | {e['seed']} | {e['date']}, {e['machine']} |")
+    return [*lines, *_command_list(r["runs"])]
 
 
 def _breakout_100k(r: dict[str, Any]) -> list[str]:
@@ -690,6 +725,7 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
 
 RENDERERS = {
     "planning_score": _planning_score,
+    "plan_ranking": _plan_ranking,
     "predictor_cost": _predictor_cost,
     "dream_gap": _dream_gap,
     "latent_distill": _latent_distill,

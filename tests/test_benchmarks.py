@@ -21,6 +21,7 @@ from breakout_100k import SittingClock, current  # noqa: E402
 from dream_gap import TokenGrid  # noqa: E402
 from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
 from paired import paired_t, t_quantile, t_within  # noqa: E402
+from plan_ranking import average_ranks, ranking_scores, spearman  # noqa: E402
 from planning import summarise  # noqa: E402
 from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
@@ -32,6 +33,7 @@ from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import (  # noqa: E402
     _breakout_100k,
     _breakout_100k_games,
+    _plan_ranking,
     _planning,
     _planning_score,
     _serving,
@@ -312,3 +314,37 @@ def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> N
     assert "| seed 1 | uniform without FIRE | 20032 | 0.0100 | 0.0377 |" in table
     actions, _ = UniformOver([0, 2, 3], seed=0).predict(np.zeros((1000, 8)))
     assert set(actions.tolist()) == {0, 2, 3}  # never FIRE (1)
+
+
+def test_ranks_and_rank_correlation() -> None:
+    np.testing.assert_allclose(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [2.5, 0.0, 2.5, 1.0])
+    x = np.array([0.1, 0.5, 0.2, 0.9])
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, np.ones(4)) == 0.0
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+
+
+def test_ranking_scores_count_only_states_where_the_real_returns_differ() -> None:
+    real = np.array([[0.0, 1.0, 0.0, -1.0],  # mean 0, best 1
+                     [0.5, 0.5, 0.5, 0.5]])  # nothing to rank
+    perfect = ranking_scores(real.copy(), real)
+    assert perfect["informative"] == 0.5 and perfect["gain"] == pytest.approx(1.0)
+    assert perfect["room"] == pytest.approx(1.0) and perfect["spearman"] == pytest.approx(1.0)
+    worst = ranking_scores(-real, real)
+    assert worst["gain"] == pytest.approx(-1.0) and worst["spearman"] == pytest.approx(-1.0)
+    assert np.isnan(ranking_scores(real[1:], real[1:])["gain"])
+
+
+def test_plan_ranking_table_shows_unrankable_horizons_as_a_dash() -> None:
+    run = {"run": "runs/a", "behaviour": "agent", "every": 5, "candidates": 64, "seed": 0, "date": "2026-12-05",
+           "machine": "m", "command": "python benchmarks/plan_ranking.py --runs runs/a",
+           "rankings": [{"scored_by": "imagination", "states": 800, "horizon": 4, "informative": 0.0,
+                         "spearman": float("nan"), "gain": float("nan"), "room": 0.0},
+                        {"scored_by": "heads on real futures", "states": 100, "horizon": 24, "informative": 1.0,
+                         "spearman": 0.5634, "gain": 0.88, "room": 0.618}]}
+    lines = _plan_ranking({"runs": [run]})
+    assert "| runs/a | agent | imagination | 800 (5) | 64 | 4 | 0.000 | - | - | 0.000 | 0 | 2026-12-05, m |" in lines
+    assert "| runs/a | agent | heads on real futures | 100 (5) | 64 | 24 | 1.000 | 0.563 | 0.880 | 0.618 | 0 |" \
+        " 2026-12-05, m |" in lines
+    assert "- `python benchmarks/plan_ranking.py --runs runs/a`" in lines

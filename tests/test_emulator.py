@@ -1,0 +1,58 @@
+"""The emulator judge: replays from a saved state are the real game's steps, and the returns are the objective's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from envs.atari import AtariConfig, make_env
+from envs.emulator import Emulator, Outcomes, real_returns, snapshot
+from mbrl.errors import UserError
+
+
+def test_real_returns_discount_penalise_lost_lives_and_stop_at_game_over() -> None:
+    outcomes = Outcomes(reward=np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32),
+                        life_loss=np.array([[0, 1, 0], [0, 0, 0]], dtype=np.float32),
+                        alive=np.array([[1, 1, 0], [1, 1, 1]], dtype=np.float32))
+    returns = real_returns(outcomes, discount=0.5, life_loss_penalty=2.0)
+    np.testing.assert_allclose(returns, [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+
+
+@pytest.mark.slow  # needs ALE
+def test_replays_match_the_real_env_and_repeat_exactly() -> None:
+    config = AtariConfig(sticky_action_prob=0.0)  # the real game without sticky actions is what replays play
+    env = make_env(config)
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        env.step(int(rng.integers(4)))
+    saved = snapshot(env)
+    sequences = rng.integers(0, 4, size=(3, 150))
+    emulator = Emulator(config)
+    outcomes = emulator.outcomes(saved, sequences, frames=True)
+    again = emulator.outcomes(saved, sequences, frames=True)
+    assert outcomes.frames is not None and outcomes.frames.shape == (3, 150, 64, 64)
+    for field in Outcomes._fields:
+        np.testing.assert_array_equal(getattr(outcomes, field), getattr(again, field))
+    rewards, losses = [], []
+    for t, action in enumerate(sequences[0]):
+        obs, reward, terminated, truncated, info = env.step(int(action))
+        np.testing.assert_array_equal(outcomes.frames[0, t], obs[-1], err_msg=f"step {t}: the frame the env shows")
+        rewards.append(np.sign(reward))
+        losses.append(float(info["life_loss"]))
+        if terminated or truncated:
+            break
+    steps = len(rewards)
+    np.testing.assert_array_equal(outcomes.reward[0, :steps], rewards)
+    np.testing.assert_array_equal(outcomes.life_loss[0, :steps], losses)
+    assert outcomes.alive[0, :steps].all()
+    assert outcomes.life_loss[0].sum() >= 1, "150 random steps lose a life: the test compares something"
+    emulator.close()
+
+
+@pytest.mark.slow  # needs ALE
+def test_an_unknown_game_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="ALE/NoSuchGame-v5"):
+        Emulator(dataclasses.replace(AtariConfig(), id="ALE/NoSuchGame-v5"))
