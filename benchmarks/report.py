@@ -326,6 +326,29 @@ def _plan_ranking(r: dict[str, Any]) -> list[str]:
     return [*lines, *_command_list(r["runs"])]
 
 
+def _emulator_planning(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## MPC with a perfect model: planning on the real game's replays (`benchmarks/emulator_planning.py`)",
+        "",
+        "`mbrl plan`'s planner and objective (the atari100k preset's life-loss penalty and discount) with the "
+        "world model's imagination replaced by the real game replayed from its saved state without sticky actions "
+        "(`envs.emulator.emulator_objective`): what MPC could reach if imagination were the game. Real games "
+        "under the evaluation rules (sticky actions 0.25, raw score), cut after 'max steps' agent steps: a cut "
+        "game's score counts as it stands. Acting: a draw from the plan's distribution ('sampled', as `mbrl plan`) "
+        "or the best sequence's first action. Seconds: per agent step, one process, ALE on one core.",
+        "",
+        "| planner | N, H, I | acts | games (seed) | max steps | score | per game | steps per game | cut | s per "
+        "step | date, machine |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in r["runs"]:
+        lines.append(f"| {e['planner']} | {e['candidates']}, {e['horizon']}, {e['iterations']} | {e['act']} | "
+                     f"{e['games']} ({e['seed']}) | {e['max_steps']} | {e['mean']:.2f} +- {e['std']:.2f} | "
+                     f"{', '.join(f'{x:g}' for x in e['scores'])} | {', '.join(str(n) for n in e['lengths'])} | "
+                     f"{sum(e['cut'])} | {sum(e['seconds']) / sum(e['lengths']):.2f} | {e['date']}, {e['machine']} |")
+    return [*lines, *_command_list(r["runs"])]
+
+
 def _breakout_100k(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Breakout at the Atari-100k budget (`benchmarks/breakout_100k.py`)",
@@ -726,6 +749,7 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
 RENDERERS = {
     "planning_score": _planning_score,
     "plan_ranking": _plan_ranking,
+    "emulator_planning": _emulator_planning,
     "predictor_cost": _predictor_cost,
     "dream_gap": _dream_gap,
     "latent_distill": _latent_distill,

@@ -5,17 +5,20 @@ replaying a sequence from a state saved in the real env (`snapshot`) is determin
 candidate is replayed from the same state with the env's frame skip, and `Outcomes` records
 per agent step what the planning objective of `agents.planners.objective` imagines: the clipped
 reward, whether a life was lost and whether the game was still on. `real_returns` turns them
-into that objective's discounted returns, for every horizon at once.
+into that objective's discounted returns, for every horizon at once, and `emulator_objective`
+makes the game itself a planner's objective: planning with a perfect model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import ale_py
 import cv2
 import gymnasium as gym
 import numpy as np
+import torch
 
 from envs.atari import AtariConfig, _atari, check_env_id
 
@@ -98,3 +101,17 @@ def real_returns(outcomes: Outcomes, discount: float, life_loss_penalty: float) 
     steps = outcomes.reward.shape[1]
     gain = outcomes.alive * (outcomes.reward - life_loss_penalty * outcomes.life_loss)
     return np.cumsum(gain * discount ** np.arange(steps), axis=1)
+
+
+def emulator_objective(emulator: Emulator, discount: float, life_loss_penalty: float
+                       ) -> Callable[[Sequence[ale_py.ALEState], torch.Tensor], torch.Tensor]:
+    """A planner's objective (see `agents.planners.base.Objective`) whose state is B saved emulator states and
+    whose returns (B, N) are what int64 (B, N, H) action sequences really earn from them (`real_returns`)."""
+
+    def objective(states: Sequence[ale_py.ALEState], action_sequences: torch.Tensor) -> torch.Tensor:
+        sequences = action_sequences.cpu().numpy()
+        returns = [real_returns(emulator.outcomes(state, candidates), discount, life_loss_penalty)[:, -1]
+                   for state, candidates in zip(states, sequences, strict=True)]
+        return torch.as_tensor(np.stack(returns), dtype=torch.float32, device=action_sequences.device)
+
+    return objective

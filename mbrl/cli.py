@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_wm.add_argument("--steps", type=positive_int, help="updates per stage (default: from the config)")
     train_wm.add_argument("--resume", action="store_true",
                           help="continue from the run's world-model checkpoint instead of starting anew")
+    train_wm.add_argument("--again", action="store_true",
+                          help="with --resume: train the --stage stages again from the checkpoint's weights, those "
+                               "it finished too, with a new optimizer (e.g. more dynamics updates under other --set "
+                               "values); an interrupted --again run continues with --resume alone")
     add_device_option(train_wm)
     add_set_option(train_wm, "world_model_training.lr=1e-3")
     train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -216,8 +220,13 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     run.create(dump_yaml(config))
     model = build(config.world_model_training.family, config.world_model)
     trainer = Trainer(run, model, buffer, config.world_model_training, device, config.seed)
+    if args.again and not args.resume:
+        raise UserError("--again trains a trained world model more: pass --resume too")
     if args.resume:
         trainer.restore(load_checkpoint(run.checkpoint_dir, CHECKPOINT))
+        if args.again:
+            again = STAGES[args.stage]
+            trainer.progress.update(done=[d for d in trainer.progress["done"] if d not in again], stage=None, step=0)
     elif (run.checkpoint_dir / f"{CHECKPOINT}.json").exists():
         raise UserError(f"{run.checkpoint_dir} already holds a world model; pass --resume to continue it")
     with SummaryWriter(str(run.tb_dir)) as writer:

@@ -48,6 +48,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise UserError(f"config key '{where}{name}' is a section; set its keys as {where}{name}.KEY")
+            default = _default(fields[name])  # a section's missing keys keep the field's default, which may differ
+            if default is not None:  # from its class's (MPCConfig.search is not PlannerConfig())
+                value = {**to_dict(default), **value}
             values[name] = from_dict(kind, value, f"{where}{name}.")  # type: ignore[arg-type]
         else:
             values[name] = _coerce(value, kind, f"{where}{name}")
@@ -55,6 +58,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         return cls(**values)
     except ValueError as exc:  # a component config's own check (its __post_init__)
         raise UserError(str(exc)) from None
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    """A field's default value (made by its factory if it has one), or None without one."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import (  # noqa: E402
     _breakout_100k,
     _breakout_100k_games,
+    _emulator_planning,
     _plan_ranking,
     _planning,
     _planning_score,
@@ -348,3 +349,13 @@ def test_plan_ranking_table_shows_unrankable_horizons_as_a_dash() -> None:
     assert "| runs/a | agent | heads on real futures | 100 (5) | 64 | 24 | 1.000 | 0.563 | 0.880 | 0.618 | 0 |" \
         " 2026-12-05, m |" in lines
     assert "- `python benchmarks/plan_ranking.py --runs runs/a`" in lines
+
+
+def test_emulator_planning_table_counts_cut_games_and_seconds_per_step() -> None:
+    run = {"planner": "cem", "candidates": 32, "horizon": 16, "iterations": 2, "act": "sampled", "games": 2,
+           "seed": 0, "max_steps": 500, "mean": 6.5, "std": 2.5, "scores": [4.0, 9.0], "lengths": [300, 500],
+           "cut": [False, True], "seconds": [150.0, 250.0], "date": "2026-12-05", "machine": "m",
+           "command": "python benchmarks/emulator_planning.py --games 2"}
+    lines = _emulator_planning({"runs": [run]})
+    assert "| cem | 32, 16, 2 | sampled | 2 (0) | 500 | 6.50 +- 2.50 | 4, 9 | 300, 500 | 1 | 0.50 | 2026-12-05, m |" \
+        in lines

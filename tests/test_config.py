@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agents.mpc import MPCConfig
 from envs.atari import AtariConfig
 from mbrl.collect import CollectConfig
 from mbrl.config import PRESET_DIR, apply_overrides, dump_yaml, from_dict, load_yaml, preset_path, to_dict
@@ -397,3 +398,10 @@ def test_resolve_config_with_empty_base_gives_defaults() -> None:
 def test_resolve_config_base_is_validated() -> None:
     message = _user_error(resolve_config, None, [], base={"env": {"bogus": 1}})
     assert "'env.bogus'" in message
+
+
+def test_a_partial_section_keeps_the_field_default_not_its_class_default() -> None:
+    config = from_dict(RunConfig, {"mpc": {"search": {"horizon": 16}}})
+    assert config.mpc.search == dataclasses.replace(MPCConfig().search, horizon=16)
+    assert (config.mpc.search.candidates, config.mpc.search.iterations) == (64, 2), "not PlannerConfig's 512 and 4"
+    assert from_dict(RunConfig, {"mpc": {"discount": 0.9}}).mpc.search == MPCConfig().search

@@ -6,9 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from envs.atari import AtariConfig, make_env
-from envs.emulator import Emulator, Outcomes, real_returns, snapshot
+from envs.emulator import Emulator, Outcomes, emulator_objective, real_returns, snapshot
 from mbrl.errors import UserError
 
 
@@ -56,3 +57,24 @@ def test_replays_match_the_real_env_and_repeat_exactly() -> None:
 def test_an_unknown_game_is_a_user_error() -> None:
     with pytest.raises(UserError, match="ALE/NoSuchGame-v5"):
         Emulator(dataclasses.replace(AtariConfig(), id="ALE/NoSuchGame-v5"))
+
+
+@pytest.mark.slow  # needs ALE
+def test_the_emulator_objective_scores_each_problem_from_its_own_state() -> None:
+    config = AtariConfig(sticky_action_prob=0.0)
+    env = make_env(config)
+    env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    states = []
+    for steps in (30, 200):  # two problems: the second state is later in the game
+        for _ in range(steps):
+            env.step(int(rng.integers(4)))
+        states.append(snapshot(env))
+    sequences = torch.as_tensor(rng.integers(0, 4, size=(2, 5, 60)))
+    emulator = Emulator(config)
+    returns = emulator_objective(emulator, 0.9, 1.0)(states, sequences)
+    assert returns.shape == (2, 5) and returns.dtype == torch.float32
+    for b in range(2):
+        expected = real_returns(emulator.outcomes(states[b], sequences[b].numpy()), 0.9, 1.0)[:, -1]
+        np.testing.assert_allclose(returns[b].numpy(), expected, rtol=1e-6)
+    emulator.close()

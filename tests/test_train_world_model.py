@@ -230,6 +230,14 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     meta = json.loads((run / "checkpoints" / "world_model.json").read_text())["body"]
     assert meta["metadata"]["progress"]["done"] == ["encoder", "dynamics"]
     assert meta["metadata"]["config"]["num_actions"] == 4
+    assert_user_error(mbrl_cli("train-world-model", "--run", str(run), "--again"), "pass --resume too")
+    proc = mbrl_cli("train-world-model", "--run", str(run), "--resume", "--again", "--stage", "2", "--steps", "3",
+                    "--set", "world_model.rollout_steps=2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained (encoder, dynamics)" in proc.stdout
+    again = json.loads((run / "checkpoints" / "world_model.json").read_text())["body"]["metadata"]
+    assert again["progress"]["step"] == 3, "the finished dynamics stage ran again, 3 updates from a new start"
+    assert again["config"]["rollout_steps"] == 2
 
     proc = mbrl_cli("eval-world-model", "--run", str(run), "--windows", "32")
     assert proc.returncode == 0, proc.stderr
