@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_wm.add_argument("--again", action="store_true",
                           help="with --resume: train the --stage stages again from the checkpoint's weights, those "
                                "it finished too, with a new optimizer (e.g. more dynamics updates under other --set "
-                               "values); an interrupted --again run continues with --resume alone")
+                               "values); an interrupted --again run continues with --resume and the same --stage and "
+                               "--steps")
     add_device_option(train_wm)
     add_set_option(train_wm, "world_model_training.lr=1e-3")
     train_wm.add_argument("--quiet", action="store_true", help="no progress bar")
