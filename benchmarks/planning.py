@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from agents.mpc import MPCAgent, MPCConfig
-from agents.planners import PlannerConfig
+from agents.planners import PLANNERS, PlannerConfig
 from mbrl.memory import keep_freed_memory
 from report import save_result
 from world_models.base import TreeOutput, WorldModel
@@ -251,7 +251,7 @@ def main() -> None:
                         help="the JSON result (RESULTS.md is re-rendered from benchmarks/results/)")
     parser.add_argument("--own-process", type=Path, help="internal: time only the compiled --planner at --budget "
                         "in this process and write its rounds to this JSON file (the 'own process' row)")
-    parser.add_argument("--planner", default="cem", choices=("cem", "mppi", "shooting"),
+    parser.add_argument("--planner", default="cem", choices=sorted(PLANNERS),
                         help="with --own-process: the planner")
     parser.add_argument("--budget", type=int, nargs=3, default=list(ISSUE_BUDGET), metavar=("N", "H", "I"),
                         help="with --own-process: candidates, horizon, iterations")

@@ -211,6 +211,8 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     from mbrl.train_world_model import CHECKPOINT, STAGES, Trainer, model_config
     from world_models.registry import build
 
+    if args.again and not args.resume:  # before the run's config is rewritten or its buffer loaded
+        raise UserError("--again trains a trained world model more: pass --resume too")
     run = RunDir(args.run)
     overrides = args.set + ([f"device={args.device}"] if args.device else [])
     config = resolve_config(None, overrides, base=run.read_config())
@@ -221,8 +223,6 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     run.create(dump_yaml(config))
     model = build(config.world_model_training.family, config.world_model)
     trainer = Trainer(run, model, buffer, config.world_model_training, device, config.seed)
-    if args.again and not args.resume:
-        raise UserError("--again trains a trained world model more: pass --resume too")
     if args.resume:
         trainer.restore(load_checkpoint(run.checkpoint_dir, CHECKPOINT))
         if args.again:
