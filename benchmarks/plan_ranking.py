@@ -14,6 +14,10 @@ in minutes instead of hours of games, against the truth:
    each horizon's prefixes, and by the real game replayed from the kept state without sticky
    actions (`envs.emulator`), counting the same discounted clipped reward minus the same
    life-loss penalty.
+   A world model with a value head (family jepa-value) is also scored with its value added at the
+   horizon ('imagination + value', as `mbrl plan` plans with it), against the real return of the
+   H steps plus what the run's greedy agent really earns after them (`--continue-steps` steps,
+   until it loses a life: what the value estimates), 'real + agent' (`envs.emulator.Emulator.continued`).
 3. Per horizon H, over the states where the real H-step returns differ at all ('informative'):
    'spearman': mean rank correlation of imagined and real returns; 'gain': mean of (real return
    of the imagined best - mean real return) / (best real - mean real): 1 when the objective picks
@@ -111,10 +115,51 @@ def heads_on_real_future(world_model: Any, obs: np.ndarray, outcomes: Any, disco
     with torch.no_grad():
         z = torch.cat([world_model.encode(torch.as_tensor(np.ascontiguousarray(part)))
                        for part in np.array_split(stacks, max(1, n // 16))])  # (N, H + 1, *latent_shape)
-        reward, cont, life_loss = (x.view(n, horizon).numpy() for x in
-                                   world_model.transition(z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)))
+        heads = (world_model.events(z[:, 1:].flatten(0, 1)) if world_model.has_value else  # heads on z_t+1 alone
+                 world_model.transition(z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)))  # JEPA: on (z_t, z_t+1)
+        reward, cont, life_loss = (x.view(n, horizon).numpy() for x in heads)
     alive = np.concatenate([np.ones((n, 1)), np.cumprod(cont, axis=1)[:, :-1]], axis=1)
     return real_returns(Outcomes(reward, life_loss, alive), discount, life_loss_penalty)
+
+
+def imagined_returns(world_model: Any, objective: Any, kept: list[dict[str, Any]], candidates: torch.Tensor,
+                     horizons: list[int], batch: int) -> np.ndarray:
+    """float (S, N, max(horizons)): column h - 1 holds the objective's returns of the candidates' first h steps
+    (int64 (S, N, H)) at each kept state, for h in `horizons` (other columns 0); `batch` states imagined at once."""
+    out = np.zeros((*candidates.shape[:2], max(horizons)))
+    for first in range(0, len(kept), batch):
+        rows = slice(first, first + batch)
+        with torch.no_grad():
+            state = world_model.observe(torch.stack([k["latents"] for k in kept[rows]]),
+                                        torch.stack([k["actions"] for k in kept[rows]]))
+            for h in horizons:
+                out[rows, :, h - 1] = objective(state, candidates[rows, :, :h]).numpy()
+    return out
+
+
+def value_rankings(world_model: Any, kept: list[dict[str, Any]], sequences: np.ndarray, real: np.ndarray, emulator: Any,
+                   args: argparse.Namespace, discount: float, life_loss_penalty: float) -> list[dict[str, Any]]:
+    """Rankings of the objective with the world model's value at the horizon (and of the objective without it)
+    against 'real + agent': each sequence's real H-step return (S, N, H) plus discount^H x what the greedy agent
+    of the world model really earns after it (`Emulator.continued`), for every horizon of `args.horizons`."""
+    from agents.planners import world_model_objective
+    from agents.value_agent import ValueAgent
+
+    greedy = ValueAgent(world_model, torch.device("cpu"))
+    objective = world_model_objective(world_model, discount, world_model.value, life_loss_penalty)
+    candidates = torch.as_tensor(sequences)
+    rows = []
+    for h in args.horizons:
+        truth = np.stack([real[i, :, h - 1] + discount**h * emulator.continued(
+            k["state"], sequences[i, :, :h], k["obs"], lambda stack: int(greedy.greedy(stack[None])[0]),
+            args.continue_steps, discount) for i, k in enumerate(kept)])  # (S, N)
+        with_value = imagined_returns(world_model, objective, kept, candidates, [h], args.batch)[:, :, h - 1]
+        rows.append({"scored_by": "imagination + value", "against": "real + agent", "horizon": h,
+                     "states": len(kept), **ranking_scores(with_value, truth)})
+        rows.append({"scored_by": "real H steps alone", "against": "real + agent", "horizon": h,
+                     "states": len(kept), **ranking_scores(real[:, :, h - 1], truth)})
+        print(f"H={h} value rankings done", file=sys.stderr, flush=True)
+    return rows
 
 
 def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,6 +170,7 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from envs.registration import load_world_model
     from mbrl.cli import config_for_run
     from mbrl.collect import RandomPolicy
+    from mbrl.joint import FAMILY as VALUE_FAMILY
     from mbrl.loop import AGENT, load_trained_agent, with_num_actions
     from mbrl.run import RunDir
 
@@ -133,8 +179,8 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cpu")
     start = time.perf_counter()
     env = make_env(config.env)
-    agent = (load_trained_agent(run, config, device)
-             if args.behaviour == "agent" and (run.checkpoint_dir / f"{AGENT}.json").exists() else None)
+    has_agent = (config.world_model_training.family == VALUE_FAMILY or (run.checkpoint_dir / f"{AGENT}.json").exists())
+    agent = load_trained_agent(run, config, device) if args.behaviour == "agent" and has_agent else None
     world_model = (agent.world_model if agent else load_world_model(run, device)[0]).eval()
     behaviour = "agent" if agent else "random"
     policy = agent or RandomPolicy(env.action_space, seed=args.seed)
@@ -148,33 +194,30 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     emulator = Emulator(config.env)
     outcomes = [emulator.outcomes(k["state"], s) for k, s in zip(kept, sequences)]
     real = np.stack([real_returns(o, mpc.discount, mpc.life_loss_penalty) for o in outcomes])  # (S, N, H)
-    imagined = np.zeros_like(real)
-    candidates = torch.as_tensor(sequences)
-    for first in range(0, len(kept), args.batch):
-        rows = slice(first, first + args.batch)
-        with torch.no_grad():
-            state = world_model.observe(torch.stack([k["latents"] for k in kept[rows]]),
-                                        torch.stack([k["actions"] for k in kept[rows]]))
-            for h in args.horizons:
-                imagined[rows, :, h - 1] = objective(state, candidates[rows, :, :h]).numpy()
+    imagined = imagined_returns(world_model, objective, kept, torch.as_tensor(sequences), args.horizons, args.batch)
     rankings = [{"scored_by": "imagination", "horizon": h, "states": len(kept),
                  **ranking_scores(imagined[:, :, h - 1], real[:, :, h - 1])} for h in args.horizons]
+    if world_model.has_value:
+        rankings += value_rankings(world_model, kept, sequences, real, emulator, args, mpc.discount,
+                                   mpc.life_loss_penalty)
     if args.real_latent_states and hasattr(world_model, "transition"):
         # the heads on the latents of the real futures: what better dynamics could give at best
         subset = np.flatnonzero(real[:, :, -1].max(1) > real[:, :, -1].min(1))[:args.real_latent_states]
-        heads = np.stack([heads_on_real_future(world_model, kept[i]["obs"], emulator.outcomes(
+        heads = np.zeros((0, *real.shape[1:])) if len(subset) == 0 else np.stack([heads_on_real_future(world_model, kept[i]["obs"], emulator.outcomes(
             kept[i]["state"], sequences[i], frames=True), mpc.discount, mpc.life_loss_penalty) for i in subset])
         for name, scores in (("imagination", imagined[subset]), ("heads on real futures", heads)):
             rankings += [{"scored_by": name, "horizon": h, "states": len(subset),
                           **ranking_scores(scores[:, :, h - 1], real[subset, :, h - 1])} for h in args.horizons]
     emulator.close()
     for row in rankings:
-        print(f"{run_path} {row['scored_by']} ({row['states']} states) H={row['horizon']}: informative "
+        print(f"{run_path} {row['scored_by']} vs {row.get('against', 'real')} ({row['states']} states) "
+              f"H={row['horizon']}: informative "
               f"{row['informative']:.2f}, spearman {row['spearman']:.3f}, gain {row['gain']:.3f}, real best - mean "
               f"{row['room']:.3f}", file=sys.stderr, flush=True)
     return {"run": str(run_path), "behaviour": behaviour, "states": len(kept), "every": args.every,
             "candidates": args.candidates, "seed": args.seed, "discount": mpc.discount,
             "life_loss_penalty": mpc.life_loss_penalty, "overrides": args.set, "rankings": rankings,
+            "continue_steps": args.continue_steps,
             "seconds": time.perf_counter() - start}
 
 
@@ -192,6 +235,9 @@ def main() -> None:
     parser.add_argument("--real-latent-states", type=int, default=100,
                         help="also score the candidates with the heads read on the encoded real futures, at up to this "
                              "many states where the longest horizon's real returns differ (JEPA; 0: not)")
+    parser.add_argument("--continue-steps", type=int, default=30,
+                        help="with a value head: real agent steps after each sequence that 'real + agent' counts "
+                             "(default 30)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the games, the behaviour and the candidates")
     parser.add_argument("--batch", type=int, default=16, help="states imagined together (default 16)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

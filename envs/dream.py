@@ -53,6 +53,11 @@ class DreamConfig:
             probability, drawn from the env's seeded generator: rare events a head predicts
             with a probability below one half still end some episodes).
         termination_threshold: see `termination`.
+        value_bootstrap: an episode truncated at `horizon` gets `discount` x the world model's value of its last
+            latent added to its last reward (a world model with a value head, `WorldModel.has_value`), so
+            an agent learning from short dreams sees past their end; the episode still reports
+            truncated, as gymnasium asks. Off by default (the reward is the model's alone).
+        discount: the per-step discount of `value_bootstrap` (that of the agent learning in the dream).
         device: torch device of the world model and of imagination.
     """
 
@@ -63,6 +68,8 @@ class DreamConfig:
     terminate_on: str = "game_over"
     termination: str = "threshold"
     termination_threshold: float = 0.5
+    value_bootstrap: bool = False
+    discount: float = 0.99
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -136,6 +143,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._pool: tuple[Any, Tensor, np.ndarray] | None = None  # prefilled starts (see `_start`)
         self._tensors = [*world_model.parameters(), *world_model.buffers()]  # listed once: a walk costs ~1 ms
         self._pool_used, self._pool_weights = 0, self._weights()
+        if config.value_bootstrap and not world_model.has_value:
+            raise ValueError(f"dream.value_bootstrap needs a world model with a value head; "
+                             f"{type(world_model).__name__} has none")
 
     @torch.no_grad()
     def reset(self, *, seed: int | None = None,
@@ -210,6 +220,11 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._steps = np.where(live, self._steps + 1, 0)
         truncated = live & (self._steps >= self.config.horizon)
         self._ended = terminated | truncated
+        if self.config.value_bootstrap and (truncated & ~terminated).any():
+            cut = truncated & ~terminated
+            value = self.world_model.value(out.latent[torch.as_tensor(np.flatnonzero(cut), device=self.device)])
+            reward = reward.astype(np.float64)
+            reward[cut] += self.config.discount * value.float().cpu().numpy()
         info = {"cont": np.where(live, cont, 1.0).astype(np.float32),
                 "life_loss": np.where(live, life_loss, 0.0).astype(np.float32),
                 "expected_reward": np.where(live, expected, 0.0).astype(np.float32)}

@@ -71,25 +71,57 @@ class Emulator:
         seen = np.zeros((n, horizon, self.size, self.size), dtype=np.uint8) if frames else None
         for i, sequence in enumerate(sequences):
             self.ale.restoreState(state)
-            lives = self.ale.lives()
             for t, action in enumerate(sequence):
                 if self.ale.game_over():
                     if seen is not None and t > 0:
                         seen[i, t] = seen[i, t - 1]
                     continue
                 alive[i, t] = 1.0
-                points = 0
-                for k in range(self.frame_skip):
-                    points += self.ale.act(self.action_set[action])
-                    if seen is not None and k >= self.frame_skip - 2:
-                        self.ale.getScreenGrayscale(self._screens[self.frame_skip - 1 - k])
-                reward[i, t] = np.sign(points)
-                life_loss[i, t] = float(self.ale.lives() < lives)
-                lives = self.ale.lives()
-                if seen is not None:
-                    pooled = np.maximum(self._screens[0], self._screens[1])
-                    seen[i, t] = cv2.resize(pooled, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                reward[i, t], life_loss[i, t], frame = self._play(int(action), seen is not None)
+                if seen is not None and frame is not None:
+                    seen[i, t] = frame
         return Outcomes(reward, life_loss, alive, seen)
+
+    def continued(self, state: ale_py.ALEState, sequences: np.ndarray, obs: np.ndarray,
+                  policy: Callable[[np.ndarray], int], steps: int, discount: float) -> np.ndarray:
+        """What `policy` really earns after each sequence: float (N,) its discounted clipped rewards over `steps`
+        agent steps that follow the sequence (int (N, H)) replayed from `state`, until it loses a life or the game
+        ends (as a value trained with lives as episodes counts them). `obs` is the uint8 (S, size, size) frame
+        stack observed at `state`; the policy sees the stacks of the frames that follow."""
+        out = np.zeros(len(sequences))
+        for i, sequence in enumerate(sequences):
+            self.ale.restoreState(state)
+            stack = obs.copy()
+            for action in sequence:
+                if self.ale.game_over():
+                    break
+                frame = self._play(int(action), True)[2]
+                assert frame is not None
+                stack = np.concatenate([stack[1:], frame[None]])
+            for k in range(steps):
+                if self.ale.game_over():
+                    break
+                reward, lost, frame = self._play(policy(stack), True)
+                out[i] += discount**k * reward
+                if lost:
+                    break
+                assert frame is not None
+                stack = np.concatenate([stack[1:], frame[None]])
+        return out
+
+    def _play(self, action: int, observe: bool) -> tuple[float, float, np.ndarray | None]:
+        """One agent step (frame skip) of action index `action`: clipped reward, life lost, and (when `observe`)
+        the observed frame, the max of its last two screens resized."""
+        lives, points = self.ale.lives(), 0
+        for k in range(self.frame_skip):
+            points += self.ale.act(self.action_set[action])
+            if observe and k >= self.frame_skip - 2:
+                self.ale.getScreenGrayscale(self._screens[self.frame_skip - 1 - k])
+        frame = None
+        if observe:
+            pooled = np.maximum(self._screens[0], self._screens[1])
+            frame = cv2.resize(pooled, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return float(np.sign(points)), float(self.ale.lives() < lives), frame
 
     def close(self) -> None:
         self._env.close()

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 
     from agents.mpc import MPCAgent
     from agents.sb3_agent import LatentAgent
+    from agents.value_agent import ValueAgent
     from envs.atari import AtariConfig
     from mbrl.evaluate import EvalConfig
     from mbrl.run import RunDir
     from mbrl.run_config import RunConfig
 
 ALGO_NAMES = ("ppo", "a2c", "dqn")
+PLANNER_NAMES = ("cem", "mppi", "shooting", "tree")  # agents.planners.PLANNERS' keys (a test checks), without torch
 QUIET_HELP = "no progress bar (on a terminal) or line per finished game (in a log)"
 
 
@@ -72,13 +74,15 @@ def add_agent_commands(sub: Any) -> None:
     plan = sub.add_parser(
         "plan", help="play the real game with model-predictive control in the run's world model",
         description="At every real step, encode the recent frames with the run's world model, search action "
-        "sequences in imagination (CEM, MPPI or random shooting; all candidates in one batch), act its first "
+        "sequences in imagination (CEM, MPPI, random shooting, or every sequence of the horizon with tree; all "
+        "candidates in one batch; a world model with a value head adds its value at the horizon), act its first "
         "action (drawn from the plan's distribution for the first step; with --set eval.deterministic=true the best "
         "sequence's first action) and keep the shifted plan as the next warm start. Scored with the same code as "
         "mbrl evaluate; writes runs/NAME/plan-PLANNER.json (rewritten after every finished game). Settings live in "
         "the config's mpc section; the options below override them.")
     plan.add_argument("--run", type=Path, required=True, help="run directory with a trained world model")
-    plan.add_argument("--planner", choices=("cem", "mppi", "shooting"), help="search method (config mpc.planner)")
+    plan.add_argument("--planner", choices=PLANNER_NAMES,
+                      help="search method (config mpc.planner); tree scores all A^H sequences (H <= 6 for 4 actions)")
     plan.add_argument("--env", help="ALE game id; must be the run's (default: the run's)")
     plan.add_argument("--episodes", type=positive_int, help="full games to play (config eval.episodes)")
     plan.add_argument("--horizon", type=positive_int, help="imagined steps per candidate (config mpc.search.horizon)")
@@ -86,7 +90,8 @@ def add_agent_commands(sub: Any) -> None:
                       help="candidate sequences per round (config mpc.search.candidates)")
     plan.add_argument("--iterations", type=positive_int, help="search rounds (config mpc.search.iterations)")
     plan.add_argument("--value-from-agent", action="store_true",
-                      help="add the run's trained agent's value of the last imagined latent (sees past the horizon)")
+                      help="add the run's trained SB3 agent's value of the last imagined latent (sees past the "
+                      "horizon); a world model with its own value head (family jepa-value) always adds that one")
     plan.add_argument("--compile", action="store_true",
                       help="compile the world model's imagination (config mpc.compile): a few minutes once on 2 CPU "
                       "cores, then faster plans; for large budgets (e.g. --candidates 512 --horizon 12 --iterations 4)")
@@ -103,6 +108,8 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     """`mbrl train-agent`: the Dyna loop, new or resumed."""
     from envs.atari import check_env_id
     from mbrl.config import dump_yaml
+    from mbrl.joint import FAMILY as JOINT_FAMILY
+    from mbrl.joint import train_joint
     from mbrl.loop import train_agent, with_num_actions
     from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
@@ -127,8 +134,9 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     run.create(dump_yaml(config))
     print(f"run directory: {run.path} (continue it after an interruption with: mbrl train-agent --resume {run.path})",
           flush=True)
-    result = train_agent(run, config, resolve_device(config.device), resume=args.resume is not None,
-                         show_progress=False if args.quiet else None)
+    train = train_joint if config.world_model_training.family == JOINT_FAMILY else train_agent
+    result = train(run, config, resolve_device(config.device), resume=args.resume is not None,
+                   show_progress=False if args.quiet else None)
     print(f"{config.env.id}: mean score {result['mean']:.2f} +- {result['std']:.2f} over {result['episodes']} "
           f"games after {result['real_steps']} real steps and {result['dream_steps']} dream steps")
     print(f"scores: {run.eval_path}; one game of the agent: {run.path / 'eval.gif'}; "
@@ -219,13 +227,16 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def mpc_for_run(run: RunDir, config: RunConfig, device: torch.device, seed: int,
-                critic_of: LatentAgent | None = None) -> MPCAgent:
+                critic_of: LatentAgent | ValueAgent | None = None) -> MPCAgent:
     """`mbrl plan`'s MPC agent: the run's world model and `config.mpc`; given the run's trained agent
     (`load_trained_agent`), its world model (the same checkpoint) and its critic as terminal value."""
     from agents.mpc import MPCAgent
-    from agents.sb3_agent import value_function
+    from agents.sb3_agent import LatentAgent, value_function
     from envs.registration import load_world_model
 
     if critic_of is None:
-        return MPCAgent(load_world_model(run, device)[0], config.mpc, device, seed=seed)
+        model = load_world_model(run, device)[0]
+        return MPCAgent(model, config.mpc, device, seed=seed, value_fn=model.value if model.has_value else None)
+    if not isinstance(critic_of, LatentAgent):
+        raise UserError("--value-from-agent needs an SB3 agent; a jepa-value run's planner uses its own value already")
     return MPCAgent(critic_of.world_model, config.mpc, device, seed=seed, value_fn=value_function(critic_of.model))

@@ -44,6 +44,7 @@ from agents.mpc import MPCAgent
 from agents.replay_updates import learn_from_replay
 from agents.sb3 import DreamVecEnv
 from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
+from agents.value_agent import ValueAgent
 from envs.atari import RAM_SIZE, make_env, make_vector_env
 from envs.dream import DreamVectorEnv
 from mbrl.atomic import write_atomic
@@ -54,6 +55,7 @@ from mbrl.replay import ReplayBuffer
 from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
 from mbrl.train_world_model import Trainer, model_config
+from world_models.jepa_value import ValueJEPAWorldModel
 from world_models.latent_cache import LatentCache
 from world_models.registry import build
 
@@ -277,7 +279,9 @@ def num_actions(config: RunConfig) -> int:
 
 def with_num_actions(config: RunConfig) -> RunConfig:
     """The run config with the world model's num_actions set from the game."""
-    return dataclasses.replace(config, world_model=model_config(config.world_model, num_actions(config)))
+    actions = num_actions(config)
+    return dataclasses.replace(config, world_model=model_config(config.world_model, actions),
+                               value_model=model_config(config.value_model, actions))
 
 
 def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, seed: int = 0) -> DreamVecEnv:
@@ -296,8 +300,9 @@ def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, 
                                       episodes=episodes))
 
 
-def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> LatentAgent:
-    """The agent a `train-agent` run saved, with its world model, ready to play real frames (no exploration).
+def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> LatentAgent | ValueAgent:
+    """The agent a `train-agent` run saved, with its world model, ready to play real frames (no exploration;
+    the value-aware JEPA's agent is its own value head, with joint.eval_epsilon).
 
     Raises:
         CheckpointError: the world-model or agent checkpoint is missing, corrupted or does not match.
@@ -306,6 +311,8 @@ def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> 
     from envs.registration import load_world_model
 
     model, _ = load_world_model(run, device)
+    if isinstance(model, ValueJEPAWorldModel):
+        return ValueAgent(model, device, eval_epsilon=config.joint.eval_epsilon, seed=config.seed)
     agent = build_agent(config.agent, run_dream(run, config, model, device), config.seed, device)
     if not _restore(run, agent):
         raise CheckpointError(f"no agent checkpoint in {run.checkpoint_dir}; train one with mbrl train-agent")

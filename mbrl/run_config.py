@@ -19,10 +19,12 @@ from mbrl.collect import CollectConfig
 from mbrl.config import apply_overrides, from_dict, load_yaml, preset_path
 from mbrl.errors import UserError
 from mbrl.evaluate import EvalConfig
+from mbrl.joint import JointConfig
 from mbrl.loop import LoopConfig
 from mbrl.replay import ReplayConfig
 from mbrl.train_world_model import WorldModelTrainConfig
 from world_models.jepa import JEPAConfig
+from world_models.jepa_value import ValueJEPAConfig
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,13 @@ class RunConfig:
         env: the real game and its preprocessing.
         replay: replay buffer settings.
         collect: real-env collection settings.
-        world_model: the JEPA world model (num_actions is set from the env).
+        world_model: the JEPA world model of world_model_training.family jepa (num_actions is set from the env).
+        value_model: the value-aware JEPA of world_model_training.family jepa-value (num_actions likewise).
         world_model_training: how the world model is trained.
         dream: the imagined episodes the agent learns in (its device is the run's).
         agent: the SB3 learner.
-        loop: the Dyna schedule of `mbrl train-agent`.
+        loop: the Dyna schedule of `mbrl train-agent` (family jepa; its real_steps is every family's budget).
+        joint: how the value-aware JEPA and its agent learn together (family jepa-value).
         eval: how agents are scored on the real game.
         mpc: the model-predictive-control agent of `mbrl plan`.
         seed: seeds envs, policies and models.
@@ -48,10 +52,12 @@ class RunConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     world_model: JEPAConfig = field(default_factory=JEPAConfig)
+    value_model: ValueJEPAConfig = field(default_factory=ValueJEPAConfig)
     world_model_training: WorldModelTrainConfig = field(default_factory=WorldModelTrainConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mpc: MPCConfig = field(default_factory=MPCConfig)
     seed: int = 0

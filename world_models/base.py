@@ -116,6 +116,8 @@ class WorldModel(nn.Module, ABC):
     num_actions: int
     config: Any
     event_shift: Tensor
+    has_value: bool = False
+    """Whether `value` is trained (a family with a value head); planners add it at their horizon's end."""
     optional_tensors: tuple[str, ...] = ("event_shift",)
     """State-dict entries a checkpoint may lack (loading keeps their current value: zero in a new model)."""
 
@@ -180,6 +182,10 @@ class WorldModel(nn.Module, ABC):
     def compile_imagination(self) -> None:
         """Compile `step` and `step_tree` for speed where the family can (e.g. torch.compile of its imagined
         steps): the same results, a one-off compile on the first steps. Default: nothing to compile."""
+
+    def value(self, latents: Tensor) -> Tensor:
+        """latents (N, *latent_shape) -> (N,) the discounted return expected from each (families with `has_value`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no value head")
 
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor:

@@ -8,9 +8,11 @@ from typing import Any
 
 from world_models.base import WorldModel
 from world_models.jepa import JEPAConfig, JEPAWorldModel
+from world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel
 
 FAMILIES: dict[str, tuple[type, Callable[[Any], WorldModel]]] = {
     "jepa": (JEPAConfig, JEPAWorldModel),
+    "jepa-value": (ValueJEPAConfig, ValueJEPAWorldModel),
 }
 
 

@@ -1,4 +1,4 @@
-"""Planners that optimise action sequences against an objective: CEM, MPPI and random shooting.
+"""Planners that optimise action sequences against an objective: CEM, MPPI, random shooting and an exhaustive tree.
 
 They see only tensors and an objective callable `(state, action_sequences) -> returns`
 (`agents.planners.objective.world_model_objective` builds one from a world model); choose one
@@ -23,11 +23,13 @@ from agents.planners.cem import CEM
 from agents.planners.mppi import MPPI
 from agents.planners.objective import world_model_objective
 from agents.planners.shooting import RandomShooting
+from agents.planners.tree import ExhaustiveTree
 
-PLANNERS: dict[str, type[Planner]] = {"cem": CEM, "mppi": MPPI, "shooting": RandomShooting}
+PLANNERS: dict[str, type[Planner]] = {"cem": CEM, "mppi": MPPI, "shooting": RandomShooting, "tree": ExhaustiveTree}
 """Planner classes by name: PLANNERS[name](space, config, device)."""
 
 __all__ = [
-    "CEM", "MPPI", "PLANNERS", "ActionSpace", "BoxSpace", "Categorical", "DiscreteSpace", "Distribution", "Gaussian",
+    "CEM", "MPPI", "PLANNERS", "ActionSpace", "BoxSpace", "Categorical", "DiscreteSpace", "Distribution",
+    "ExhaustiveTree", "Gaussian",
     "Objective", "Plan", "Planner", "PlannerConfig", "RandomShooting", "world_model_objective",
 ]

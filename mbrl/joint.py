@@ -1,0 +1,254 @@
+"""`mbrl train-agent` for the value-aware JEPA (world_model_training.family=jepa-value): one network learns all run.
+
+    warm-up   random play until the buffer holds joint.warmup_steps real steps
+    repeat    the agent (epsilon-greedy on the world model's value head, epsilon decaying) plays
+              joint.chunk real steps; then joint updates of the whole model (encoder, predictor
+              unrolled against the EMA target, event and value heads, n-step TD) until it has had
+              joint.replay_ratio updates per real step past the warm-up
+    evaluate  every joint.eval_every real steps (0: only at the end): full real games (mbrl.evaluate)
+
+There is no frozen encoder and no separate agent network: the agent is the world model's value
+head, so the latent the planners and the dream use is the one trained with reward and TD
+gradients. Counters live with what they count (real steps in the buffer, updates in the
+checkpoint), so a run killed at any moment resumes with `--resume` from its last checkpoint
+(every joint.checkpoint_every real steps) and the flushed buffer, and catches the updates up.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents.value_agent import ValueAgent
+from envs.atari import RAM_SIZE, make_vector_env
+from mbrl.atomic import write_atomic
+from mbrl.checkpoint import load_checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
+from mbrl.collect import Collector, RandomPolicy
+from mbrl.evaluate import evaluate_agent
+from mbrl.replay import ReplayBuffer
+from mbrl.run import RunDir
+from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
+from mbrl.train_world_model import to_train_batch
+from world_models.jepa_value import ValueJEPAWorldModel
+from world_models.registry import build, describe
+
+if TYPE_CHECKING:
+    from mbrl.run_config import RunConfig
+
+FAMILY = "jepa-value"
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """How the value-aware JEPA and its agent learn together (the real-step budget is loop.real_steps).
+
+    Attributes:
+        warmup_steps: random-policy real steps before the first update.
+        replay_ratio: joint updates per real step after the warm-up.
+        batch_size: windows of world_model.window transitions per update.
+        learning_rate: Adam learning rate.
+        adam_eps: Adam epsilon.
+        grad_clip: gradient norm clip of the whole model.
+        epsilon_final: the collection epsilon reached at `epsilon_decay_steps` real steps (1 before the warm-up
+            ends, linear in between).
+        epsilon_decay_steps: real steps at which collection reaches `epsilon_final`.
+        eval_epsilon: random-action probability when scored on the real game.
+        chunk: real steps collected between rounds of updates.
+        checkpoint_every: real steps between checkpoints of the model, optimiser and counters.
+        eval_every: real steps between evaluations on the real game (0: only at the end).
+        log_every: updates between tensorboard loss points (and progress lines in a log).
+    """
+
+    warmup_steps: int = 1_600
+    replay_ratio: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    adam_eps: float = 1.5e-4
+    grad_clip: float = 10.0
+    epsilon_final: float = 0.01
+    epsilon_decay_steps: int = 5_000
+    eval_epsilon: float = 0.001
+    chunk: int = 100
+    checkpoint_every: int = 2_000
+    eval_every: int = 0
+    log_every: int = 500
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 1 or self.chunk < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
+            raise ValueError("joint.warmup_steps, joint.chunk, joint.checkpoint_every and joint.batch_size "
+                             "must be >= 1")
+        if self.replay_ratio <= 0:
+            raise ValueError(f"joint.replay_ratio must be > 0, got {self.replay_ratio}")
+        if not 0 <= self.epsilon_final <= 1 or not 0 <= self.eval_epsilon <= 1:
+            raise ValueError("joint.epsilon_final and joint.eval_epsilon must be in [0, 1]")
+
+    def epsilon(self, real_steps: int) -> float:
+        """Collection epsilon after `real_steps` real steps."""
+        if real_steps <= self.warmup_steps:
+            return 1.0
+        span = max(self.epsilon_decay_steps - self.warmup_steps, 1)
+        done = min((real_steps - self.warmup_steps) / span, 1.0)
+        return 1.0 + done * (self.epsilon_final - 1.0)
+
+    def updates_due(self, real_steps: int) -> int:
+        """Joint updates a run should have had after `real_steps` real steps."""
+        return round(self.replay_ratio * max(real_steps - self.warmup_steps, 0))
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]."""
+    return before // every < after // every
+
+
+class JointTrainer:
+    """The model, its optimiser and the update counter of a joint run, checkpointed together."""
+
+    def __init__(self, run: RunDir, config: RunConfig, device: torch.device) -> None:
+        self.run, self.cfg, self.device = run, config.joint, device
+        torch.manual_seed(config.seed)
+        model = build(FAMILY, config.value_model)
+        assert isinstance(model, ValueJEPAWorldModel)
+        self.model = model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameter_groups(), lr=self.cfg.learning_rate,
+                                          eps=self.cfg.adam_eps)
+        self.rng = np.random.default_rng([config.seed, 7])
+        self.updates = 0
+        self.meta: dict[str, Any] = {}
+
+    def update(self, buffer: ReplayBuffer) -> dict[str, float]:
+        """One joint update on windows sampled uniformly from the whole buffer; the loss parts as floats."""
+        batch = to_train_batch(buffer.sample(self.cfg.batch_size, self.model.config.window, self.rng), self.device)
+        self.model.train()
+        losses = self.model.loss(batch, "joint")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameter_groups(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.model.update_target()
+        self.model.eval()
+        self.updates += 1
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def save(self, **meta: Any) -> None:
+        """Model, optimiser, counters and RNG states, atomically; `meta` joins the saved metadata."""
+        self.meta.update(meta)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_tensors, optim_meta = optimizer_tensors(self.optimizer, "optim.")
+        tensors.update(optim_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        metadata = {**describe(FAMILY, self.model), "updates": self.updates, "optimizer": optim_meta,
+                    "rng_numpy": self.rng.bit_generator.state, **self.meta}
+        save_checkpoint(self.run.checkpoint_dir, WORLD_MODEL, tensors, metadata, step=self.updates)
+
+    def restore(self) -> bool:
+        """Continue from the run's checkpoint, if it has one (False: it has none)."""
+        if not (self.run.checkpoint_dir / f"{WORLD_MODEL}.json").exists():
+            return False
+        ckpt = load_checkpoint(self.run.checkpoint_dir, WORLD_MODEL)
+        load_state_dict(self.model, ckpt, prefix="model.")
+        load_optimizer(self.optimizer, ckpt, "optim.", ckpt.metadata["optimizer"], self.device)
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        self.rng.bit_generator.state = ckpt.metadata["rng_numpy"]
+        self.updates = ckpt.metadata["updates"]
+        self.meta = {k: ckpt.metadata[k] for k in ("explore_rng", "evals") if k in ckpt.metadata}
+        return True
+
+
+def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bool,
+                show_progress: bool | None = None) -> dict[str, Any]:
+    """Run (or, with `resume`, continue) a joint run of `run` to the end of its real-step budget.
+
+    Returns:
+        The final evaluation (see `mbrl.evaluate.evaluate_agent`) with the run's counters and evaluation history.
+    """
+    cfg, budget = config.joint, config.loop.real_steps
+    size = config.env.frame_size
+    buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
+    workers = None if config.collect.num_workers < 0 else config.collect.num_workers
+    first_stream = buffer.num_streams  # a resumed run plays new streams
+    env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
+    collector = Collector(make_vector_env(config.env, config.collect.num_envs, workers), buffer, seed=env_seed)
+    trainer = JointTrainer(run, config, device)
+    if resume:
+        trainer.restore()
+    agent = ValueAgent(trainer.model, device, 1.0, cfg.eval_epsilon, [config.seed, first_stream, 1])
+    if "explore_rng" in trainer.meta:
+        agent.rng.bit_generator.state = trainer.meta["explore_rng"]
+    history: list[dict[str, Any]] = trainer.meta.get("evals", [])
+    writer = SummaryWriter(str(run.tb_dir))
+    in_log = show_progress is None and not sys.stderr.isatty()
+    bar = tqdm(total=budget, initial=min(buffer.num_steps, budget), unit="step", desc="real steps",
+               disable=None if show_progress is None else not show_progress)
+    started, losses = time.time(), {}
+    random_policy = RandomPolicy(collector.env.single_action_space, [config.seed, first_stream])
+
+    def evaluate(last: bool) -> dict[str, Any]:
+        seed = int(np.random.SeedSequence([config.seed, buffer.num_steps, 3]).generate_state(1)[0])
+        result = evaluate_agent(agent, config.env, config.eval, seed, gif_path=run.path / "eval.gif" if last else None,
+                                progress=False)
+        result.update(real_steps=buffer.num_steps, updates=trainer.updates, dream_steps=0, agent="value")
+        write_atomic(run.eval_path, json.dumps(result, indent=1).encode())
+        history.append({key: result[key] for key in ("real_steps", "updates", "mean", "median", "std")})
+        for key in ("mean", "median", "std"):
+            writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
+        return result
+
+    def log(losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            writer.add_scalar(f"losses/{name}", value, trainer.updates)
+        writer.add_scalar("charts/epsilon", agent.epsilon, buffer.num_steps)
+        sample = buffer.sample(min(256, buffer.num_steps), 0, trainer.rng).frames[:, 0]
+        for name, spread in trainer.model.collapse(torch.from_numpy(sample).to(device)).items():
+            writer.add_scalar(f"collapse/{name}", float(spread), trainer.updates)
+        if in_log:
+            print(f"real steps {buffer.num_steps}/{budget}, updates {trainer.updates}, td {losses['td']:.4f}, "
+                  f"consistency {losses['consistency']:.5f}, {time.time() - started:.0f} s", file=sys.stderr,
+                  flush=True)
+
+    try:
+        result: dict[str, Any] = {}
+        while buffer.num_steps < budget or trainer.updates < cfg.updates_due(buffer.num_steps):
+            before = buffer.num_steps
+            if before < budget:
+                warm = before < cfg.warmup_steps
+                agent.epsilon = cfg.epsilon(before)
+                target = min(cfg.warmup_steps if warm else before + cfg.chunk, budget)
+                stats = collector.run(target - before, random_policy if warm else agent, config.replay.flush_every,
+                                      progress=False)
+                for score in stats.episode_returns:
+                    writer.add_scalar("collect/episode_score", score, buffer.num_steps)
+                bar.update(min(buffer.num_steps, budget) - min(before, budget))
+            while trainer.updates < cfg.updates_due(buffer.num_steps):
+                losses = trainer.update(buffer)
+                if trainer.updates % cfg.log_every == 0:
+                    log(losses)
+            if losses:
+                bar.set_postfix(td=f"{losses['td']:.3f}", cons=f"{losses['consistency']:.4f}",
+                                eps=f"{agent.epsilon:.2f}")
+            crossed = _crossed(before, buffer.num_steps, cfg.checkpoint_every)
+            if cfg.eval_every and _crossed(before, buffer.num_steps, cfg.eval_every) and buffer.num_steps < budget:
+                bar.set_postfix_str("evaluating")
+                result = evaluate(last=False)
+                crossed = True
+            if crossed or buffer.num_steps >= budget:
+                buffer.flush()
+                trainer.save(explore_rng=agent.rng.bit_generator.state, evals=history)
+                run.update_progress(replay_steps=buffer.num_steps, world_model_updates=trainer.updates)
+        if not history or history[-1]["real_steps"] != buffer.num_steps or "scores" not in result:
+            bar.set_postfix_str("evaluating")
+            result = evaluate(last=True)
+            trainer.save(explore_rng=agent.rng.bit_generator.state, evals=history)
+    finally:
+        bar.close()
+        collector.close()
+        buffer.close()
+        writer.close()
+    return {**result, "history": history}
