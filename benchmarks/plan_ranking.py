@@ -203,8 +203,9 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.real_latent_states and hasattr(world_model, "transition"):
         # the heads on the latents of the real futures: what better dynamics could give at best
         subset = np.flatnonzero(real[:, :, -1].max(1) > real[:, :, -1].min(1))[:args.real_latent_states]
-        heads = np.zeros((0, *real.shape[1:])) if len(subset) == 0 else np.stack([heads_on_real_future(world_model, kept[i]["obs"], emulator.outcomes(
-            kept[i]["state"], sequences[i], frames=True), mpc.discount, mpc.life_loss_penalty) for i in subset])
+        heads = np.stack([heads_on_real_future(world_model, kept[i]["obs"], emulator.outcomes(
+            kept[i]["state"], sequences[i], frames=True), mpc.discount, mpc.life_loss_penalty) for i in subset]
+                         or [np.zeros(real.shape[1:])])[: len(subset)]  # no informative state: no rows
         for name, scores in (("imagination", imagined[subset]), ("heads on real futures", heads)):
             rankings += [{"scored_by": name, "horizon": h, "states": len(subset),
                           **ranking_scores(scores[:, :, h - 1], real[subset, :, h - 1])} for h in args.horizons]

@@ -308,7 +308,11 @@ def _plan_ranking(r: dict[str, Any]) -> list[str]:
         "sequence, 0 = no better than a random pick (what the random policy gets). Room: best real - mean real. "
         "'heads on real futures': the same heads read on the encoded frames of each sequence's real future instead "
         "of on imagined latents (what better dynamics could give at most), at the first states where the longest "
-        "horizon's real returns differ, shown with imagination on the same states.",
+        "horizon's real returns differ, shown with imagination on the same states. A world model with a value head "
+        "(family jepa-value) is also scored with its value added at the horizon ('imagination + value', as `mbrl "
+        "plan` plans with it) against 'real + agent': the real H-step return plus what the run's greedy agent really "
+        "earns after the sequence (discounted, until it loses a life or `continue_steps` pass); 'real H steps alone' "
+        "against the same truth shows how much of it lies past the horizon.",
         "",
         "| run | played by | scored by | states (every) | candidates | H | informative | spearman | gain | room | "
         "seed | date, machine |",
@@ -320,7 +324,8 @@ def _plan_ranking(r: dict[str, Any]) -> list[str]:
 
     for e in r["runs"]:
         for h in e["rankings"]:
-            lines.append(f"| {e['run']} | {e['behaviour']} | {h['scored_by']} | {h['states']} ({e['every']}) | "
+            lines.append(f"| {e['run']} | {e['behaviour']} | {h['scored_by']} vs {h.get('against', 'real')} | "
+                         f"{h['states']} ({e['every']}) | "
                          f"{e['candidates']} | {h['horizon']} | {h['informative']:.3f} | {number(h['spearman'])} | "
                          f"{number(h['gain'])} | {h['room']:.3f} | {e['seed']} | {e['date']}, {e['machine']} |")
     return [*lines, *_command_list(r["runs"])]
@@ -746,7 +751,46 @@ def _predictor_cost(r: dict[str, Any]) -> list[str]:
     return lines + ["", r.get("note", ""), ""]
 
 
+def _atari_100k(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Atari-100k with the value-aware JEPA (`benchmarks/atari_100k.py`)",
+        "",
+        "100k real agent steps of `mbrl train-agent --preset atari100k-value` per seed, then full games (108k-frame "
+        "cap, raw score) of its agent (value), of MPC with the value at the leaves of an exhaustive depth-3 tree "
+        "(value:tree) and of the random policy, all methods of a seed on the same games. Protocol 'published': no "
+        "sticky actions in training and scoring, as most published Atari-100k scores; 'v5': sticky actions 0.25. "
+        "Train hours: the run's wall clock (acting, updates and its 16-game evaluation).",
+        "",
+        "| game | protocol | method | seed | games | mean | std | train hours | date, machine |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    runs = r["runs"]
+    for e in runs:
+        lines.append(f"| {e['game']} | {e['protocol']} | {e['method']} | {e['seed']} | {e['episodes']} | "
+                     f"{e['mean']:.2f} | {e['std']:.2f} | {e['train_hours']:.2f} | {e['date']}, {e['machine']} |")
+    lines += ["", "Paired over seeds (same games), mean of the per-seed differences:", ""]
+    groups = sorted({(e["game"], e["protocol"]) for e in runs})
+    for game, protocol in groups:
+        by = {(e["method"], e["seed"]): e["mean"] for e in runs if (e["game"], e["protocol"]) == (game, protocol)}
+        for method in sorted({m for m, _ in by} - {"random"}):
+            pairs = [(by[(method, s)], by[("random", s)]) for m, s in by if m == method and ("random", s) in by]
+            if not pairs:
+                continue
+            diffs = [a - b for a, b in pairs]
+            t = paired_t(diffs)  # None for a single seed
+            extra = "" if t is None else f", t = {t.t:.2f} with {t.df} df, p = {t.p:.3f}"
+            lines.append(f"- {game}, {protocol}: {method} - random = {statistics.mean(diffs):+.2f} over "
+                         f"{len(diffs)} seed(s){extra}")
+    published = r.get("published", {})
+    if published:
+        lines += ["", "Published Atari-100k scores (no sticky actions): " + "; ".join(
+            f"{game}: " + ", ".join(f"{name} {score:g}" for name, score in refs.items())
+            for game, refs in published.items()) + ".", ""]
+    return [*lines, *_command_list(runs)]
+
+
 RENDERERS = {
+    "atari_100k": _atari_100k,
     "planning_score": _planning_score,
     "plan_ranking": _plan_ranking,
     "emulator_planning": _emulator_planning,

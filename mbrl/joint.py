@@ -122,6 +122,7 @@ class JointTrainer:
         self.rng = np.random.default_rng([config.seed, 7])
         self.updates = 0
         self.meta: dict[str, Any] = {}
+        self._since = time.perf_counter()  # the wall clock counted into meta["seconds"] up to here
 
     def update(self, buffer: ReplayBuffer) -> dict[str, float]:
         """One joint update on windows sampled uniformly from the whole buffer; the loss parts as floats."""
@@ -138,8 +139,10 @@ class JointTrainer:
         return {name: float(value.detach()) for name, value in losses.items()}
 
     def save(self, **meta: Any) -> None:
-        """Model, optimiser, counters and RNG states, atomically; `meta` joins the saved metadata."""
-        self.meta.update(meta)
+        """Model, optimiser, counters and RNG states, atomically; `meta` joins the saved metadata, with the
+        run's wall-clock seconds summed over its sittings ("seconds")."""
+        self.meta.update(meta, seconds=self.seconds())
+        self._since = time.perf_counter()
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim_tensors, optim_meta = optimizer_tensors(self.optimizer, "optim.")
         tensors.update(optim_tensors)
@@ -147,6 +150,10 @@ class JointTrainer:
         metadata = {**describe(FAMILY, self.model), "updates": self.updates, "optimizer": optim_meta,
                     "rng_numpy": self.rng.bit_generator.state, **self.meta}
         save_checkpoint(self.run.checkpoint_dir, WORLD_MODEL, tensors, metadata, step=self.updates)
+
+    def seconds(self) -> float:
+        """Wall-clock seconds of the run so far, over all its sittings."""
+        return float(self.meta.get("seconds", 0.0)) + time.perf_counter() - self._since
 
     def restore(self) -> bool:
         """Continue from the run's checkpoint, if it has one (False: it has none)."""
@@ -158,7 +165,8 @@ class JointTrainer:
         torch.set_rng_state(ckpt.tensors["rng.torch"])
         self.rng.bit_generator.state = ckpt.metadata["rng_numpy"]
         self.updates = ckpt.metadata["updates"]
-        self.meta = {k: ckpt.metadata[k] for k in ("explore_rng", "evals") if k in ckpt.metadata}
+        self.meta = {k: ckpt.metadata[k] for k in ("explore_rng", "evals", "seconds") if k in ckpt.metadata}
+        self._since = time.perf_counter()
         return True
 
 
@@ -194,7 +202,8 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         seed = int(np.random.SeedSequence([config.seed, buffer.num_steps, 3]).generate_state(1)[0])
         result = evaluate_agent(agent, config.env, config.eval, seed, gif_path=run.path / "eval.gif" if last else None,
                                 progress=False)
-        result.update(real_steps=buffer.num_steps, updates=trainer.updates, dream_steps=0, agent="value")
+        result.update(real_steps=buffer.num_steps, updates=trainer.updates, dream_steps=0, agent="value",
+                      train_seconds=trainer.seconds())
         write_atomic(run.eval_path, json.dumps(result, indent=1).encode())
         history.append({key: result[key] for key in ("real_steps", "updates", "mean", "median", "std")})
         for key in ("mean", "median", "std"):
@@ -242,7 +251,9 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 buffer.flush()
                 trainer.save(explore_rng=agent.rng.bit_generator.state, evals=history)
                 run.update_progress(replay_steps=buffer.num_steps, world_model_updates=trainer.updates)
-        if not history or history[-1]["real_steps"] != buffer.num_steps or "scores" not in result:
+        if history and history[-1]["real_steps"] == buffer.num_steps and run.eval_path.exists():
+            result = json.loads(run.eval_path.read_text())  # a finished run, resumed: its final evaluation
+        else:
             bar.set_postfix_str("evaluating")
             result = evaluate(last=True)
             trainer.save(explore_rng=agent.rng.bit_generator.state, evals=history)

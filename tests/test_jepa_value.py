@@ -79,8 +79,8 @@ def test_consistency_is_zero_for_a_perfect_predictor_and_positive_otherwise() ->
     identity_predictor(model)
     static = random_frames(2, 0).expand(2, 6, 4, 64, 64).contiguous()  # o_0 = ... = o_5: identity is perfect
     with torch.no_grad():
-        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-8
-        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 1e-3
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-6  # relative to the spread
+        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 1e-2
 
 
 def test_td_and_reward_gradients_reach_the_encoder_and_never_the_target() -> None:

@@ -1,0 +1,133 @@
+"""Any ALE game at the Atari-100k budget with the value-aware JEPA, paired with the random policy on the same games.
+
+For each (game, protocol, seed):
+  value       `mbrl train-agent --preset atari100k-value` (100k real agent steps; run dir
+              runs/bench100k/GAME-PROTOCOL-sSEED, resumed if it exists), then `--episodes` full games of
+              its agent (epsilon-greedy on the world model's value head, joint.eval_epsilon)
+  value:tree  MPC on that run's world model: every sequence of `mpc.search.horizon` (3) steps, the model's
+              value added at the leaves (`mbrl plan --run RUN` with the preset's mpc settings)
+  random      the uniformly random policy
+All methods of a seed play the same games (one evaluation seed per training seed). Protocols: 'published'
+(no sticky actions in training and scoring, as most published Atari-100k scores) and 'v5' (ALE v5 as it is,
+sticky actions 0.25, as the rest of mbrl's scores). Both score full games up to 108k frames, raw score.
+Each finished row is appended to benchmarks/results/atari_100k.json at once.
+
+    python benchmarks/atari_100k.py --game ALE/Breakout-v5 --protocol published --seeds 0
+    python benchmarks/atari_100k.py --game ALE/Pong-v5 --protocol published --seeds 0 --methods value random
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from breakout_100k import SittingClock
+
+from mbrl.memory import keep_freed_memory
+from report import HERE, load_result, machine, save_result
+
+RESULT = HERE / "results" / "atari_100k.json"
+PRESET = "atari100k-value"
+PROTOCOLS = {"published": ["env.sticky_action_prob=0.0", "eval.sticky_action_prob=0.0"], "v5": []}
+METHODS = ("value", "value:tree", "random")
+PUBLISHED = {  # Atari-100k scores (no sticky actions) from the per-game score files in ../shared/research
+    "Breakout": {"random": 1.7, "SimPLe": 16.4, "SPR": 19.6, "DrQ(eps)": 19.8, "TWM": 20.0, "IRIS": 83.7},
+    "Pong": {"random": -20.7, "DrQ(eps)": -9.1, "SPR": -5.4, "SimPLe": 12.8, "IRIS": 14.6},
+}
+
+
+def game_name(env_id: str) -> str:
+    return env_id.split("/")[-1].split("-")[0]
+
+
+def train(env_id: str, protocol: str, seed: int, real_steps: int, runs: Path) -> Path:
+    """The seed's `mbrl train-agent` run of the preset under the protocol, trained to its end (resumed if killed)."""
+    from mbrl.cli import main
+
+    run = runs / f"{game_name(env_id)}-{protocol}-s{seed}"
+    args = ["train-agent", "--preset", PRESET, "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
+    if (run / "config.yaml").exists():
+        args += ["--resume", str(run)]  # its saved config holds the settings
+    else:
+        args += ["--run", str(run), "--env", env_id, *(a for s in PROTOCOLS[protocol] for a in ("--set", s))]
+    if main(args) != 0:
+        raise SystemExit(f"mbrl train-agent failed for {env_id} seed {seed}")
+    return run
+
+
+def agent_of(method: str, run: Path, seed: int) -> tuple[Any, Any]:
+    """The method's agent and the run config it is scored under."""
+    from mbrl.cli import config_for_run
+    from mbrl.cli_agents import mpc_for_run
+    from mbrl.collect import RandomPolicy
+    from mbrl.loop import load_trained_agent, with_num_actions
+    from mbrl.run import RunDir
+
+    config = with_num_actions(config_for_run(RunDir(run), None, [], {"device": "cpu"}))
+    if method == "random":
+        return RandomPolicy(gym_action_space(config), seed=seed), config
+    if method == "value:tree":
+        return mpc_for_run(RunDir(run), config, torch.device("cpu"), seed), config
+    return load_trained_agent(RunDir(run), config, torch.device("cpu")), config
+
+
+def gym_action_space(config: Any) -> Any:
+    from envs.atari import make_env
+
+    return make_env(config.env).action_space
+
+
+def games_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([seed, 3000]).generate_state(1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="ALE/Breakout-v5", help="ALE game id (default ALE/Breakout-v5)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="published",
+                        help="published: no sticky actions; v5: sticky actions 0.25 (default published)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--episodes", type=int, default=50, help="full games per method and seed (default 50)")
+    parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench100k"), help="where the runs live")
+    args = parser.parse_args()
+    keep_freed_memory()  # as the mbrl command line does
+    from mbrl.evaluate import evaluate_agent
+
+    command = " ".join(["python", "benchmarks/atari_100k.py", *sys.argv[1:]])
+    game = game_name(args.game)
+    for seed in args.seeds:
+        with SittingClock(args.runs / f"{game}-{args.protocol}-s{seed}-{args.real_steps}.seconds") as clock:
+            run = train(args.game, args.protocol, seed, args.real_steps, args.runs)
+        trained = json.loads((run / "eval.json").read_text())
+        hours = trained.get("train_seconds", clock.seconds()) / 3600  # the run's own clock, over its sittings
+        for method in args.methods:
+            key = {"game": game, "protocol": args.protocol, "method": method, "seed": seed,
+                   "real_steps": args.real_steps, "episodes": args.episodes}
+            if any(all(r.get(k) == v for k, v in key.items()) for r in load_result(RESULT, "atari_100k")["runs"]):
+                continue
+            agent, config = agent_of(method, run, seed)
+            eval_config = dataclasses.replace(config.eval, episodes=args.episodes)
+            started = time.perf_counter()
+            result = evaluate_agent(agent, config.env, eval_config, games_seed(seed), progress=False)
+            print(f"{game} {args.protocol} {method} seed {seed}: {result['mean']:.2f} +- {result['std']:.2f} over "
+                  f"{args.episodes} games", file=sys.stderr, flush=True)
+            saved = load_result(RESULT, "atari_100k")  # read again: another sitting may have added rows
+            saved["runs"].append({**key, "train_hours": hours, "eval_seconds": time.perf_counter() - started,
+                                  "sticky_action_prob": eval_config.sticky_action_prob, "mean": result["mean"],
+                                  "std": result["std"], "scores": result["scores"], "lengths": result["lengths"],
+                                  "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})
+            saved["published"] = PUBLISHED
+            save_result(saved, RESULT)
+
+
+if __name__ == "__main__":
+    main()
