@@ -115,8 +115,10 @@ def heads_on_real_future(world_model: Any, obs: np.ndarray, outcomes: Any, disco
     with torch.no_grad():
         z = torch.cat([world_model.encode(torch.as_tensor(np.ascontiguousarray(part)))
                        for part in np.array_split(stacks, max(1, n // 16))])  # (N, H + 1, *latent_shape)
-        heads = (world_model.events(z[:, 1:].flatten(0, 1)) if world_model.has_value else  # heads on z_t+1 alone
-                 world_model.transition(z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)))  # JEPA: on (z_t, z_t+1)
+        heads = world_model.read_events(z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1))
+        if heads is None:
+            raise SystemExit(f"{type(world_model).__name__} cannot read its heads on given latents: "
+                             "pass --real-latent-states 0")
         reward, cont, life_loss = (x.view(n, horizon).numpy() for x in heads)
     alive = np.concatenate([np.ones((n, 1)), np.cumprod(cont, axis=1)[:, :-1]], axis=1)
     return real_returns(Outcomes(reward, life_loss, alive), discount, life_loss_penalty)
@@ -200,7 +202,7 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     if world_model.has_value:
         rankings += value_rankings(world_model, kept, sequences, real, emulator, args, mpc.discount,
                                    mpc.life_loss_penalty)
-    if args.real_latent_states and hasattr(world_model, "transition"):
+    if args.real_latent_states:
         # the heads on the latents of the real futures: what better dynamics could give at best
         subset = np.flatnonzero(real[:, :, -1].max(1) > real[:, :, -1].min(1))[:args.real_latent_states]
         heads = np.stack([heads_on_real_future(world_model, kept[i]["obs"], emulator.outcomes(

@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "on held-out episodes, early stopping, tensorboard, checkpoints in the run.")
     train_wm.add_argument("--run", type=Path, required=True, help="run directory with a replay buffer")
     train_wm.add_argument("--stage", choices=sorted(STAGE_NAMES), default="all",
-                          help="1 encoder, 2 dynamics, 3 finetune, or all in order (default: all)")
-    train_wm.add_argument("--steps", type=positive_int, help="updates per stage (default: from the config)")
+                          help="1 encoder, 2 dynamics, 3 finetune, or all in order (default: all); family "
+                          "jepa-value has one joint stage (all)")
+    train_wm.add_argument("--steps", type=positive_int,
+                          help="updates per stage (default: from the config; jepa-value: the total of joint updates, "
+                          "default joint.replay_ratio per stored step past joint.warmup_steps)")
     train_wm.add_argument("--resume", action="store_true",
                           help="continue from the run's world-model checkpoint instead of starting anew")
     train_wm.add_argument("--again", action="store_true",
@@ -217,6 +220,11 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     overrides = args.set + ([f"device={args.device}"] if args.device else [])
     config = resolve_config(None, overrides, base=run.read_config())
     device = resolve_device(config.device)
+    from mbrl.joint import FAMILY as JOINT_FAMILY
+
+    if config.world_model_training.family == JOINT_FAMILY:
+        _train_value_model(run, config, device, args)
+        return
     buffer = ReplayBuffer.load(run.replay_dir)
     num_actions = int(make_env(config.env).action_space.n)  # type: ignore[attr-defined]
     config = dataclasses.replace(config, world_model=model_config(config.world_model, num_actions))
@@ -236,6 +244,23 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     print(f"world model trained ({', '.join(trainer.progress['done'])}) on {len(trainer.train_ids)} episodes; "
           f"held-out loss: {', '.join(f'{k} {v:.4f}' for k, v in val.items())}; "
           f"checkpoint {run.checkpoint_dir / CHECKPOINT}.json")
+
+
+def _train_value_model(run: Any, config: Any, device: Any, args: argparse.Namespace) -> None:
+    """`mbrl train-world-model` for the value-aware JEPA: one joint stage on the stored replay (no acting)."""
+    from mbrl.config import dump_yaml
+    from mbrl.joint import FAMILY, train_offline
+    from mbrl.loop import with_num_actions
+    from mbrl.train_world_model import CHECKPOINT
+
+    if args.stage != "all":
+        raise UserError(f"family {FAMILY} trains in one joint stage; use --stage all (got --stage {args.stage})")
+    if not args.resume and (run.checkpoint_dir / f"{CHECKPOINT}.json").exists():
+        raise UserError(f"{run.checkpoint_dir} already holds a world model; pass --resume to continue it")
+    config = with_num_actions(config)
+    run.create(dump_yaml(config))
+    updates = train_offline(run, config, device, args.steps, args.resume, show_progress=False if args.quiet else None)
+    print(f"world model trained (joint, {updates} updates); checkpoint {run.checkpoint_dir / CHECKPOINT}.json")
 
 
 def cmd_eval_world_model(args: argparse.Namespace) -> None:

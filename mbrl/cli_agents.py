@@ -137,8 +137,9 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     train = train_joint if config.world_model_training.family == JOINT_FAMILY else train_agent
     result = train(run, config, resolve_device(config.device), resume=args.resume is not None,
                    show_progress=False if args.quiet else None)
+    learnt = (f"{result['updates']} joint updates" if train is train_joint else f"{result['dream_steps']} dream steps")
     print(f"{config.env.id}: mean score {result['mean']:.2f} +- {result['std']:.2f} over {result['episodes']} "
-          f"games after {result['real_steps']} real steps and {result['dream_steps']} dream steps")
+          f"games after {result['real_steps']} real steps and {learnt}")
     print(f"scores: {run.eval_path}; one game of the agent: {run.path / 'eval.gif'}; "
           f"tensorboard: tensorboard --logdir {run.tb_dir}")
 

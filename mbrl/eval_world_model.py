@@ -10,9 +10,9 @@
   variance of the encoded latents) and the L1 relative to copying the last real latent forward.
 - Reward and life loss: precision, recall and F1 of the heads at those horizons, and calibration: the
   heads' mean predicted |reward| or probability against the actual rate of events (imagination that drifts
-  shows as a mean predicted rate that grows with the horizon while the actual rate does not); for a model with a
-  `transition(z, z_next)` (JEPA's heads) also on real next latents ("real"), which separates what the
-  heads can read from what the dynamics predicts.
+  shows as a mean predicted rate that grows with the horizon while the actual rate does not); for a model whose
+  `read_events(z, z_next)` reads its heads on given latents, also on real next latents ("real"), which
+  separates what the heads can read from what the dynamics predicts.
 - Repeated actions: the imagined reward and life losses summed over the longest horizon from the same
   contexts with each action repeated, against what the windows' real transitions had. Imagination that
   pays far more than the data for every action, or much more for one action, is what an agent trained
@@ -197,12 +197,12 @@ def evaluate(
         reward[f"h{h}"] = event_scores(reward_pred[:, h - 1].abs(), data.clipped_rewards[:, at - 1] != 0)
         life_loss[f"h{h}"] = event_scores(life_pred[:, h - 1], data.life_loss[:, at - 1])
     steps = slice(context - 1, context - 1 + max_h)  # the transitions imagined from each window's context
-    transition: Any = getattr(model, "transition", None)
-    if transition is not None:  # heads on real next latents: what they read when dynamics is not in the way
-        z_t = real_latents[:, steps].flatten(0, 1)
-        z_n = real_latents[:, context : context + max_h].flatten(0, 1)
-        heads = [transition(z_t[i : i + batch].to(device), z_n[i : i + batch].to(device))
-                 for i in range(0, len(z_t), batch)]
+    z_t = real_latents[:, steps].flatten(0, 1)
+    z_n = real_latents[:, context : context + max_h].flatten(0, 1)
+    read = [model.read_events(z_t[i : i + batch].to(device), z_n[i : i + batch].to(device))
+            for i in range(0, len(z_t), batch)]
+    heads = [o for o in read if o is not None]
+    if len(heads) == len(read):  # heads on real next latents: what they read when dynamics is not in the way
         reward["real"] = event_scores(torch.cat([o[0].cpu() for o in heads]).abs(), data.clipped_rewards[:, steps] != 0)
         life_loss["real"] = event_scores(torch.cat([o[2].cpu() for o in heads]), data.life_loss[:, steps])
     result["repeated_action"] = {  # imagined totals over max_h steps per window; "data": what the windows had

@@ -263,3 +263,30 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         buffer.close()
         writer.close()
     return {**result, "history": history}
+
+
+def train_offline(run: RunDir, config: RunConfig, device: torch.device, updates: int | None, resume: bool,
+                  show_progress: bool | None = None) -> int:
+    """`mbrl train-world-model` for the value-aware JEPA: joint updates on the run's stored replay alone, no acting,
+    until the model has had `updates` (None: joint.replay_ratio per stored step past the warm-up); checkpointed
+    every joint.checkpoint_every updates and at the end. Returns the model's update count."""
+    buffer = ReplayBuffer.load(run.replay_dir)
+    trainer = JointTrainer(run, config, device)
+    if resume:
+        trainer.restore()
+    total = config.joint.updates_due(buffer.num_steps) if updates is None else updates
+    with SummaryWriter(str(run.tb_dir)) as writer, tqdm(total=total, initial=min(trainer.updates, total), unit="update",
+                                                        desc="joint updates", disable=None if show_progress is None
+                                                        else not show_progress) as bar:
+        while trainer.updates < total:
+            losses = trainer.update(buffer)
+            bar.update(1)
+            if trainer.updates % config.joint.log_every == 0:
+                for name, value in losses.items():
+                    writer.add_scalar(f"losses/{name}", value, trainer.updates)
+                bar.set_postfix(td=f"{losses['td']:.3f}", cons=f"{losses['consistency']:.4f}")
+            if trainer.updates % config.joint.checkpoint_every == 0:
+                trainer.save()
+    trainer.save()
+    buffer.close()
+    return trainer.updates

@@ -79,8 +79,9 @@ def test_consistency_is_zero_for_a_perfect_predictor_and_positive_otherwise() ->
     identity_predictor(model)
     static = random_frames(2, 0).expand(2, 6, 4, 64, 64).contiguous()  # o_0 = ... = o_5: identity is perfect
     with torch.no_grad():
-        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-6  # relative to the spread
-        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 1e-2
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-3  # relative to CHANGE_FLOOR
+        # the identity predictor is the copying the error is measured against: about 1 on moving frames
+        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 0.3
 
 
 def test_td_and_reward_gradients_reach_the_encoder_and_never_the_target() -> None:
@@ -298,9 +299,43 @@ def test_joint_run_end_to_end_then_evaluate_and_plan_with_the_value(tmp_path: Pa
     assert planned.returncode == 0, planned.stderr
     assert json.loads((run / "plan-tree.json").read_text())["episodes"] == 1
 
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    import envs.registration  # noqa: F401  (registers mbrl/Dream-v0)
+
+    env = gymnasium.make("mbrl/Dream-v0", checkpoint=str(run), horizon=3, value_bootstrap=True)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (16, 4, 4)  # the preset's feature map: (channels[-1], 4, 4)
+    for _ in range(3):
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            break
+    assert terminated or truncated  # the horizon of 3 ends every episode by its third step
+
 
 def test_the_cli_offers_every_planner() -> None:
     from agents.planners import PLANNERS
     from mbrl.cli_agents import PLANNER_NAMES
 
     assert set(PLANNER_NAMES) == set(PLANNERS)
+
+
+@pytest.mark.slow
+def test_train_world_model_trains_the_value_model_offline_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    collected = cli("collect", "--preset", "jepa-value-smoke", "--steps", "120", "--run", str(run), "--quiet")
+    assert collected.returncode == 0, collected.stderr
+    first = cli("train-world-model", "--run", str(run), "--steps", "4", "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert load_checkpoint(run / "checkpoints", "world_model").metadata["updates"] == 4
+    again = cli("train-world-model", "--run", str(run), "--steps", "4", "--quiet")
+    assert again.returncode == 2 and "already holds a world model; pass --resume" in again.stderr
+    staged = cli("train-world-model", "--run", str(run), "--stage", "2", "--resume", "--quiet")
+    assert staged.returncode == 2 and "trains in one joint stage; use --stage all" in staged.stderr
+    more = cli("train-world-model", "--run", str(run), "--steps", "7", "--resume", "--quiet")
+    assert more.returncode == 0, more.stderr
+    final = load_checkpoint(run / "checkpoints", "world_model")
+    assert final.metadata["updates"] == 7
+    assert {int(v) for k, v in final.tensors.items() if k.startswith("optim.") and k.endswith(".step")} == {7}

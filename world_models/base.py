@@ -183,6 +183,12 @@ class WorldModel(nn.Module, ABC):
         """Compile `step` and `step_tree` for speed where the family can (e.g. torch.compile of its imagined
         steps): the same results, a one-off compile on the first steps. Default: nothing to compile."""
 
+    def read_events(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The reward and end heads read on given transitions z (N, *latent_shape) -> z_next: (N,) expected
+        reward, continue and life-loss probabilities, as `step` gives them for its own predictions; on real
+        next latents they separate the heads' errors from the dynamics'. None where a family cannot."""
+        return None
+
     def value(self, latents: Tensor) -> Tensor:
         """latents (N, *latent_shape) -> (N,) the discounted return expected from each (families with `has_value`)."""
         raise NotImplementedError(f"{type(self).__name__} has no value head")

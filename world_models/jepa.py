@@ -656,6 +656,9 @@ class JEPAWorldModel(WorldModel):
         lead = latents.shape[: -len(self.latent_shape)]
         return self.decoder(latents.reshape(-1, *self.latent_shape)).reshape(*lead, *self._frame_shape)
 
+    def read_events(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.transition(z, z_next)
+
     def transition(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Expected clipped reward, continue probability and life-loss probability of (z, z_next): (N,) each."""
         return expected_events(*self._head_logits(z, z_next, corrected=True, imagined=True))

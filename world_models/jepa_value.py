@@ -9,8 +9,9 @@ optimiser, `loss(batch, "joint")`):
 - **Predictor**: an action-conditioned conv transition on the feature map (the action as one-hot
   planes), residual. It is unrolled `unroll` steps open loop from the encoded first observation,
   and each predicted latent is pulled towards the EMA target's latent of the real frame (squared
-  error relative to the batch's spread of target latents; latents min-max scaled per sample, as in
-  SPR): the JEPA objective applied to the dynamics.
+  error relative to that of copying the target's previous latent, so the loss has the scale of what
+  changes in a step; latents min-max scaled per sample, as in SPR): the JEPA objective applied to
+  the dynamics.
 - **Heads on every unrolled latent**: the event head (reward class -1 / 0 / +1, game over, life
   loss of the transition into the latent) and the value head (Q per action) with an n-step TD
   target from the EMA target network, truncated at the window's end and at lives lost, so
@@ -49,7 +50,8 @@ class ValueJEPAConfig:
             max(unroll, return_steps) transitions).
         discount: per-step discount of the value.
         target_decay: EMA of the target network, target <- decay * target + (1 - decay) * online.
-        consistency_weight: weight of the unrolled latents' relative squared error to the target latents.
+        consistency_weight: weight of the unrolled latents' squared error to the target latents, relative to
+            copying the previous target latent.
         unroll_decay: weight of the k-th unrolled step's losses relative to the encoded latent's, unroll_decay^k.
         event_weight: weight of the event head's losses.
         value_weight: weight of the TD loss.
@@ -89,6 +91,10 @@ class ValueJEPAConfig:
         """Transitions per training window."""
         return max(self.unroll, self.return_steps)
 
+
+CHANGE_FLOOR = 1e-6
+"""The smallest mean squared change of a step's target latent the consistency error is measured against (latents
+are in [0, 1]; a Breakout step changes them by about 1e-4)."""
 
 TARGET_PARTS = ("encoder", "q_hidden", "q_out")
 """The parts the EMA target network copies (its value head is projection then q_out)."""
@@ -132,6 +138,8 @@ class Transition(nn.Module):
         self.num_actions = cfg.num_actions
         self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(c, c, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)  # a new predictor copies its latent (z in [0, 1] maps to itself) and
+        nn.init.zeros_(self.net[-1].bias)    # learns what changes: the baseline its consistency error is relative to
 
     def forward(self, z: Tensor, action: Tensor) -> Tensor:
         planes = F.one_hot(action.long(), self.num_actions).to(z.dtype)[:, :, None, None]  # (N, A, 1, 1)
@@ -265,6 +273,10 @@ class ValueJEPAWorldModel(WorldModel):
         reward = (logits[:, :3].softmax(-1) * torch.tensor([-1.0, 0.0, 1.0], device=z.device)).sum(-1)
         return reward, 1 - torch.sigmoid(logits[:, 3]), torch.sigmoid(logits[:, 4])
 
+    def read_events(self, z: Tensor, z_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The event head reads the latent a transition leads to alone."""
+        return self.events(z_next)
+
     def q_values(self, latents: Tensor) -> Tensor:
         """latents (N, C, h, w) -> Q (N, A) of the online value head."""
         return self.q_out(self.q_hidden(latents))
@@ -291,8 +303,8 @@ class ValueJEPAWorldModel(WorldModel):
 
         Every per-step part is a mean over its steps weighted by unroll_decay^k (k = 0 for the encoded latent, k
         for the k-th unrolled one), so the real latent the agent acts on weighs most. Parts: "consistency" (the
-        squared error of each unrolled latent to the target's latent of the real observation, relative to
-        the batch's spread of those latents: 1 = no better than predicting the batch mean), "td" (Huber of Q of
+        squared error of each unrolled latent to the target's latent of the real observation, relative to that
+        of copying the target's previous latent: 1 = no better than copying), "td" (Huber of Q of
         the action taken to the n-step target, on the encoded and every unrolled latent), "reward", "end",
         "life" (event head on the unrolled latents), "decoder" (pictures, stop-gradient).
         """
@@ -302,28 +314,29 @@ class ValueJEPAWorldModel(WorldModel):
         frames = batch.frames  # (B, L+1, S, H, W) uint8
         b, length = batch.actions.shape
         k_steps = min(cfg.unroll, length)
-        # the target network reads only the observations some loss needs: o_1..o_K (consistency; o_1 also
+        # the target network reads only the observations some loss needs: o_0..o_K (consistency; o_1 also
         # teaches the decoder) and the bootstrap observation of each start t <= K (t + n_t)
-        needed = sorted({*range(1, k_steps + 1), *(t + min(cfg.return_steps, length - t) for t in range(k_steps + 1)
-                                                  if t < length)})
+        needed = sorted({*range(k_steps + 1), *(t + min(cfg.return_steps, length - t) for t in range(k_steps + 1)
+                                               if t < length)})
         at = {t: i for i, t in enumerate(needed)}
-        views = augment(rearrange(frames[:, [0, *needed]], "b t s h w -> b (t s) h w"), cfg.shift, cfg.intensity)
-        views = rearrange(views, "b (t s) h w -> b t s h w", t=len(needed) + 1)  # one shift per window
+        views = augment(rearrange(frames[:, needed], "b t s h w -> b (t s) h w"), cfg.shift, cfg.intensity)
+        views = rearrange(views, "b (t s) h w -> b t s h w", t=len(needed))  # one shift per window
         with torch.no_grad():
-            targets = self.target["encoder"](rearrange(views[:, 1:], "b t s h w -> (b t) s h w"))
+            targets = self.target["encoder"](rearrange(views, "b t s h w -> (b t) s h w"))
             projected = self.target["q_hidden"](targets)
             bootstrap = torch.zeros(b, length + 1, device=frames.device)
             bootstrap[:, needed] = self.target["q_out"](projected).max(-1).values.view(b, len(needed))
             done = batch.terminated | batch.life_loss
             td_target = n_step_targets(batch.rewards, done, bootstrap, cfg.discount, cfg.return_steps)
             targets = targets.view(b, len(needed), *self.latent_shape)
-        z = self.encoder(views[:, 0])  # (B, C, h, w)
+        z = self.encoder(views[:, at[0]])  # (B, C, h, w)
         q_taken, consistency, event_logits = [], [], []
         for k in range(k_steps + 1):
             if k > 0:
-                target = targets[:, at[k]].flatten(1)
-                spread = target.var(0).mean().clamp_min(1e-12)  # what predicting the batch mean would cost
-                consistency.append((z.flatten(1) - target).pow(2).mean() / spread)
+                target, before = targets[:, at[k]].flatten(1), targets[:, at[k - 1]].flatten(1)
+                # what copying the last latent costs, floored for windows where nothing moves
+                change = (target - before).pow(2).mean().clamp_min(CHANGE_FLOOR)
+                consistency.append((z.flatten(1) - target).pow(2).mean() / change)
                 event_logits.append(self.event_head(z))
             if k < length:
                 q_taken.append(self.q_values(z).gather(1, batch.actions[:, k : k + 1])[:, 0])
@@ -340,7 +353,7 @@ class ValueJEPAWorldModel(WorldModel):
                                                                   reduction="none").mean(0), decay[:k_steps])
                      for i, flag in ((3, batch.terminated), (4, batch.life_loss)))
         pictures = slice(0, DECODER_SAMPLES)  # pictures only: a few samples teach the decoder as well as all
-        decoder = F.mse_loss(self.decoder(targets[pictures, at[1]]), views[pictures, 1 + at[1], -1].clamp(0, 1))
+        decoder = F.mse_loss(self.decoder(targets[pictures, at[1]]), views[pictures, at[1], -1].clamp(0, 1))
         consistency_loss = _weighted(torch.stack(consistency), decay[:k_steps])
         total = (cfg.consistency_weight * consistency_loss + cfg.value_weight * td
                  + cfg.event_weight * (reward + end + life) + decoder)
