@@ -5,7 +5,8 @@ For each (game, protocol, seed):
               runs/bench100k/GAME-PROTOCOL-sSEED, resumed if it exists), then `--episodes` full games of
               its agent (epsilon-greedy on the world model's value head, joint.eval_epsilon)
   value:tree  MPC on that run's world model: every sequence of `mpc.search.horizon` (3) steps, the model's
-              value added at the leaves (`mbrl plan --run RUN` with the preset's mpc settings)
+              value added at the leaves (`mbrl plan --run RUN` with the preset's mpc settings and
+              mpc.search.min_prob=0.001, so its first actions are random about as often as the agent's)
   random      the uniformly random policy
 All methods of a seed play the same games (one evaluation seed per training seed). Protocols: 'published'
 (no sticky actions in training and scoring, as most published Atari-100k scores) and 'v5' (ALE v5 as it is,
@@ -70,7 +71,8 @@ def agent_of(method: str, run: Path, seed: int) -> tuple[Any, Any]:
     from mbrl.loop import load_trained_agent, with_num_actions
     from mbrl.run import RunDir
 
-    config = with_num_actions(config_for_run(RunDir(run), None, [], {"device": "cpu"}))
+    overrides = ["mpc.search.min_prob=0.001"] if method == "value:tree" else []
+    config = with_num_actions(config_for_run(RunDir(run), None, overrides, {"device": "cpu"}))
     if method == "random":
         return RandomPolicy(gym_action_space(config), seed=seed), config
     if method == "value:tree":

@@ -243,6 +243,7 @@ def main() -> None:
                              "(default 30)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the games, the behaviour and the candidates")
     parser.add_argument("--batch", type=int, default=16, help="states imagined together (default 16)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of every run, e.g. --set mpc.life_loss_penalty=3 (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULT, help="results file (default results/plan_ranking.json)")
@@ -250,7 +251,7 @@ def main() -> None:
     if min(args.horizons) < 1 or args.states < 1 or args.every < 1 or args.candidates < 2:
         parser.error("--horizons and --states, --every must be >= 1 and --candidates >= 2")
     keep_freed_memory()  # as the mbrl command line does
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     command = " ".join(["python", "benchmarks/plan_ranking.py", *sys.argv[1:]])
     for run in args.runs:
         entry = dict(score_run(run, args), command=command, date=time.strftime("%Y-%m-%d"), machine=machine())

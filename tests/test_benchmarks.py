@@ -31,6 +31,7 @@ from agents.mpc import MPCConfig  # noqa: E402
 from agents.planners import PlannerConfig  # noqa: E402
 from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
 from report import (  # noqa: E402
+    _atari_100k,
     _breakout_100k,
     _breakout_100k_games,
     _emulator_planning,
@@ -359,3 +360,20 @@ def test_emulator_planning_table_counts_cut_games_and_seconds_per_step() -> None
     lines = _emulator_planning({"runs": [run]})
     assert "| cem | 32, 16, 2 | sampled | 2 (0) | 500 | 6.50 +- 2.50 | 4, 9 | 300, 500 | 1 | 0.50 | 2026-12-05, m |" \
         in lines
+
+
+def test_atari_100k_table_pairs_each_method_with_random_on_the_same_seed() -> None:
+    def row(method: str, seed: int, mean: float) -> dict[str, object]:
+        return {"game": "Breakout", "protocol": "published", "method": method, "seed": seed, "episodes": 50,
+                "mean": mean, "std": 1.0, "train_hours": 1.25, "date": "2026-12-07", "machine": "m",
+                "command": "python benchmarks/atari_100k.py --seeds 0 1"}
+
+    runs = [row("value", 0, 5.0), row("random", 0, 1.5), row("value", 1, 3.0), row("random", 1, 1.0),
+            row("value:tree", 0, 4.0)]
+    lines = _atari_100k({"runs": runs, "published": {"Breakout": {"SimPLe": 16.4}}})
+    assert "| Breakout | published | value | 0 | 50 | 5.00 | 1.00 | 1.25 | 2026-12-07, m |" in lines
+    paired = [line for line in lines if line.startswith("- Breakout, published: value - random")]
+    # diffs 3.5 and 2.0: sd 1.061, t = 2.75 / (1.061 / sqrt 2) = 3.67; df 1: p = 1 - 2 atan(3.67) / pi = 0.170
+    assert paired == ["- Breakout, published: value - random = +2.75 over 2 seed(s), t = 3.67 with 1 df, p = 0.170"]
+    assert "- Breakout, published: value:tree - random = +2.50 over 1 seed(s)" in lines  # one seed: no t
+    assert any("Breakout: SimPLe 16.4" in line for line in lines)

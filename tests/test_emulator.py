@@ -78,3 +78,34 @@ def test_the_emulator_objective_scores_each_problem_from_its_own_state() -> None
         expected = real_returns(emulator.outcomes(states[b], sequences[b].numpy()), 0.9, 1.0)[:, -1]
         np.testing.assert_allclose(returns[b].numpy(), expected, rtol=1e-6)
     emulator.close()
+
+
+@pytest.mark.slow  # needs ALE
+@pytest.mark.parametrize("action", [1, 2])
+def test_continued_counts_what_a_policy_earns_after_each_sequence_until_a_life_is_lost(action: int) -> None:
+    config = AtariConfig(sticky_action_prob=0.0)
+    env = make_env(config)
+    obs, _ = env.reset(seed=5)
+    saved = snapshot(env)
+    emulator = Emulator(config)
+    sequences = np.random.default_rng(1).integers(0, 4, size=(4, 3))
+    steps, discount = 300, 0.9
+    stacks: list[np.ndarray] = []
+
+    def constant(stack: np.ndarray) -> int:
+        stacks.append(stack)
+        return action
+
+    got = emulator.continued(saved, sequences, obs, constant, steps, discount)
+    assert {s.shape for s in stacks} == {(4, 64, 64)} and stacks[0].dtype == np.uint8
+    assert np.array_equal(stacks[0][0], obs[3])  # 3 steps after obs, its newest frame is the stack's oldest
+    cut = []
+    for i, sequence in enumerate(sequences):  # the same actions replayed in one go
+        out = emulator.outcomes(saved, np.array([[*sequence, *[action] * steps]]))
+        reward, lost = out.reward[0, 3:], out.life_loss[0, 3:]
+        end = int(np.argmax(lost)) + 1 if lost.any() else steps  # up to and with the first lost life
+        assert got[i] == pytest.approx(float((discount ** np.arange(end) * reward[:end]).sum()))
+        cut.append(reward[end:].sum() > 0)
+    # from this state, RIGHT earns points before its first lost life; FIRE loses one first and scores only after
+    assert (got > 0).all() if action == 2 else (got == 0).all() and any(cut)
+    emulator.close()

@@ -97,7 +97,7 @@ CHANGE_FLOOR = 1e-6
 are in [0, 1]; a Breakout step changes them by about 1e-4)."""
 
 TARGET_PARTS = ("encoder", "q_hidden", "q_out")
-"""The parts the EMA target network copies (its value head is projection then q_out)."""
+"""The parts the EMA target network copies: the encoder and the value head (q_hidden, then q_out)."""
 
 DECODER_SAMPLES = 8
 """Windows of a batch whose first target latent trains the decoder (its transposed convs cost more than the encoder)."""
