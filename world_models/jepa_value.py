@@ -136,10 +136,10 @@ class Transition(nn.Module):
         super().__init__()
         c = cfg.channels[-1]
         self.num_actions = cfg.num_actions
-        self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(c, c, 3, padding=1))
-        nn.init.zeros_(self.net[-1].weight)  # a new predictor copies its latent (z in [0, 1] maps to itself) and
-        nn.init.zeros_(self.net[-1].bias)    # learns what changes: the baseline its consistency error is relative to
+        last = nn.Conv2d(c, c, 3, padding=1)
+        nn.init.zeros_(last.weight)  # a new predictor copies its latent (z in [0, 1] maps to itself) and learns
+        nn.init.zeros_(last.bias)  # what changes: the baseline its consistency error is measured against
+        self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(), last)
 
     def forward(self, z: Tensor, action: Tensor) -> Tensor:
         planes = F.one_hot(action.long(), self.num_actions).to(z.dtype)[:, :, None, None]  # (N, A, 1, 1)
