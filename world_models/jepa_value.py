@@ -137,8 +137,8 @@ class Transition(nn.Module):
         c = cfg.channels[-1]
         self.num_actions = cfg.num_actions
         last = nn.Conv2d(c, c, 3, padding=1)
-        nn.init.zeros_(last.weight)  # a new predictor copies its latent (z in [0, 1] maps to itself) and learns
-        nn.init.zeros_(last.bias)  # what changes: the baseline its consistency error is measured against
+        for param in last.parameters():  # a new predictor copies its latent (z in [0, 1] maps to itself) and learns
+            nn.init.zeros_(param)  # what changes: the baseline its consistency error is measured against
         self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(), last)
 
     def forward(self, z: Tensor, action: Tensor) -> Tensor:
