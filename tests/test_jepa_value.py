@@ -59,6 +59,13 @@ def test_latent_is_a_feature_map_and_steps_keep_its_shape() -> None:
     assert torch.allclose(model.value(out.latent), model.q_values(out.latent).max(-1).values)
 
 
+def test_a_new_predictor_copies_its_latent() -> None:
+    model = tiny().eval()
+    z = model.encode(random_frames(3, 0))[:, 0]
+    out = model.step(z, torch.tensor([0, 1, 2]))
+    assert out.latent is not None and torch.allclose(out.latent, z, atol=1e-4)
+
+
 def test_renormalize_scales_each_latent_to_the_unit_interval() -> None:
     z = torch.tensor([[[[1.0, 3.0]], [[5.0, 2.0]]]])  # (1, 2, 1, 2)
     assert torch.allclose(renormalize(z), torch.tensor([[[[0.0, 0.5]], [[1.0, 0.25]]]]), atol=1e-5)
