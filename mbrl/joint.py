@@ -62,7 +62,8 @@ class JointConfig:
         epsilon_decay_steps: real steps at which collection reaches `epsilon_final`.
         eval_epsilon: random-action probability when scored on the real game.
         chunk: real steps collected between rounds of updates.
-        checkpoint_every: real steps between checkpoints of the model, optimiser and counters.
+        checkpoint_every: real steps between checkpoints of the model, optimiser and counters (updates between
+            them in `mbrl train-world-model`, which trains on a stored buffer without acting).
         eval_every: real steps between evaluations on the real game (0: only at the end).
         log_every: updates between tensorboard loss points (and progress lines in a log).
     """
@@ -138,6 +139,15 @@ class JointTrainer:
         self.updates += 1
         return {name: float(value.detach()) for name, value in losses.items()}
 
+    def log(self, writer: SummaryWriter, losses: dict[str, float], buffer: ReplayBuffer) -> None:
+        """Tensorboard: the loss parts (`losses/*`) and how spread the target latents of 256 stored observations
+        are (`collapse/latent_std`, `collapse/effective_rank`: a collapsing latent shows there first)."""
+        for name, value in losses.items():
+            writer.add_scalar(f"losses/{name}", value, self.updates)
+        sample = buffer.sample(min(256, buffer.num_steps), 0, self.rng).frames[:, 0]
+        for name, spread in self.model.collapse(torch.from_numpy(sample).to(self.device)).items():
+            writer.add_scalar(f"collapse/{name}", float(spread), self.updates)
+
     def save(self, **meta: Any) -> None:
         """Model, optimiser, counters and RNG states, atomically; `meta` joins the saved metadata, with the
         run's wall-clock seconds summed over its sittings ("seconds")."""
@@ -211,12 +221,8 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
         return result
 
     def log(losses: dict[str, float]) -> None:
-        for name, value in losses.items():
-            writer.add_scalar(f"losses/{name}", value, trainer.updates)
+        trainer.log(writer, losses, buffer)
         writer.add_scalar("charts/epsilon", agent.epsilon, buffer.num_steps)
-        sample = buffer.sample(min(256, buffer.num_steps), 0, trainer.rng).frames[:, 0]
-        for name, spread in trainer.model.collapse(torch.from_numpy(sample).to(device)).items():
-            writer.add_scalar(f"collapse/{name}", float(spread), trainer.updates)
         if in_log:
             print(f"real steps {buffer.num_steps}/{budget}, updates {trainer.updates}, td {losses['td']:.4f}, "
                   f"consistency {losses['consistency']:.5f}, {time.time() - started:.0f} s", file=sys.stderr,
@@ -282,8 +288,7 @@ def train_offline(run: RunDir, config: RunConfig, device: torch.device, updates:
             losses = trainer.update(buffer)
             bar.update(1)
             if trainer.updates % config.joint.log_every == 0:
-                for name, value in losses.items():
-                    writer.add_scalar(f"losses/{name}", value, trainer.updates)
+                trainer.log(writer, losses, buffer)
                 bar.set_postfix(td=f"{losses['td']:.3f}", cons=f"{losses['consistency']:.4f}")
             if trainer.updates % config.joint.checkpoint_every == 0:
                 trainer.save()
