@@ -324,8 +324,9 @@ def _plan_ranking(r: dict[str, Any]) -> list[str]:
 
     for e in r["runs"]:
         for h in e["rankings"]:
-            lines.append(f"| {e['run']} | {e['behaviour']} | {h['scored_by']} vs {h.get('against', 'real')} | "
-                         f"{h['states']} ({e['every']}) | "
+            against = f" vs {h['against']}" if "against" in h else ""  # rows without it are against the real H steps
+            lines.append(f"| {e['run']} | {e['behaviour']} | {h['scored_by']}{against} | {h['states']} "
+                         f"({e['every']}) | "
                          f"{e['candidates']} | {h['horizon']} | {h['informative']:.3f} | {number(h['spearman'])} | "
                          f"{number(h['gain'])} | {h['room']:.3f} | {e['seed']} | {e['date']}, {e['machine']} |")
     return [*lines, *_command_list(r["runs"])]

@@ -344,11 +344,15 @@ def test_plan_ranking_table_shows_unrankable_horizons_as_a_dash() -> None:
            "rankings": [{"scored_by": "imagination", "states": 800, "horizon": 4, "informative": 0.0,
                          "spearman": float("nan"), "gain": float("nan"), "room": 0.0},
                         {"scored_by": "heads on real futures", "states": 100, "horizon": 24, "informative": 1.0,
-                         "spearman": 0.5634, "gain": 0.88, "room": 0.618}]}
+                         "spearman": 0.5634, "gain": 0.88, "room": 0.618},
+                        {"scored_by": "imagination + value", "against": "real + agent", "states": 100, "horizon": 3,
+                         "informative": 1.0, "spearman": 0.25, "gain": 0.5, "room": 0.125}]}
     lines = _plan_ranking({"runs": [run]})
     assert "| runs/a | agent | imagination | 800 (5) | 64 | 4 | 0.000 | - | - | 0.000 | 0 | 2026-12-05, m |" in lines
     assert "| runs/a | agent | heads on real futures | 100 (5) | 64 | 24 | 1.000 | 0.563 | 0.880 | 0.618 | 0 |" \
         " 2026-12-05, m |" in lines
+    assert "| runs/a | agent | imagination + value vs real + agent | 100 (5) | 64 | 3 | 1.000 | 0.250 | 0.500 |" \
+        " 0.125 | 0 | 2026-12-05, m |" in lines
     assert "- `python benchmarks/plan_ranking.py --runs runs/a`" in lines
 
 

@@ -51,7 +51,10 @@ class ValueJEPAConfig:
         discount: per-step discount of the value.
         target_decay: EMA of the target network, target <- decay * target + (1 - decay) * online.
         consistency_weight: weight of the unrolled latents' squared error to the target latents, relative to
-            copying the previous target latent.
+            copying the previous target latent. The ratio divides by a step's small change of the latent, so its
+            gradient is large: weighted like the other losses it swamps TD's at the encoder, and the gradient
+            clip then all but stops TD learning; the default puts it near the event heads'
+            (docs/research/2026-12-07-value-jepa.md).
         unroll_decay: weight of the k-th unrolled step's losses relative to the encoded latent's, unroll_decay^k.
         event_weight: weight of the event head's losses.
         value_weight: weight of the TD loss.
@@ -68,7 +71,7 @@ class ValueJEPAConfig:
     return_steps: int = 10
     discount: float = 0.99
     target_decay: float = 0.99
-    consistency_weight: float = 1.0
+    consistency_weight: float = 3e-4
     unroll_decay: float = 0.5
     event_weight: float = 1.0
     value_weight: float = 1.0
