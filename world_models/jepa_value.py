@@ -81,13 +81,13 @@ class ValueJEPAConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a checkpoint's JSON gives a list
         if len(self.channels) != 3:
-            raise ValueError(f"world_model.channels needs 3 entries, got {self.channels}")
+            raise ValueError(f"value_model.channels needs 3 entries, got {self.channels}")
         if self.unroll < 1 or self.return_steps < 1:
-            raise ValueError("world_model.unroll and world_model.return_steps must be >= 1")
+            raise ValueError("value_model.unroll and value_model.return_steps must be >= 1")
         if not 0 < self.unroll_decay <= 1:
-            raise ValueError(f"world_model.unroll_decay must be in (0, 1], got {self.unroll_decay}")
+            raise ValueError(f"value_model.unroll_decay must be in (0, 1], got {self.unroll_decay}")
         if not 0 <= self.target_decay < 1:
-            raise ValueError(f"world_model.target_decay must be in [0, 1), got {self.target_decay}")
+            raise ValueError(f"value_model.target_decay must be in [0, 1), got {self.target_decay}")
 
     @property
     def window(self) -> int:
@@ -239,7 +239,7 @@ class ValueJEPAWorldModel(WorldModel):
         self.num_actions = config.num_actions
         side = _conv_out(config.frame_size)
         if side < 1:
-            raise ValueError(f"world_model.frame_size {config.frame_size} is too small for the encoder (>= 36)")
+            raise ValueError(f"value_model.frame_size {config.frame_size} is too small for the encoder (>= 36)")
         self.latent_shape = (config.channels[-1], side, side)
         features = config.channels[-1] * side * side
         self.encoder = Encoder(config)
