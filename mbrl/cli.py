@@ -322,7 +322,8 @@ def cmd_dream(args: argparse.Namespace) -> None:
         with SummaryWriter(str(run.tb_dir)) as writer:
             writer.add_images("dream/agent", frames[:: max(1, len(frames) // 8), None], t.checkpoint.step,
                               dataformats="NCHW")
-        print(f"wrote {out}: {len(frames)} imagined frames following the {t.config.agent.algo} agent; "
+        name = "value" if t.model.has_value else t.config.agent.algo  # a value-aware model's agent is its value head
+        print(f"wrote {out}: {len(frames)} imagined frames following the {name} agent; "
               f"dream reward {rewards.sum():g}")
         return
     try:
