@@ -155,6 +155,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return tuple(_coerce(v, item, key) for v in value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-8 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise UserError(f"config key '{key}' expects {_name(kind)}, got {value!r}")
     return value

@@ -55,7 +55,9 @@ class JointConfig:
         replay_ratio: joint updates per real step after the warm-up.
         batch_size: windows of world_model.window transitions per update.
         learning_rate: Adam learning rate.
-        adam_eps: Adam epsilon.
+        adam_eps: Adam epsilon. DrQ's 1.5e-4 is larger than most of this model's gradients (its latents vary by
+            ~0.005 across states), which turns Adam into a slow SGD: the value head stayed the same in every
+            state (docs/research/2026-12-07-value-jepa.md).
         grad_clip: gradient norm clip of the whole model.
         epsilon_final: the collection epsilon reached at `epsilon_decay_steps` real steps (1 before the warm-up
             ends, linear in between).
@@ -72,7 +74,7 @@ class JointConfig:
     replay_ratio: float = 1.0
     batch_size: int = 32
     learning_rate: float = 1e-4
-    adam_eps: float = 1.5e-4
+    adam_eps: float = 1e-8
     grad_clip: float = 10.0
     epsilon_final: float = 0.01
     epsilon_decay_steps: int = 5_000

@@ -72,6 +72,12 @@ def test_overrides_land_nested_with_right_types() -> None:
     assert cfg.env.frame_size == AtariConfig().frame_size
 
 
+def test_exponent_without_a_dot_is_a_float() -> None:
+    assert resolve_config("jepa-value-smoke", ["joint.adam_eps=1e-8"]).joint.adam_eps == 1e-8  # YAML: a string
+    with pytest.raises(UserError, match="config key 'joint.adam_eps' expects float, got 'tiny'"):
+        resolve_config("jepa-value-smoke", ["joint.adam_eps=tiny"])
+
+
 def test_int_for_float_field_widens_to_float() -> None:
     cfg = _from_overrides(["env.sticky_action_prob=1"])
     assert cfg.env.sticky_action_prob == 1.0
