@@ -107,6 +107,13 @@ def build_agent(config: AgentConfig, env: VecEnv, seed: int, device: torch.devic
     return ALGOS[config.algo]("MlpPolicy", env, **common)
 
 
+def explore(actions: np.ndarray, epsilon: float, num_actions: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 (K,) `actions` with each replaced, with probability `epsilon`, by a uniformly random one (in place)."""
+    chosen = rng.random(len(actions)) < epsilon
+    actions[chosen] = rng.integers(0, num_actions, size=int(chosen.sum()))
+    return actions
+
+
 class LatentAgent:
     """An SB3 learner trained on dream latents, playing real uint8 (K, S, H, W) frame stacks.
 
@@ -134,10 +141,7 @@ class LatentAgent:
         return np.asarray(actions, dtype=np.int64), None
 
     def __call__(self, observation: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-        actions = self.predict(observation)[0]
-        explore = self.rng.random(len(actions)) < self.epsilon
-        actions[explore] = self.rng.integers(0, self.world_model.num_actions, size=int(explore.sum()))
-        return actions
+        return explore(self.predict(observation)[0], self.epsilon, self.world_model.num_actions, self.rng)
 
 
 def agent_tensors(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.sb3_agent import explore
 from world_models.jepa_value import ValueJEPAWorldModel
 
 
@@ -56,15 +57,12 @@ class ValueAgent:
         frames = torch.as_tensor(np.asarray(observation), device=self.device)
         return self.world_model.act_values(frames).argmax(-1).cpu().numpy().astype(np.int64)
 
-    def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
-        explore = self.rng.random(len(actions)) < epsilon
-        actions[explore] = self.rng.integers(0, self.world_model.num_actions, size=int(explore.sum()))
-        return actions
-
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None,
                 deterministic: bool = False) -> tuple[np.ndarray, None]:
         actions = self.greedy(observation)
-        return (actions if deterministic else self._explore(actions, self.eval_epsilon)), None
+        if deterministic:
+            return actions, None
+        return explore(actions, self.eval_epsilon, self.world_model.num_actions, self.rng), None
 
     def __call__(self, observation: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-        return self._explore(self.greedy(observation), self.epsilon)
+        return explore(self.greedy(observation), self.epsilon, self.world_model.num_actions, self.rng)

@@ -220,8 +220,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self._steps = np.where(live, self._steps + 1, 0)
         truncated = live & (self._steps >= self.config.horizon)
         self._ended = terminated | truncated
-        if self.config.value_bootstrap and (truncated & ~terminated).any():
-            cut = truncated & ~terminated
+        cut = truncated & ~terminated
+        if self.config.value_bootstrap and cut.any():
             value = self.world_model.value(out.latent[torch.as_tensor(np.flatnonzero(cut), device=self.device)])
             reward = reward.astype(np.float64)
             reward[cut] += self.config.discount * value.float().cpu().numpy()
