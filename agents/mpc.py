@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.planners import PLANNERS, DiscreteSpace, Distribution, Plan, PlannerConfig, world_model_objective
-from world_models.base import WorldModel
+from mbrl.agents.planners import PLANNERS, DiscreteSpace, Distribution, Plan, PlannerConfig, world_model_objective
+from mbrl.world_models.base import WorldModel
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,10 @@ class MPCConfig:
     2026-12-02, AMD EPYC).
 
     Attributes:
-        planner: "cem", "mppi" or "shooting" (a key of `agents.planners.PLANNERS`).
+        planner: "cem", "mppi" or "shooting" (a key of `mbrl.agents.planners.PLANNERS`).
         search: the planner's search budget and refit settings (horizon, candidates, iterations, ...).
         discount: per-step discount of imagined rewards.
-        life_loss_penalty: return charged per expected lost life (see `agents.planners.objective`).
+        life_loss_penalty: return charged per expected lost life (see `mbrl.agents.planners.objective`).
         context: real latents given to `observe` (with the actions between them); None = the
             world model's own `config.context` if it has one, else 1.
         warm_start: start each plan from the previous plan's distribution shifted by one step.

@@ -25,8 +25,8 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import Tensor
 
-from mbrl.replay import LIFE_LOSS, TERMINATED, ReplayBuffer, Stretches
-from world_models.latent_cache import LatentCache
+from mbrl.core.replay import LIFE_LOSS, TERMINATED, ReplayBuffer, Stretches
+from mbrl.world_models.latent_cache import LatentCache
 
 
 def nstep_targets(stretches: Stretches, gamma: float, terminate_on: str) -> tuple[Tensor, Tensor, np.ndarray]:

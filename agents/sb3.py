@@ -8,8 +8,8 @@ action). `DreamVecEnv` converts: after a step where some sub-envs ended it resta
 with gymnasium's partial reset, `reset(options={"reset_mask": ended})`, so every step is one
 batched `step` call plus, when some episode ended, one batched partial `reset`.
 
-    from agents.sb3 import DreamVecEnv
-    from envs import make_dream_vector_env
+    from mbrl.agents.sb3 import DreamVecEnv
+    from mbrl.envs import make_dream_vector_env
     venv = DreamVecEnv(make_dream_vector_env(64, "runs/NAME"))
     stable_baselines3.PPO("MlpPolicy", VecMonitor(venv)).learn(100_000)
 
@@ -28,9 +28,9 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from envs.dream import latent_space
-from envs.wrappers import encode_observations
-from world_models.base import WorldModel
+from mbrl.envs.dream import latent_space
+from mbrl.envs.wrappers import encode_observations
+from mbrl.world_models.base import WorldModel
 
 
 class DreamVecEnv(VecEnv):
@@ -163,7 +163,7 @@ class LatentVecEnv(VecEnvWrapper):
     representation allows apart from what the dream teaches (`benchmarks/dream_gap.py --learn-in real`).
 
     Args:
-        venv: SB3 vector env of real frame stacks, e.g. a `DummyVecEnv` of `envs.atari.make_env`.
+        venv: SB3 vector env of real frame stacks, e.g. a `DummyVecEnv` of `mbrl.envs.atari.make_env`.
         world_model: encodes the frames (it must live on `device`).
         device: torch device of the encoding.
     """

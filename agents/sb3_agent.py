@@ -2,7 +2,7 @@
 
 `build_agent` makes a PPO, A2C or DQN learner over a dream `VecEnv` (latent observations);
 `LatentAgent` lets it play real frame stacks by encoding them with the same world model first
-(what `envs.wrappers.LatentObservation` does for an env); `agent_tensors` / `restore_agent`
+(what `mbrl.envs.wrappers.LatentObservation` does for an env); `agent_tensors` / `restore_agent`
 save and load its networks, optimiser state and counters as safetensors + JSON, so a
 checkpoint never unpickles anything (SB3's own `save` zips pickles).
 """
@@ -21,9 +21,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.wrappers import encode_observations
-from mbrl.checkpoint import Checkpoint, CheckpointError, load_optimizer, load_state_dict, optimizer_tensors
-from world_models.base import WorldModel
+from mbrl.core.checkpoint import Checkpoint, CheckpointError, load_optimizer, load_state_dict, optimizer_tensors
+from mbrl.envs.wrappers import encode_observations
+from mbrl.world_models.base import WorldModel
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 

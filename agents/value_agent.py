@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.sb3_agent import explore
-from world_models.jepa_value import ValueJEPAWorldModel
+from mbrl.agents.sb3_agent import explore
+from mbrl.world_models.jepa_value import ValueJEPAWorldModel
 
 
 class LatentPolicy:

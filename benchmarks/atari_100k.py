@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from breakout_100k import SittingClock
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "atari_100k.json"
@@ -68,8 +68,8 @@ def agent_of(method: str, run: Path, seed: int) -> tuple[Any, Any]:
     from mbrl.cli import config_for_run
     from mbrl.cli_agents import mpc_for_run
     from mbrl.collect import RandomPolicy
+    from mbrl.core.run import RunDir
     from mbrl.loop import load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
 
     overrides = ["mpc.search.min_prob=0.001"] if method == "value:tree" else []
     config = with_num_actions(config_for_run(RunDir(run), None, overrides, {"device": "cpu"}))
@@ -81,7 +81,7 @@ def agent_of(method: str, run: Path, seed: int) -> tuple[Any, Any]:
 
 
 def gym_action_space(config: Any) -> Any:
-    from envs.atari import make_env
+    from mbrl.envs.atari import make_env
 
     return make_env(config.env).action_space
 

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbrl.atomic import write_atomic
-from mbrl.memory import keep_freed_memory
+from mbrl.core.atomic import write_atomic
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
@@ -110,8 +110,8 @@ def ppo_baseline(venv: Any, seed: int, directory: Path | None = None) -> Any:
     if it has one (as `run_ppo` saves them)."""
     from stable_baselines3 import PPO
 
-    from agents.sb3_agent import restore_agent
-    from mbrl.checkpoint import load_checkpoint
+    from mbrl.agents.sb3_agent import restore_agent
+    from mbrl.core.checkpoint import load_checkpoint
 
     model = PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01,
                 clip_range=0.1, seed=seed, device="cpu", verbose=0)
@@ -133,9 +133,9 @@ def train_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> Any:
     checkpointed per chunk in runs/ppo-sSEED and resumed from there (returned at once if it is trained)."""
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
 
-    from agents.sb3_agent import agent_tensors
-    from envs.atari import make_env
-    from mbrl.checkpoint import save_checkpoint
+    from mbrl.agents.sb3_agent import agent_tensors
+    from mbrl.core.checkpoint import save_checkpoint
+    from mbrl.envs.atari import make_env
 
     train_env = dataclasses.replace(config.env, episodic_life=True, clip_rewards=True)
     venv = VecMonitor(SubprocVecEnv([lambda: make_env(train_env)] * 8))
@@ -151,8 +151,8 @@ def train_ppo(seed: int, real_steps: int, runs: Path, config: Any) -> Any:
 
 
 def run_random(seed: int, config: Any) -> dict[str, Any]:
-    from envs.atari import make_env
     from mbrl.collect import RandomPolicy
+    from mbrl.envs.atari import make_env
     from mbrl.evaluate import evaluate_agent
 
     policy = RandomPolicy(make_env(config.env).action_space, seed=seed)

@@ -35,7 +35,7 @@ import torch
 from breakout_100k import MBRL, current, train_ppo
 from breakout_100k import RESULT as TRAINED
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k_games.json"
@@ -50,16 +50,16 @@ def games_seed(seed: int) -> int:
 def final_agent(method: str, seed: int, real_steps: int, runs: Path, config: Any) -> Any:
     """The final agent of `method`'s run for `seed` (one of METHODS)."""
     if method == "random":
-        from envs.atari import make_env
         from mbrl.collect import RandomPolicy
+        from mbrl.envs.atari import make_env
 
         return RandomPolicy(make_env(config.env).action_space, seed=seed)
     if method == "ppo":
         return train_ppo(seed, real_steps, runs, config)
     from mbrl.cli import config_for_run
     from mbrl.cli_agents import mpc_for_run
+    from mbrl.core.run import RunDir
     from mbrl.loop import load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
 
     trained_by, _, acting = method.partition(":")
     trained = TRAINED.exists() and any(r["method"] == trained_by and r["seed"] == seed and r["real_steps"] == real_steps

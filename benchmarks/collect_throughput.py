@@ -24,9 +24,9 @@ from pathlib import Path
 import ale_py
 import numpy as np
 
-from envs.atari import RAM_SIZE, AtariConfig, make_vector_env
 from mbrl.collect import Collector, RandomPolicy
-from mbrl.replay import ReplayBuffer
+from mbrl.core.replay import ReplayBuffer
+from mbrl.envs.atari import RAM_SIZE, AtariConfig, make_vector_env
 from report import save_result  # benchmarks/ is this script's directory
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +67,7 @@ import resource, sys
 from pathlib import Path
 def resident():
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-from mbrl.replay import ReplayBuffer
+from mbrl.core.replay import ReplayBuffer
 before = resident()
 buffer = ReplayBuffer.load(Path(sys.argv[1]))
 print(resident() - before, len(buffer), buffer.nbytes)

@@ -11,7 +11,7 @@ serves stalls with the ball out of play). A dream that pays much more per step t
 game, for actions that earn nothing there, is being exploited rather than learnt from.
 
 With `--learn-in real` the same agent (same config, fresh weights) learns on the real game
-instead, seeing it through the run's encoder (`agents.sb3.LatentVecEnv`; episodic life and
+instead, seeing it through the run's encoder (`mbrl.agents.sb3.LatentVecEnv`; episodic life and
 clipped rewards, as the dream ends at a lost life and pays clipped rewards): what the latent
 allows without the world model's errors, at the same number of agent steps, which then are
 real steps ("train_reward_per_step" is then the real game's clipped reward per step). With
@@ -39,20 +39,20 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 from torch import nn
 
-from agents.sb3 import DreamVecEnv, LatentVecEnv
-from agents.sb3_agent import LatentAgent, build_agent
-from envs.atari import make_env, make_vector_env
-from envs.dream import DreamVectorEnv
-from envs.registration import load_world_model
+from mbrl.agents.sb3 import DreamVecEnv, LatentVecEnv
+from mbrl.agents.sb3_agent import LatentAgent, build_agent
+from mbrl.core.memory import keep_freed_memory
+from mbrl.core.replay import ReplayBuffer, split_episodes
+from mbrl.core.run import RunDir
+from mbrl.envs.atari import make_env, make_vector_env
+from mbrl.envs.dream import DreamVectorEnv
+from mbrl.envs.registration import load_world_model
 from mbrl.eval_world_model import IN_PLAY, in_play
 from mbrl.evaluate import eval_env_config, evaluate_agent
-from mbrl.memory import keep_freed_memory
-from mbrl.replay import ReplayBuffer, split_episodes
-from mbrl.run import RunDir
 from mbrl.run_config import RunConfig, resolve_config
+from mbrl.world_models.jepa import JEPAWorldModel
+from mbrl.world_models.latent_cache import LatentCache
 from report import HERE, save_result
-from world_models.jepa import JEPAWorldModel
-from world_models.latent_cache import LatentCache
 
 RESULT = HERE / "results" / "dream_gap.json"
 RUN_ONLY = ("loop", "dream", "agent", "eval")  # sections taken from the defaults and --set, not from the run

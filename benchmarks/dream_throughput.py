@@ -26,13 +26,13 @@ import ale_py
 import numpy as np
 import torch
 
-from envs.dream import DreamConfig, DreamVectorEnv
-from mbrl.memory import keep_freed_memory
-from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.core.memory import keep_freed_memory
+from mbrl.core.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.run_config import RunConfig
+from mbrl.world_models.jepa import JEPAWorldModel
+from mbrl.world_models.latent_cache import LatentCache
 from report import save_result
-from world_models.jepa import JEPAWorldModel
-from world_models.latent_cache import LatentCache
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,8 +1,8 @@
 """MPC with a perfect model: the planner searching the real game's own replays instead of a world model's.
 
 `mbrl plan` scores action sequences with a world model's imagination. Here the same planner
-(`agents.planners`, the preset's `mpc` search, discount and life-loss penalty) scores them with
-`envs.emulator.emulator_objective`: each candidate replayed from the real game's saved state (no
+(`mbrl.agents.planners`, the preset's `mpc` search, discount and life-loss penalty) scores them with
+`mbrl.envs.emulator.emulator_objective`: each candidate replayed from the real game's saved state (no
 sticky actions), earning its real clipped rewards minus the life-loss penalty. Each real step
 plans from the game's state, acts as `mbrl plan` does (the first action drawn from the plan's
 distribution, or the best sequence's with --act best) and shifts the plan as the next warm start.
@@ -31,10 +31,10 @@ RESULT = HERE / "results" / "emulator_planning.json"
 
 def play(games: int, seed: int, horizon: int, act: str, max_steps: int, overrides: list[str]) -> dict[str, Any]:
     """Scores, lengths and seconds of `games` real games played by MPC on the emulator."""
-    from agents.mpc import shift
-    from agents.planners import PLANNERS, DiscreteSpace
-    from envs.atari import make_env
-    from envs.emulator import Emulator, emulator_objective, snapshot
+    from mbrl.agents.mpc import shift
+    from mbrl.agents.planners import PLANNERS, DiscreteSpace
+    from mbrl.envs.atari import make_env
+    from mbrl.envs.emulator import Emulator, emulator_objective, snapshot
     from mbrl.evaluate import eval_env_config
     from mbrl.run_config import resolve_config
 

@@ -44,18 +44,18 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
-from agents.sb3 import LatentVecEnv
-from agents.sb3_agent import LatentAgent, build_agent
-from envs.atari import make_env, make_vector_env
-from envs.registration import load_world_model
-from envs.wrappers import encode_observations
+from mbrl.agents.sb3 import LatentVecEnv
+from mbrl.agents.sb3_agent import LatentAgent, build_agent
 from mbrl.collect import RandomPolicy
+from mbrl.core.memory import keep_freed_memory
+from mbrl.core.run import RunDir
+from mbrl.envs.atari import make_env, make_vector_env
+from mbrl.envs.registration import load_world_model
+from mbrl.envs.wrappers import encode_observations
 from mbrl.evaluate import eval_env_config, evaluate_agent
-from mbrl.memory import keep_freed_memory
-from mbrl.run import RunDir
 from mbrl.run_config import RunConfig, resolve_config
+from mbrl.world_models.jepa import JEPAWorldModel
 from report import HERE, save_result
-from world_models.jepa import JEPAWorldModel
 
 RESULT = HERE / "results" / "latent_distill.json"
 STUDENTS = ("latent", "tokens", "grid", "pixels")

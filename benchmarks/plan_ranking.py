@@ -10,14 +10,14 @@ in minutes instead of hours of games, against the truth:
    and that context are kept, until there are `--states` of them.
 2. At each kept state, `--candidates` action sequences of max(`--horizons`) steps, drawn
    uniformly, are scored twice: by the planning objective of `mbrl plan` (the run's world model,
-   the run's `mpc` discount and life-loss penalty, `agents.planners.world_model_objective`) on
+   the run's `mpc` discount and life-loss penalty, `mbrl.agents.planners.world_model_objective`) on
    each horizon's prefixes, and by the real game replayed from the kept state without sticky
-   actions (`envs.emulator`), counting the same discounted clipped reward minus the same
+   actions (`mbrl.envs.emulator`), counting the same discounted clipped reward minus the same
    life-loss penalty.
    A world model with a value head (family jepa-value) is also scored with its value added at the
    horizon ('imagination + value', as `mbrl plan` plans with it), against the real return of the
    H steps plus what the run's greedy agent really earns after them (`--continue-steps` steps,
-   until it loses a life: what the value estimates), 'real + agent' (`envs.emulator.Emulator.continued`).
+   until it loses a life: what the value estimates), 'real + agent' (`mbrl.envs.emulator.Emulator.continued`).
 3. Per horizon H, over the states where the real H-step returns differ at all ('informative'):
    'spearman': mean rank correlation of imagined and real returns; 'gain': mean of (real return
    of the imagined best - mean real return) / (best real - mean real): 1 when the objective picks
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "plan_ranking.json"
@@ -76,7 +76,7 @@ def kept_states(env: Any, policy: Any, world_model: Any, states: int, every: int
     """Play real games in `env` with `policy` (SB3's `predict`); every `every` steps, once the world model's
     context holds real frames only, keep the emulator state and that context: latents (context,
     *latent_shape) and the actions between them (context - 1,)."""
-    from envs.emulator import snapshot
+    from mbrl.envs.emulator import snapshot
 
     context = int(getattr(world_model.config, "context", 1) or 1)
     torch.manual_seed(seed)  # SB3's predict samples from torch's global generator
@@ -105,7 +105,7 @@ def heads_on_real_future(world_model: Any, obs: np.ndarray, outcomes: Any, disco
                          life_loss_penalty: float) -> np.ndarray:
     """The objective's returns (N, H) with the world model's heads read on the encoded real futures of N
     sequences (`outcomes` with frames) from the frame stack `obs` (S, size, size), instead of on imagined latents."""
-    from envs.emulator import Outcomes, real_returns
+    from mbrl.envs.emulator import Outcomes, real_returns
 
     n, horizon = outcomes.reward.shape
     stack = obs.shape[0]
@@ -144,8 +144,8 @@ def value_rankings(world_model: Any, kept: list[dict[str, Any]], sequences: np.n
     """Rankings of the objective with the world model's value at the horizon (and of the objective without it)
     against 'real + agent': each sequence's real H-step return (S, N, H) plus discount^H x what the greedy agent
     of the world model really earns after it (`Emulator.continued`), for every horizon of `args.horizons`."""
-    from agents.planners import world_model_objective
-    from agents.value_agent import ValueAgent
+    from mbrl.agents.planners import world_model_objective
+    from mbrl.agents.value_agent import ValueAgent
 
     greedy = ValueAgent(world_model, torch.device("cpu"))
     objective = world_model_objective(world_model, discount, world_model.value, life_loss_penalty)
@@ -166,15 +166,15 @@ def value_rankings(world_model: Any, kept: list[dict[str, Any]], sequences: np.n
 
 def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Imagined and real returns of the same candidates at the kept states of one run; the ranking scores."""
-    from agents.planners import world_model_objective
-    from envs.atari import make_env
-    from envs.emulator import Emulator, real_returns
-    from envs.registration import load_world_model
+    from mbrl.agents.planners import world_model_objective
     from mbrl.cli import config_for_run
     from mbrl.collect import RandomPolicy
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import make_env
+    from mbrl.envs.emulator import Emulator, real_returns
+    from mbrl.envs.registration import load_world_model
     from mbrl.joint import FAMILY as VALUE_FAMILY
     from mbrl.loop import AGENT, load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
 
     run = RunDir(run_path)
     config = with_num_actions(config_for_run(run, None, args.set, {"device": "cpu"}))

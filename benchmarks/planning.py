@@ -45,12 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.mpc import MPCAgent, MPCConfig
-from agents.planners import PLANNERS, PlannerConfig
-from mbrl.memory import keep_freed_memory
+from mbrl.agents.mpc import MPCAgent, MPCConfig
+from mbrl.agents.planners import PLANNERS, PlannerConfig
+from mbrl.core.memory import keep_freed_memory
+from mbrl.world_models.base import TreeOutput, WorldModel
+from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
 from report import save_result
-from world_models.base import TreeOutput, WorldModel
-from world_models.jepa import JEPAConfig, JEPAWorldModel
 
 HERE = Path(__file__).resolve().parent
 TARGET_MS = 100.0

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "planning_score.json"
@@ -33,13 +33,13 @@ SETTINGS = ("planner", "candidates", "horizon", "iterations", "value_from_agent"
 def score_run(run_path: Path, episodes: int, seed: int, value_from_agent: bool, overrides: list[str]
               ) -> dict[str, Any]:
     """Scores of MPC, the run's agent (None without one) and the random policy on the same `episodes` games."""
-    from envs.atari import make_env
     from mbrl.cli import config_for_run
     from mbrl.cli_agents import mpc_for_run
     from mbrl.collect import RandomPolicy
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import make_env
     from mbrl.evaluate import evaluate_agent
     from mbrl.loop import AGENT, load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
 
     run = RunDir(run_path)
     config = config_for_run(run, None, overrides, {"eval.episodes": episodes, "device": "cpu"})

@@ -22,13 +22,13 @@ import torch
 from planning import chained_step_ms, full_context
 from torch.utils.flop_counter import FlopCounterMode
 
-from mbrl.checkpoint import load_checkpoint
-from mbrl.memory import keep_freed_memory
-from mbrl.run import RunDir
+from mbrl.core.checkpoint import load_checkpoint
+from mbrl.core.memory import keep_freed_memory
+from mbrl.core.run import RunDir
 from mbrl.train_world_model import BEST, CHECKPOINT
+from mbrl.world_models.base import WorldModel
+from mbrl.world_models.registry import build
 from report import save_result
-from world_models.base import WorldModel
-from world_models.registry import build
 
 HERE = Path(__file__).resolve().parent
 CONFIG_KEYS = ("action_conditioning", "predictor_dim", "predictor_depth", "predictor_skip", "skip_rank",

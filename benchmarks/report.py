@@ -338,7 +338,7 @@ def _emulator_planning(r: dict[str, Any]) -> list[str]:
         "",
         "`mbrl plan`'s planner and objective (the atari100k preset's life-loss penalty and discount) with the "
         "world model's imagination replaced by the real game replayed from its saved state without sticky actions "
-        "(`envs.emulator.emulator_objective`): what MPC could reach if imagination were the game. Real games "
+        "(`mbrl.envs.emulator.emulator_objective`): what MPC could reach if imagination were the game. Real games "
         "under the evaluation rules (sticky actions 0.25, raw score), cut after 'max steps' agent steps: a cut "
         "game's score counts as it stands. Acting: a draw from the plan's distribution ('sampled', as `mbrl plan`) "
         "or the best sequence's first action. Seconds: per agent step, one process, ALE on one core.",

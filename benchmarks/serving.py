@@ -1,7 +1,7 @@
 """How the final 100k agents serve: how often they press FIRE, and how long they wait after a lost life.
 
 In Breakout the ball waits after every lost life until FIRE is pressed (the game's first serve is
-pressed by `envs.atari.FireReset`). An agent that rarely presses FIRE loses no lives while it
+pressed by `mbrl.envs.atari.FireReset`). An agent that rarely presses FIRE loses no lives while it
 waits, which a dream that ends imagined episodes at a lost life may reward. For each agent
 (`METHOD:SEED`, loaded as `breakout_100k_games.py` does) this plays `--episodes` full games on one
 env and reports: the share of steps with FIRE, the steps from each lost life to the next FIRE
@@ -45,7 +45,7 @@ import torch
 from breakout_100k_games import final_agent, games_seed
 from latent_distill import dream_rates
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from report import HERE, load_result, save_result
 
 RESULT = HERE / "results" / "serving.json"
@@ -105,8 +105,8 @@ class UniformOver:
 def dream_rows(seed: int, steps: int, runs: Path, fire: int, actions: int) -> list[dict[str, Any]]:
     """Imagined reward and lost lives per step of three policies in the dream of the mbrl run of `seed`."""
     from mbrl.cli import config_for_run
+    from mbrl.core.run import RunDir
     from mbrl.loop import load_trained_agent, run_dream, with_num_actions
-    from mbrl.run import RunDir
 
     run = RunDir(runs / f"mbrl-s{seed}")
     config = with_num_actions(config_for_run(run, None, [], {"device": "cpu"}))
@@ -147,12 +147,12 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     """Ball in play 1..`horizon` steps after real waiting contexts: imagined after FIRE and after NOOPs by the
     world model of the mbrl run of `seed` (read by a linear probe), and in the real continuations; and how far
     apart the model imagines the two paddle moves `moves` (RIGHT, LEFT) held from the same contexts."""
-    from envs.registration import load_world_model
     from mbrl.cli import config_for_run
+    from mbrl.core.replay import FIRST, ReplayBuffer, split_episodes
+    from mbrl.core.run import RunDir
+    from mbrl.envs.registration import load_world_model
     from mbrl.eval_world_model import IN_PLAY, apply_probe, fit_probe, in_play
-    from mbrl.replay import FIRST, ReplayBuffer, split_episodes
-    from mbrl.run import RunDir
-    from world_models.base import imagine
+    from mbrl.world_models.base import imagine
 
     run = RunDir(runs / f"mbrl-s{seed}")
     config = config_for_run(run, None, [], {"device": "cpu"})
@@ -261,7 +261,7 @@ def main() -> None:
             parser.error(f"--agents takes METHOD:SEED with METHOD mbrl, ppo or random, got {spec!r}")
     keep_freed_memory()  # as the mbrl command line does
     torch.set_num_threads(1)
-    from envs.atari import make_env
+    from mbrl.envs.atari import make_env
     from mbrl.evaluate import eval_env_config
     from mbrl.run_config import resolve_config
 

@@ -31,15 +31,15 @@ from breakout_100k import ppo_baseline
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.atari import RAM_SIZE, make_env, make_vector_env
-from mbrl.checkpoint import load_checkpoint
 from mbrl.collect import Collector
-from mbrl.memory import keep_freed_memory
-from mbrl.replay import ReplayBuffer
-from mbrl.run import RunDir
+from mbrl.core.checkpoint import load_checkpoint
+from mbrl.core.memory import keep_freed_memory
+from mbrl.core.replay import ReplayBuffer
+from mbrl.core.run import RunDir
+from mbrl.envs.atari import RAM_SIZE, make_env, make_vector_env
 from mbrl.run_config import resolve_config
 from mbrl.train_world_model import CHECKPOINT, Trainer
-from world_models.registry import build
+from mbrl.world_models.registry import build
 
 
 def main() -> None:

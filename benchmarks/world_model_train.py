@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 from mbrl.run_config import RunConfig
+from mbrl.world_models.base import TrainBatch
+from mbrl.world_models.jepa import JEPAWorldModel
 from report import save_result
-from world_models.base import TrainBatch
-from world_models.jepa import JEPAWorldModel
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,10 +3,10 @@
 Importing `envs` registers the gymnasium id "mbrl/Dream-v0" (see envs/registration.py).
 """
 
-from envs.atari import AtariConfig, check_env_id, make_env, make_vector_env
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
-from envs.registration import DREAM_ID, make_dream_env, make_dream_vector_env
-from envs.wrappers import LatentObservation, LatentObservationVector
+from mbrl.envs.atari import AtariConfig, check_env_id, make_env, make_vector_env
+from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
+from mbrl.envs.registration import DREAM_ID, make_dream_env, make_dream_vector_env
+from mbrl.envs.wrappers import LatentObservation, LatentObservationVector
 
 __all__ = [
     "DREAM_ID",

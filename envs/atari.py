@@ -23,8 +23,8 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from envs.vector import InfoSpec, ShardedVectorEnv
-from mbrl.errors import UserError
+from mbrl.core.errors import UserError
+from mbrl.envs.vector import InfoSpec, ShardedVectorEnv
 
 gym.register_envs(ale_py)
 

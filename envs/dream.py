@@ -24,10 +24,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel, map_state
-from world_models.blocks import tensor_versions
-from world_models.latent_cache import LatentCache
+from mbrl.core.replay import ReplayBuffer
+from mbrl.world_models.base import WorldModel, map_state
+from mbrl.world_models.blocks import tensor_versions
+from mbrl.world_models.latent_cache import LatentCache
 
 _MAX_EXTRA_CONTEXT = 64  # longest search for a context whose state keeps its shape when stepped
 

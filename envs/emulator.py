@@ -3,7 +3,7 @@
 `Emulator` holds a second ALE instance of the game, made without sticky actions, so that
 replaying a sequence from a state saved in the real env (`snapshot`) is deterministic. Every
 candidate is replayed from the same state with the env's frame skip, and `Outcomes` records
-per agent step what the planning objective of `agents.planners.objective` imagines: the clipped
+per agent step what the planning objective of `mbrl.agents.planners.objective` imagines: the clipped
 reward, whether a life was lost and whether the game was still on. `real_returns` turns them
 into that objective's discounted returns, for every horizon at once, and `emulator_objective`
 makes the game itself a planner's objective: planning with a perfect model.
@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.atari import AtariConfig, _atari, check_env_id
+from mbrl.envs.atari import AtariConfig, _atari, check_env_id
 
 
 class Outcomes(NamedTuple):
@@ -30,7 +30,7 @@ class Outcomes(NamedTuple):
         reward: sign of the points of each step (the clipped reward the world model's head predicts).
         life_loss: 1 where the step lost a life.
         alive: 1 where the game was still on when the step began.
-        frames: uint8 (N, H, size, size) each step's observed frame, as `envs.atari.AtariFrames` makes
+        frames: uint8 (N, H, size, size) each step's observed frame, as `mbrl.envs.atari.AtariFrames` makes
             it (max of the step's last two screens, resized), when asked for; else None.
     """
 
@@ -137,7 +137,7 @@ def real_returns(outcomes: Outcomes, discount: float, life_loss_penalty: float) 
 
 def emulator_objective(emulator: Emulator, discount: float, life_loss_penalty: float
                        ) -> Callable[[Sequence[ale_py.ALEState], torch.Tensor], torch.Tensor]:
-    """A planner's objective (see `agents.planners.base.Objective`) whose state is B saved emulator states and
+    """A planner's objective (see `mbrl.agents.planners.base.Objective`) whose state is B saved emulator states and
     whose returns (B, N) are what int64 (B, N, H) action sequences really earn from them (`real_returns`)."""
 
     def objective(states: Sequence[ale_py.ALEState], action_sequences: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,15 @@ Importing `envs` registers the ids. The dream made from a run directory imagines
 run's world model (checkpoint "world_model") and starts its episodes from real contexts of
 the run's replay buffer, taken from the training episodes only (the held-out ones stay unseen):
 
-    import envs, gymnasium
+    import mbrl.envs, gymnasium
     env = gymnasium.make("mbrl/Dream-v0", checkpoint="runs/NAME", horizon=20)
     vec = gymnasium.make_vec("mbrl/Dream-v0", num_envs=64, vectorization_mode="vector_entry_point",
                              checkpoint="runs/NAME")
 
-Keyword arguments other than `checkpoint`, `seed`, `render_mode` (and `num_envs`) are
-`DreamConfig` fields; `device="auto"` picks cuda when available, else cpu.
+The dream is the run's: it starts from the `dream` section the run saved in its config.yaml (horizon, reward,
+termination, observation, value bootstrap), so an env made by id imagines as the run's agent did. Keyword
+arguments other than `checkpoint`, `seed`, `render_mode` (and `num_envs`) override single `DreamConfig`
+fields; `device` is cpu unless given (`device="auto"` picks cuda when available).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import gymnasium
 import numpy as np
 import torch
 
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv
-from mbrl.checkpoint import Checkpoint, load_checkpoint, load_state_dict
-from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer, split_episodes
-from mbrl.run import RunDir
-from world_models.base import WorldModel
-from world_models.registry import build
+from mbrl.core.checkpoint import Checkpoint, load_checkpoint, load_state_dict
+from mbrl.core.config import from_dict
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayBuffer, split_episodes
+from mbrl.core.run import RunDir
+from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv
+from mbrl.world_models.base import WorldModel
+from mbrl.world_models.registry import build
 
 DREAM_ID = "mbrl/Dream-v0"
 WORLD_MODEL_CHECKPOINT = "world_model"  # the name mbrl train-world-model saves under
@@ -44,14 +47,14 @@ def make_dream_env(checkpoint: str | Path, render_mode: str | None = None, seed:
         checkpoint: a run directory (runs/NAME) holding a world-model checkpoint and a replay buffer.
         render_mode: None or "rgb_array".
         seed: seeds context sampling and imagination (also `reset(seed=...)`).
-        **dream_config_fields: `DreamConfig` fields, e.g. horizon=20, observation="pixels".
+        **dream_config_fields: `DreamConfig` fields overriding the run's saved ones, e.g. horizon=20.
 
     Raises:
         TypeError: an unknown `DreamConfig` field (the message lists the valid ones).
         UserError: no run at `checkpoint`, no replay buffer in it, or no training episode to start from.
         CheckpointError: the world-model checkpoint is missing, corrupted or does not match its model.
     """
-    config = dream_config(**dream_config_fields)
+    config = dream_config(_saved_dream(checkpoint), **dream_config_fields)
     model, buffer, episodes = load_run(checkpoint, config.device)
     return DreamEnv(model, buffer, config, seed=seed, episodes=episodes, render_mode=render_mode)
 
@@ -59,17 +62,19 @@ def make_dream_env(checkpoint: str | Path, render_mode: str | None = None, seed:
 def make_dream_vector_env(num_envs: int, checkpoint: str | Path, seed: int | None = None,
                           render_mode: str | None = None, **dream_config_fields: Any) -> DreamVectorEnv:
     """`num_envs` batched dream envs (next-step autoreset); the arguments are `make_dream_env`'s."""
-    config = dream_config(**dream_config_fields)
+    config = dream_config(_saved_dream(checkpoint), **dream_config_fields)
     model, buffer, episodes = load_run(checkpoint, config.device)
     return DreamVectorEnv(model, buffer, num_envs, config, seed=seed, episodes=episodes, render_mode=render_mode)
 
 
-def dream_config(**fields: Any) -> DreamConfig:
-    """A `DreamConfig` from keyword fields; `device="auto"` becomes "cuda" if available, else "cpu".
+def dream_config(saved: dict[str, Any] | None = None, **fields: Any) -> DreamConfig:
+    """A `DreamConfig`: a run's saved `dream` section (its device aside) with keyword fields overriding it;
+    `device="auto"` becomes "cuda" if available, else "cpu".
 
     Raises:
         TypeError: a field `DreamConfig` does not have (the message lists the valid ones).
         ValueError: a field value `DreamConfig` rejects.
+        UserError: the saved section is not a valid `dream` config.
     """
     valid = [f.name for f in dataclasses.fields(DreamConfig)]
     unknown = sorted(set(fields) - set(valid))
@@ -77,7 +82,16 @@ def dream_config(**fields: Any) -> DreamConfig:
         raise TypeError(f"unknown dream option {unknown[0]!r}; valid DreamConfig fields: {', '.join(valid)}")
     if fields.get("device") == "auto":
         fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    return DreamConfig(**fields)
+    base = from_dict(DreamConfig, {k: v for k, v in (saved or {}).items() if k != "device"}, "dream")
+    return dataclasses.replace(base, **fields)
+
+
+def _saved_dream(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The `dream` section of the config a run saved (None when it saved none)."""
+    section = RunDir(Path(checkpoint)).read_config().get("dream")
+    if section is not None and not isinstance(section, dict):
+        raise UserError(f"the dream section of {checkpoint}/config.yaml is not a mapping: {section!r}")
+    return section
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, ReplayBuffer, np.ndarray]:
@@ -122,6 +136,6 @@ def _holdout_every(run_config: dict[str, Any]) -> int:
 if DREAM_ID not in gymnasium.registry:  # importing this module again (e.g. a reload) keeps the one registration
     gymnasium.register(
         DREAM_ID,
-        entry_point="envs.registration:make_dream_env",
-        vector_entry_point="envs.registration:make_dream_vector_env",
+        entry_point="mbrl.envs.registration:make_dream_env",
+        vector_entry_point="mbrl.envs.registration:make_dream_vector_env",
     )

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from gymnasium.vector.utils import batch_space
 
-from envs.dream import latent_space
-from world_models.base import WorldModel
+from mbrl.envs.dream import latent_space
+from mbrl.world_models.base import WorldModel
 
 
 class LatentObservation(gym.ObservationWrapper):
     """A real env's uint8 (S, H, W) observations as float32 latents (`world_model.latent_shape`).
 
     Args:
-        env: a single env with uint8 frame-stack observations (e.g. `envs.atari.make_env`).
+        env: a single env with uint8 frame-stack observations (e.g. `mbrl.envs.atari.make_env`).
         world_model: encodes the observations (it must live on `device`).
         device: torch device of the encoding.
     """
@@ -40,7 +40,7 @@ class LatentObservationVector(gym.vector.VectorObservationWrapper):
     """A vector env's uint8 (N, S, H, W) observations as float32 latents (N, *latent_shape), one encode for all.
 
     Args:
-        env: a vector env with uint8 frame-stack observations (e.g. `envs.atari.make_vector_env`).
+        env: a vector env with uint8 frame-stack observations (e.g. `mbrl.envs.atari.make_vector_env`).
         world_model: encodes the observations (it must live on `device`).
         device: torch device of the encoding.
     """

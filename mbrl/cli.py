@@ -16,8 +16,8 @@ from typing import Any, NamedTuple, NoReturn
 import numpy as np
 
 import mbrl
-from mbrl.errors import UserError
-from mbrl.memory import keep_freed_memory
+from mbrl.core.errors import UserError
+from mbrl.core.memory import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,11 +163,11 @@ def config_for_run(run: Any, preset: str | None, overrides: list[str], flags: di
 
 def cmd_collect(args: argparse.Namespace) -> None:
     """`mbrl collect`: random-policy real play into runs/NAME/replay."""
-    from envs.atari import RAM_SIZE, check_env_id, make_vector_env
     from mbrl.collect import Collector, RandomPolicy
-    from mbrl.config import dump_yaml
-    from mbrl.replay import ReplayBuffer
-    from mbrl.run import RunDir
+    from mbrl.core.config import dump_yaml
+    from mbrl.core.replay import ReplayBuffer
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import RAM_SIZE, check_env_id, make_vector_env
 
     run = RunDir(args.run)
     flags = {"env.id": args.env, "collect.num_envs": args.num_envs, "collect.num_workers": args.workers,
@@ -205,14 +205,14 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
     """`mbrl train-world-model`: stages of world-model training on the run's buffer."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from envs.atari import make_env
-    from mbrl.checkpoint import load_checkpoint
-    from mbrl.config import dump_yaml
-    from mbrl.replay import ReplayBuffer
-    from mbrl.run import RunDir
+    from mbrl.core.checkpoint import load_checkpoint
+    from mbrl.core.config import dump_yaml
+    from mbrl.core.replay import ReplayBuffer
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import make_env
     from mbrl.run_config import resolve_config, resolve_device
     from mbrl.train_world_model import CHECKPOINT, STAGES, Trainer, model_config
-    from world_models.registry import build
+    from mbrl.world_models.registry import build
 
     if args.again and not args.resume:  # before the run's config is rewritten or its buffer loaded
         raise UserError("--again trains a trained world model more: pass --resume too")
@@ -248,7 +248,7 @@ def cmd_train_world_model(args: argparse.Namespace) -> None:
 
 def _train_value_model(run: Any, config: Any, device: Any, args: argparse.Namespace) -> None:
     """`mbrl train-world-model` for the value-aware JEPA: one joint stage on the stored replay (no acting)."""
-    from mbrl.config import dump_yaml
+    from mbrl.core.config import dump_yaml
     from mbrl.joint import FAMILY, train_offline
     from mbrl.loop import with_num_actions
     from mbrl.train_world_model import CHECKPOINT
@@ -265,7 +265,7 @@ def _train_value_model(run: Any, config: Any, device: Any, args: argparse.Namesp
 
 def cmd_eval_world_model(args: argparse.Namespace) -> None:
     """`mbrl eval-world-model`: metrics of the trained world model on held-out episodes."""
-    from mbrl.atomic import write_atomic
+    from mbrl.core.atomic import write_atomic
     from mbrl.eval_world_model import evaluate
 
     t = _trained_run(args)
@@ -354,9 +354,9 @@ class _TrainedRun(NamedTuple):
 
 def _trained_run(args: argparse.Namespace) -> _TrainedRun:
     """A run with its trained world model, replay buffer and episode split, for the commands that use them."""
-    from envs.registration import load_world_model
-    from mbrl.replay import ReplayBuffer, split_episodes
-    from mbrl.run import RunDir
+    from mbrl.core.replay import ReplayBuffer, split_episodes
+    from mbrl.core.run import RunDir
+    from mbrl.envs.registration import load_world_model
     from mbrl.run_config import resolve_config, resolve_device
 
     run = RunDir(args.run)
@@ -372,8 +372,8 @@ def _trained_run(args: argparse.Namespace) -> _TrainedRun:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     """`mbrl inspect`: what a run holds."""
-    from mbrl.replay import ReplayBuffer
-    from mbrl.run import RunDir
+    from mbrl.core.replay import ReplayBuffer
+    from mbrl.core.run import RunDir
 
     run = RunDir(args.run)
     config = run.read_config()

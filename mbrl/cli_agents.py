@@ -10,21 +10,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mbrl.cli import add_config_options, add_device_option, add_set_option, config_for_run, positive_int
-from mbrl.errors import UserError
+from mbrl.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from agents.mpc import MPCAgent
-    from agents.sb3_agent import LatentAgent
-    from agents.value_agent import ValueAgent
-    from envs.atari import AtariConfig
+    from mbrl.agents.mpc import MPCAgent
+    from mbrl.agents.sb3_agent import LatentAgent
+    from mbrl.agents.value_agent import ValueAgent
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import AtariConfig
     from mbrl.evaluate import EvalConfig
-    from mbrl.run import RunDir
     from mbrl.run_config import RunConfig
 
 ALGO_NAMES = ("ppo", "a2c", "dqn")
-PLANNER_NAMES = ("cem", "mppi", "shooting", "tree")  # agents.planners.PLANNERS' keys (a test checks), without torch
+PLANNER_NAMES = ("cem", "mppi", "shooting", "tree")  # mbrl.agents.planners.PLANNERS' keys (a test checks), without torch
 QUIET_HELP = "no progress bar (on a terminal) or line per finished game (in a log)"
 
 
@@ -106,12 +106,12 @@ def add_agent_commands(sub: Any) -> None:
 
 def cmd_train_agent(args: argparse.Namespace) -> None:
     """`mbrl train-agent`: the Dyna loop, new or resumed."""
-    from envs.atari import check_env_id
-    from mbrl.config import dump_yaml
+    from mbrl.core.config import dump_yaml
+    from mbrl.core.run import RunDir
+    from mbrl.envs.atari import check_env_id
     from mbrl.joint import FAMILY as JOINT_FAMILY
     from mbrl.joint import train_joint
     from mbrl.loop import train_agent, with_num_actions
-    from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
 
     flags = {"env.id": args.env, "agent.algo": args.algo, "loop.real_steps": args.real_steps, "seed": args.seed,
@@ -149,8 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from mbrl.collect import RandomPolicy
+    from mbrl.core.run import RunDir
     from mbrl.loop import load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
 
     run = RunDir(args.run)
@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config = config_for_run(run, None, args.set, flags)
     agent: Any
     if args.agent == "random":
-        from envs.atari import make_env
+        from mbrl.envs.atari import make_env
 
         agent = RandomPolicy(make_env(config.env).action_space, seed=args.seed)
     else:
@@ -180,7 +180,7 @@ def play_and_save(agent: Any, env: AtariConfig, config: EvalConfig, seed: int, o
     """`evaluate_agent` that rewrites `out` (JSON: the result so far plus `extra`) after every finished game,
     so a killed evaluation keeps its finished games (`complete` says whether all were played), and prints a
     line per game when stderr is not a terminal (a log file: no progress bar there) unless `quiet`."""
-    from mbrl.atomic import write_atomic
+    from mbrl.core.atomic import write_atomic
     from mbrl.evaluate import evaluate_agent
 
     def save(result: dict[str, Any]) -> None:
@@ -204,8 +204,8 @@ def format_scores(result: dict[str, Any]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     """`mbrl plan`: MPC with the run's world model on full real games."""
+    from mbrl.core.run import RunDir
     from mbrl.loop import load_trained_agent, with_num_actions
-    from mbrl.run import RunDir
     from mbrl.run_config import resolve_device
 
     run = RunDir(args.run)
@@ -231,9 +231,9 @@ def mpc_for_run(run: RunDir, config: RunConfig, device: torch.device, seed: int,
                 critic_of: LatentAgent | ValueAgent | None = None) -> MPCAgent:
     """`mbrl plan`'s MPC agent: the run's world model and `config.mpc`; given the run's trained agent
     (`load_trained_agent`), its world model (the same checkpoint) and its critic as terminal value."""
-    from agents.mpc import MPCAgent
-    from agents.sb3_agent import LatentAgent, value_function
-    from envs.registration import load_world_model
+    from mbrl.agents.mpc import MPCAgent
+    from mbrl.agents.sb3_agent import LatentAgent, value_function
+    from mbrl.envs.registration import load_world_model
 
     if critic_of is None:
         model = load_world_model(run, device)[0]

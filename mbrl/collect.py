@@ -12,8 +12,8 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from envs.vector import ShardedVectorEnv, one_torch_thread
-from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
+from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
+from mbrl.envs.vector import ShardedVectorEnv, one_torch_thread
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Maps a batch of observations uint8 (K, S, H, W) and their episode starts bool (K,) (True where the
@@ -73,7 +73,7 @@ class Collector:
 
     Args:
         env: a sharded vector env whose infos carry `raw_reward`, `life_loss` and `ram`, as
-            `envs.make_vector_env` gives.
+            `mbrl.envs.make_vector_env` gives.
         buffer: where rows go.
         seed: seeds the env resets.
     """

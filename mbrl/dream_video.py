@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.dream import DreamConfig, DreamVectorEnv
-from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel, imagine
+from mbrl.core.replay import ReplayBuffer
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
+from mbrl.world_models.base import WorldModel, imagine
 
 
 @torch.no_grad()

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mbrl.replay import ReplayBuffer
-from world_models.base import WorldModel, imagine
+from mbrl.core.replay import ReplayBuffer
+from mbrl.world_models.base import WorldModel, imagine
 
 RAM_PROBES = {"ALE/Breakout-v5": {"paddle_x": 72, "ball_x": 99, "ball_y": 101}}
 """Per game, RAM bytes worth probing for (name -> index)."""

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from envs.atari import AtariConfig, make_vector_env
-from envs.vector import one_torch_thread
+from mbrl.envs.atari import AtariConfig, make_vector_env
+from mbrl.envs.vector import one_torch_thread
 
 MAX_GIF_FRAMES = 3000
 

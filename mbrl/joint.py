@@ -27,18 +27,18 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.value_agent import ValueAgent
-from envs.atari import RAM_SIZE, make_vector_env
-from mbrl.atomic import write_atomic
-from mbrl.checkpoint import load_checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
+from mbrl.agents.value_agent import ValueAgent
 from mbrl.collect import Collector, RandomPolicy
+from mbrl.core.atomic import write_atomic
+from mbrl.core.checkpoint import load_checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
+from mbrl.core.replay import ReplayBuffer
+from mbrl.core.run import RunDir
+from mbrl.envs.atari import RAM_SIZE, make_vector_env
 from mbrl.evaluate import evaluate_agent
-from mbrl.replay import ReplayBuffer
-from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
 from mbrl.train_world_model import to_train_batch
-from world_models.jepa_value import ValueJEPAWorldModel
-from world_models.registry import build, describe
+from mbrl.world_models.jepa_value import ValueJEPAWorldModel
+from mbrl.world_models.registry import build, describe
 
 if TYPE_CHECKING:
     from mbrl.run_config import RunConfig

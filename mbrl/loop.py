@@ -40,24 +40,24 @@ from stable_baselines3.common.vec_env import VecMonitor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.mpc import MPCAgent
-from agents.replay_updates import learn_from_replay
-from agents.sb3 import DreamVecEnv
-from agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
-from agents.value_agent import ValueAgent
-from envs.atari import RAM_SIZE, make_env, make_vector_env
-from envs.dream import DreamVectorEnv
-from mbrl.atomic import write_atomic
-from mbrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mbrl.agents.mpc import MPCAgent
+from mbrl.agents.replay_updates import learn_from_replay
+from mbrl.agents.sb3 import DreamVecEnv
+from mbrl.agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
+from mbrl.agents.value_agent import ValueAgent
 from mbrl.collect import Collector, Policy, RandomPolicy
+from mbrl.core.atomic import write_atomic
+from mbrl.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mbrl.core.replay import ReplayBuffer
+from mbrl.core.run import RunDir
+from mbrl.envs.atari import RAM_SIZE, make_env, make_vector_env
+from mbrl.envs.dream import DreamVectorEnv
 from mbrl.evaluate import evaluate_agent
-from mbrl.replay import ReplayBuffer
-from mbrl.run import RunDir
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
 from mbrl.train_world_model import Trainer, model_config
-from world_models.jepa_value import ValueJEPAWorldModel
-from world_models.latent_cache import LatentCache
-from world_models.registry import build
+from mbrl.world_models.jepa_value import ValueJEPAWorldModel
+from mbrl.world_models.latent_cache import LatentCache
+from mbrl.world_models.registry import build
 
 if TYPE_CHECKING:
     from mbrl.run_config import RunConfig
@@ -81,7 +81,7 @@ class LoopConfig:
             the planner keeps every env's history).
         world_model_updates: stage-2 world-model updates per iteration.
         real_updates: gradient steps of the agent on real transitions of the replay buffer per real step
-            stored (agent.algo dqn only; `agents.replay_updates`): Dyna's direct RL next to its learning in
+            stored (agent.algo dqn only; `mbrl.agents.replay_updates`): Dyna's direct RL next to its learning in
             the dream. 0: the agent learns in the dream only.
         dream_steps: agent steps in the dream per iteration (all dream envs together).
         dream_envs: imagined episodes run in parallel (one batched world-model step for all).
@@ -291,7 +291,7 @@ def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, 
     Raises:
         UserError: the run's replay buffer is missing.
     """
-    from mbrl.replay import split_episodes
+    from mbrl.core.replay import split_episodes
 
     buffer = ReplayBuffer.load(run.replay_dir)
     episodes, _ = split_episodes(buffer, config.world_model_training.holdout_every)
@@ -308,7 +308,7 @@ def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> 
         CheckpointError: the world-model or agent checkpoint is missing, corrupted or does not match.
         UserError: the run's replay buffer is missing (it gives the dream the agent was built on).
     """
-    from envs.registration import load_world_model
+    from mbrl.envs.registration import load_world_model
 
     model, _ = load_world_model(run, device)
     if isinstance(model, ValueJEPAWorldModel):

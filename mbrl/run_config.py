@@ -1,7 +1,7 @@
 """The config of a run: the components' own configs, composed.
 
 Each component owns its frozen dataclass next to its code; this conductor module is the
-one place that gathers them (mbrl.config, being infrastructure, may not import `envs`).
+one place that gathers them (mbrl.core.config, being infrastructure, may not import `envs`).
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from typing import Any
 
 import torch
 
-from agents.mpc import MPCConfig
-from agents.sb3_agent import AgentConfig
-from envs.atari import AtariConfig
-from envs.dream import DreamConfig
+from mbrl.agents.mpc import MPCConfig
+from mbrl.agents.sb3_agent import AgentConfig
 from mbrl.collect import CollectConfig
-from mbrl.config import apply_overrides, from_dict, load_yaml, preset_path
-from mbrl.errors import UserError
+from mbrl.core.config import apply_overrides, from_dict, load_yaml, preset_path
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayConfig
+from mbrl.envs.atari import AtariConfig
+from mbrl.envs.dream import DreamConfig
 from mbrl.evaluate import EvalConfig
 from mbrl.joint import JointConfig
 from mbrl.loop import LoopConfig
-from mbrl.replay import ReplayConfig
 from mbrl.train_world_model import WorldModelTrainConfig
-from world_models.jepa import JEPAConfig
-from world_models.jepa_value import ValueJEPAConfig
+from mbrl.world_models.jepa import JEPAConfig
+from mbrl.world_models.jepa_value import ValueJEPAConfig
 
 
 @dataclass(frozen=True)

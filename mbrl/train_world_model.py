@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.registration import WORLD_MODEL_CHECKPOINT
-from mbrl.checkpoint import (
+from mbrl.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
     load_optimizer,
@@ -19,12 +18,13 @@ from mbrl.checkpoint import (
     optimizer_tensors,
     save_checkpoint,
 )
-from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer, SequenceBatch, split_episodes
-from mbrl.run import RunDir
-from world_models.base import TrainBatch, WorldModel
-from world_models.latent_cache import LatentCache
-from world_models.registry import describe
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayBuffer, SequenceBatch, split_episodes
+from mbrl.core.run import RunDir
+from mbrl.envs.registration import WORLD_MODEL_CHECKPOINT
+from mbrl.world_models.base import TrainBatch, WorldModel
+from mbrl.world_models.latent_cache import LatentCache
+from mbrl.world_models.registry import describe
 
 STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
 FROZEN_ENCODER = ("dynamics",)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mbrl.errors import UserError
+from mbrl.core.errors import UserError
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 2) -> np.ndarray:

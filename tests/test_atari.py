@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from gymnasium.wrappers import AtariPreprocessing
 
-from envs.atari import INFO_KEYS, RAM_SIZE, AtariConfig, AtariFrames, make_env, make_vector_env
 from mbrl.collect import Collector, RandomPolicy
-from mbrl.errors import UserError
-from mbrl.replay import FIRST, ReplayBuffer
+from mbrl.core.errors import UserError
+from mbrl.core.replay import FIRST, ReplayBuffer
+from mbrl.envs.atari import INFO_KEYS, RAM_SIZE, AtariConfig, AtariFrames, make_env, make_vector_env
 
 pytestmark = pytest.mark.slow  # needs ALE
 

@@ -27,9 +27,10 @@ from planning_score import same_entry  # noqa: E402
 from predictor_cost import macs_per_rollout_step  # noqa: E402
 from serving import WAIT, UniformOver, serve_waits, waiting  # noqa: E402
 
-from agents.mpc import MPCConfig  # noqa: E402
-from agents.planners import PlannerConfig  # noqa: E402
-from agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
+from mbrl.agents.mpc import MPCConfig  # noqa: E402
+from mbrl.agents.planners import PlannerConfig  # noqa: E402
+from mbrl.agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
+from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 from report import (  # noqa: E402
     _atari_100k,
     _breakout_100k,
@@ -41,7 +42,6 @@ from report import (  # noqa: E402
     _serving,
     write_results_md,
 )
-from world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
 
 
 def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_runs(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for mbrl.checkpoint (safetensors + verified JSON) and mbrl.atomic.write_atomic."""
+"""Tests for mbrl.core.checkpoint (safetensors + verified JSON) and mbrl.core.atomic.write_atomic."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import mbrl.atomic
-import mbrl.checkpoint
-from mbrl.atomic import write_atomic
-from mbrl.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_state_dict, save_checkpoint
-from mbrl.errors import UserError
+import mbrl.core.atomic
+import mbrl.core.checkpoint
+from mbrl.core.atomic import write_atomic
+from mbrl.core.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_state_dict, save_checkpoint
+from mbrl.core.errors import UserError
 
 NAME = "world_model"
 
@@ -407,7 +407,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path: Path, mo
     a_json = _json_path(tmp_path).read_bytes()
 
     calls = []
-    real_write_atomic = mbrl.checkpoint.write_atomic
+    real_write_atomic = mbrl.core.checkpoint.write_atomic
 
     def crashing_write_atomic(path, data):
         calls.append(Path(path))
@@ -415,13 +415,13 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path: Path, mo
             raise RuntimeError("simulated crash")
         real_write_atomic(path, data)
 
-    monkeypatch.setattr(mbrl.checkpoint, "write_atomic", crashing_write_atomic)
+    monkeypatch.setattr(mbrl.core.checkpoint, "write_atomic", crashing_write_atomic)
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_checkpoint(tmp_path, NAME, {"w": torch.full((2, 3), 9.0), "n": torch.tensor(2)}, {"which": "B"}, 20)
     assert len(calls) == failing_call
     if failing_call == 2:
         assert calls[1] == _json_path(tmp_path)  # the JSON is the second write: the commit point
-    monkeypatch.setattr(mbrl.checkpoint, "write_atomic", real_write_atomic)
+    monkeypatch.setattr(mbrl.core.checkpoint, "write_atomic", real_write_atomic)
 
     assert _json_path(tmp_path).read_bytes() == a_json
     ckpt = load_checkpoint(tmp_path, NAME)
@@ -530,7 +530,7 @@ def test_write_atomic_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path, 
     def failing_replace(src, dst):
         raise OSError("simulated failure in os.replace")
 
-    monkeypatch.setattr(mbrl.atomic.os, "replace", failing_replace)
+    monkeypatch.setattr(mbrl.core.atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated failure"):
         write_atomic(path, b"new contents")
     monkeypatch.undo()

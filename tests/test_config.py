@@ -1,4 +1,4 @@
-"""Tests for mbrl.config (dicts, YAML presets, overrides) and mbrl.run_config.resolve_config."""
+"""Tests for mbrl.core.config (dicts, YAML presets, overrides) and mbrl.run_config.resolve_config."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.mpc import MPCConfig
-from envs.atari import AtariConfig
+from mbrl.agents.mpc import MPCConfig
 from mbrl.collect import CollectConfig
-from mbrl.config import PRESET_DIR, apply_overrides, dump_yaml, from_dict, load_yaml, preset_path, to_dict
-from mbrl.errors import UserError
-from mbrl.replay import ReplayConfig
+from mbrl.core.config import PRESET_DIR, apply_overrides, dump_yaml, from_dict, load_yaml, preset_path, to_dict
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayConfig
+from mbrl.envs.atari import AtariConfig
 from mbrl.run_config import RunConfig, resolve_config
 
 

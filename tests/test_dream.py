@@ -15,12 +15,12 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from test_jepa import TINY
 from torch import Tensor
 
-from envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, _check_finite, latent_space
-from envs.wrappers import LatentObservation, LatentObservationVector
-from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
-from world_models.base import StepOutput, TrainBatch, WorldModel, map_state
-from world_models.jepa import JEPAWorldModel
-from world_models.latent_cache import LatentCache
+from mbrl.core.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, _check_finite, latent_space
+from mbrl.envs.wrappers import LatentObservation, LatentObservationVector
+from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel, map_state
+from mbrl.world_models.jepa import JEPAWorldModel
+from mbrl.world_models.latent_cache import LatentCache
 
 EPISODES, LENGTH = 4, 12  # the toy buffer: frame value of row `pos` of episode `e` is 40 e + 3 pos
 
@@ -412,7 +412,7 @@ def test_latent_wrappers_encode_what_the_env_shows() -> None:
 
 @pytest.mark.slow
 def test_a_dream_policy_runs_unchanged_on_the_real_env() -> None:
-    from envs.atari import AtariConfig, make_env
+    from mbrl.envs.atari import AtariConfig, make_env
 
     model = tiny_jepa()
     dream = DreamEnv(model, make_buffer(random_frames=True), DreamConfig(), seed=0)

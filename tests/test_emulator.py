@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from envs.atari import AtariConfig, make_env
-from envs.emulator import Emulator, Outcomes, emulator_objective, real_returns, snapshot
-from mbrl.errors import UserError
+from mbrl.core.errors import UserError
+from mbrl.envs.atari import AtariConfig, make_env
+from mbrl.envs.emulator import Emulator, Outcomes, emulator_objective, real_returns, snapshot
 
 
 def test_real_returns_discount_penalise_lost_lives_and_stop_at_game_over() -> None:

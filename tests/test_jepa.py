@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from mbrl.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from world_models.base import TrainBatch, WorldModel, event_logit_shift, imagine
-from world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
-from world_models.heads import StandardizedHead
-from world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
-from world_models.registry import build
+from mbrl.core.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
+from mbrl.world_models.base import TrainBatch, WorldModel, event_logit_shift, imagine
+from mbrl.world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
+from mbrl.world_models.heads import StandardizedHead
+from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
+from mbrl.world_models.registry import build
 
 TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_predictor_depth=1, predictor_dim=32,
                   predictor_depth=2, context=4, decoder_dim=16, rollout_steps=2)
@@ -589,7 +589,7 @@ def test_heads_learn_from_real_teacher_forced_and_open_loop_pairs(model: JEPAWor
 
 
 def test_event_losses_match_each_pair_to_its_transition() -> None:
-    from world_models.jepa import _event_losses
+    from mbrl.world_models.jepa import _event_losses
 
     data = batch(b=2, steps=4)
     at = torch.tensor([3, 0, 3])
@@ -747,7 +747,7 @@ def test_compiled_imagination_gives_the_eager_trees() -> None:
         wanted = eager.step_tree(*_tree(eager, seed, problems), latent=True)
         for a, b in zip(got[1:], wanted[1:], strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    from world_models.jepa_reads import tree_with_reads
+    from mbrl.world_models.jepa_reads import tree_with_reads
 
     assert compiled._tree_with_reads is not tree_with_reads, "it did not fall back to eager steps"
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 from torch import Tensor
 
-import world_models.jepa_value as jepa_value
-from agents.planners import DiscreteSpace, ExhaustiveTree, PlannerConfig, world_model_objective
-from envs.dream import DreamConfig, DreamVectorEnv
-from mbrl.checkpoint import load_checkpoint
-from mbrl.replay import FIRST, TERMINATED, ReplayBuffer
+import mbrl.world_models.jepa_value as jepa_value
+from mbrl.agents.planners import DiscreteSpace, ExhaustiveTree, PlannerConfig, world_model_objective
+from mbrl.core.checkpoint import load_checkpoint
+from mbrl.core.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.run_config import resolve_config
-from world_models.base import StepOutput, TrainBatch, WorldModel
-from world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel, n_step_targets, renormalize
+from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
+from mbrl.world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel, n_step_targets, renormalize
 
 TINY = ValueJEPAConfig(num_actions=4, channels=(4, 8, 8), hidden=16, unroll=3, return_steps=4)
 
@@ -309,7 +309,7 @@ def test_joint_run_end_to_end_then_evaluate_and_plan_with_the_value(tmp_path: Pa
     import gymnasium
     from gymnasium.utils.env_checker import check_env
 
-    import envs.registration  # noqa: F401  (registers mbrl/Dream-v0)
+    import mbrl.envs.registration  # noqa: F401  (registers mbrl/Dream-v0)
 
     env = gymnasium.make("mbrl/Dream-v0", checkpoint=str(run), horizon=3, value_bootstrap=True)
     check_env(env.unwrapped, skip_render_check=True)
@@ -323,7 +323,7 @@ def test_joint_run_end_to_end_then_evaluate_and_plan_with_the_value(tmp_path: Pa
 
 
 def test_the_cli_offers_every_planner() -> None:
-    from agents.planners import PLANNERS
+    from mbrl.agents.planners import PLANNERS
     from mbrl.cli_agents import PLANNER_NAMES
 
     assert set(PLANNER_NAMES) == set(PLANNERS)

@@ -18,15 +18,15 @@ from stable_baselines3.common.vec_env import VecMonitor
 from test_cli import assert_user_error, mbrl_cli
 from test_dream import make_buffer, tiny_jepa
 
-from agents.sb3 import DreamVecEnv
-from agents.sb3_agent import AgentConfig, agent_tensors, build_agent, restore_agent
-from envs.atari import AtariConfig
-from envs.dream import DreamConfig, DreamVectorEnv
-from mbrl.checkpoint import load_checkpoint, save_checkpoint
-from mbrl.errors import UserError
+from mbrl.agents.sb3 import DreamVecEnv
+from mbrl.agents.sb3_agent import AgentConfig, agent_tensors, build_agent, restore_agent
+from mbrl.core.checkpoint import load_checkpoint, save_checkpoint
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayBuffer
+from mbrl.envs.atari import AtariConfig
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.evaluate import EvalConfig, evaluate_agent
 from mbrl.loop import LoopConfig
-from mbrl.replay import ReplayBuffer
 from mbrl.run_config import resolve_config
 
 SMOKE = ["--preset", "smoke", "--quiet"]

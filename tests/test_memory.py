@@ -11,7 +11,7 @@ import pytest
 CHURN = """
 import resource
 import torch
-from mbrl.memory import keep_freed_memory
+from mbrl.core.memory import keep_freed_memory
 
 applied = keep_freed_memory()
 

@@ -11,8 +11,8 @@ import torch
 from test_jepa import TINY
 from torch import Tensor
 
-from agents.mpc import MPCAgent, MPCConfig, shift
-from agents.planners import (
+from mbrl.agents.mpc import MPCAgent, MPCConfig, shift
+from mbrl.agents.planners import (
     CEM,
     MPPI,
     PLANNERS,
@@ -25,8 +25,8 @@ from agents.planners import (
     RandomShooting,
     world_model_objective,
 )
-from world_models.base import StepOutput, TrainBatch, WorldModel
-from world_models.jepa import JEPAWorldModel
+from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
+from mbrl.world_models.jepa import JEPAWorldModel
 
 TARGET = (1, 3, 2, 2, 1, 3)  # the one sequence that earns the big reward
 H = len(TARGET)
@@ -331,7 +331,7 @@ def test_mpc_agent_is_seeded(jepa: JEPAWorldModel) -> None:
 
 @pytest.mark.slow
 def test_mpc_agent_plays_breakout(jepa: JEPAWorldModel) -> None:
-    from envs.atari import AtariConfig, make_env
+    from mbrl.envs.atari import AtariConfig, make_env
 
     env = make_env(AtariConfig())
     agent = MPCAgent(jepa, MPCConfig(search=PlannerConfig(horizon=4, candidates=32, iterations=2)), seed=0)
@@ -422,7 +422,7 @@ def test_first_levels_are_imagined_once_per_state_and_give_the_same_returns(jepa
 @pytest.mark.parametrize(("candidates", "horizon", "levels"), [(512, 12, 4), (64, 8, 2), (64, 2, 1), (7, 5, 0)])
 def test_tree_levels_cover_what_a_first_round_meets_and_leave_the_last_step(candidates: int, horizon: int,
                                                                              levels: int) -> None:
-    from agents.planners.objective import _auto_levels
+    from mbrl.agents.planners.objective import _auto_levels
 
     assert _auto_levels(4, candidates, horizon) == levels
 

@@ -15,15 +15,14 @@ import yaml
 from replay_data import fill
 from test_jepa import TINY
 
-import envs
-import envs.registration
-from envs import DreamConfig, DreamEnv, DreamVectorEnv
-from envs.registration import DREAM_ID, dream_config, make_dream_vector_env
-from mbrl.checkpoint import CheckpointError, save_checkpoint
-from mbrl.errors import UserError
-from mbrl.replay import ReplayBuffer
-from mbrl.run import RunDir
-from world_models.jepa import JEPAWorldModel
+import mbrl.envs.registration
+from mbrl.core.checkpoint import CheckpointError, save_checkpoint
+from mbrl.core.errors import UserError
+from mbrl.core.replay import ReplayBuffer
+from mbrl.core.run import RunDir
+from mbrl.envs import DreamConfig, DreamEnv, DreamVectorEnv
+from mbrl.envs.registration import DREAM_ID, dream_config, load_run, make_dream_vector_env
+from mbrl.world_models.jepa import JEPAWorldModel
 
 HOLDOUT_EVERY = 3
 
@@ -51,7 +50,7 @@ def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_make_gives_a_dream_env_with_the_saved_world_model(run_path: Path) -> None:
-    assert DREAM_ID in gymnasium.registry and envs.DREAM_ID == DREAM_ID
+    assert DREAM_ID in gymnasium.registry and mbrl.envs.DREAM_ID == DREAM_ID
     env = gymnasium.make(DREAM_ID, checkpoint=str(run_path))
     dream = env.unwrapped
     assert isinstance(dream, DreamEnv) and env.spec is not None and env.spec.id == DREAM_ID
@@ -155,5 +154,40 @@ def test_importing_again_registers_once() -> None:
     spec = gymnasium.spec(DREAM_ID)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # gymnasium warns when an id is overridden
-        importlib.reload(envs.registration)
+        importlib.reload(mbrl.envs.registration)
     assert gymnasium.spec(DREAM_ID) is spec
+
+
+def test_env_made_by_id_is_the_runs_dream(tmp_path: Path) -> None:
+    """The run's saved dream section decides the dream made by id; a keyword overrides one field; the env made by
+    id and the one built through the Python API from the same run step alike under the same seed and actions."""
+    make_run(tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    saved = {"horizon": 5, "reward": "expected", "termination": "sample", "termination_threshold": 0.3,
+             "terminate_on": "life_loss", "device": "cpu"}
+    config = {**run.read_config(), "dream": saved}
+    run.config_path.write_text(yaml.safe_dump(config))
+
+    expected = DreamConfig(horizon=5, reward="expected", termination="sample", termination_threshold=0.3,
+                           terminate_on="life_loss")
+    by_id = gymnasium.make(DREAM_ID, checkpoint=str(run.path), seed=3)
+    assert by_id.unwrapped.vector.config == expected
+    with gymnasium.make(DREAM_ID, checkpoint=str(run.path), horizon=2) as overridden:
+        assert overridden.unwrapped.vector.config == dataclasses.replace(expected, horizon=2)
+
+    model, buffer, episodes = load_run(run.path)
+    direct = DreamEnv(model, buffer, expected, seed=3, episodes=episodes)
+    actions = np.random.default_rng(0).integers(0, TINY.num_actions, 40)
+    for env in (by_id, direct):
+        env.reset(seed=11)
+    rewards: list[tuple[float, float]] = []
+    for action in actions:
+        a, b = by_id.step(int(action)), direct.step(int(action))
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:4] == b[1:4]
+        rewards.append((a[1], b[1]))
+        if a[2] or a[3]:
+            for env in (by_id, direct):
+                env.reset()
+    assert any(r != 0.0 for r, _ in rewards)  # expected rewards: the comparison saw values, not only zeros
+    by_id.close()

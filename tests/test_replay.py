@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from replay_data import FRAME, decode, expected_stack, fill
 
-from mbrl.errors import UserError
-from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
+from mbrl.core.errors import UserError
+from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 
 STACK = 4
 
@@ -193,7 +193,7 @@ KILLED_WRITER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import numpy as np
     from replay_data import FRAME, encode
-    from mbrl.replay import FIRST, ReplayBuffer
+    from mbrl.core.replay import FIRST, ReplayBuffer
 
     buffer = ReplayBuffer.open({path!r}, FRAME, 4, ram_size=4)
     s = buffer.new_streams(1)

@@ -8,12 +8,12 @@ import torch
 from stable_baselines3.common.vec_env import VecMonitor
 from test_dream import make_buffer, tiny_jepa
 
-from agents.replay_updates import learn_from_replay, nstep_targets
-from agents.sb3 import DreamVecEnv
-from agents.sb3_agent import AgentConfig, build_agent
-from envs.dream import DreamConfig, DreamVectorEnv
-from mbrl.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer, Stretches
-from world_models.latent_cache import LatentCache
+from mbrl.agents.replay_updates import learn_from_replay, nstep_targets
+from mbrl.agents.sb3 import DreamVecEnv
+from mbrl.agents.sb3_agent import AgentConfig, build_agent
+from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer, Stretches
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
+from mbrl.world_models.latent_cache import LatentCache
 
 
 def test_nstep_targets_stop_at_the_first_episode_end_of_the_dream() -> None:

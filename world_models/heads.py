@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.blocks import STATS_EPS, CrossBlock, Folded, linear_pair, standardize, update_running_stats
+from mbrl.world_models.blocks import STATS_EPS, CrossBlock, Folded, linear_pair, standardize, update_running_stats
 
 
 class AttentionHead(nn.Module):

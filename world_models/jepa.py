@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from world_models.base import CheckedPart, StepOutput, TrainBatch, TreeOutput, WorldModel, map_state
-from world_models.blocks import (
+from mbrl.world_models.base import CheckedPart, StepOutput, TrainBatch, TreeOutput, WorldModel, map_state
+from mbrl.world_models.blocks import (
     Block,
     CrossBlock,
     Folded,
@@ -47,7 +47,7 @@ from world_models.blocks import (
     standardize,
     update_running_stats,
 )
-from world_models.heads import (
+from mbrl.world_models.heads import (
     HEADS,
     FoldedHeads,
     StandardizedHead,
@@ -58,7 +58,7 @@ from world_models.heads import (
     standardized_sources,
     transition_head,
 )
-from world_models.jepa_reads import (
+from mbrl.world_models.jepa_reads import (
     ReadFold,
     fold_reads,
     read_sources,

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
-from world_models.base import select_state
-from world_models.heads import FoldedHeads, expected_events, shifted_logits
+from mbrl.world_models.base import select_state
+from mbrl.world_models.heads import FoldedHeads, expected_events, shifted_logits
 
 if TYPE_CHECKING:
-    from world_models.jepa import Dynamics
+    from mbrl.world_models.jepa import Dynamics
 
 
 class ReadFold(NamedTuple):

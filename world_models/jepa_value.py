@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from world_models.base import StepOutput, TrainBatch, WorldModel
+from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from world_models.base import WorldModel
+from mbrl.world_models.base import WorldModel
 
 
 class LatentCache:

@@ -6,9 +6,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from world_models.base import WorldModel
-from world_models.jepa import JEPAConfig, JEPAWorldModel
-from world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel
+from mbrl.world_models.base import WorldModel
+from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
+from mbrl.world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel
 
 FAMILIES: dict[str, tuple[type, Callable[[Any], WorldModel]]] = {
     "jepa": (JEPAConfig, JEPAWorldModel),

@@ -11,7 +11,7 @@ refits the distribution to the scores. Planners differ only in how scores become
   are clipped to the bounds.
 
 Planners see only tensors and the objective `(state, action_sequences) -> returns`; they know
-nothing of envs or world models (see `agents.planners.objective` for the world-model one).
+nothing of envs or world models (see `mbrl.agents.planners.objective` for the world-model one).
 """
 
 from __future__ import annotations

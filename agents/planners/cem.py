@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from agents.planners.base import Planner
+from mbrl.agents.planners.base import Planner
 
 
 class CEM(Planner):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from agents.planners.base import Planner
+from mbrl.agents.planners.base import Planner
 
 
 class MPPI(Planner):

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.planners.base import Objective
-from world_models.base import TreeOutput, WorldModel, map_state
-from world_models.blocks import tensor_versions
+from mbrl.agents.planners.base import Objective
+from mbrl.world_models.base import TreeOutput, WorldModel, map_state
+from mbrl.world_models.blocks import tensor_versions
 
 ValueFn = Callable[[Tensor], Tensor]
 """latents (M, *latent_shape) -> values (M,): a critic to see past the horizon."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.planners.base import (
+from mbrl.agents.planners.base import (
     ActionSpace,
     Categorical,
     DiscreteSpace,

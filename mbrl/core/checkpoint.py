@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from mbrl.atomic import write_atomic
-from mbrl.errors import UserError
+from mbrl.core.atomic import write_atomic
+from mbrl.core.errors import UserError
 
 FORMAT_VERSION = 1
 _BODY_KEYS = {"format_version", "step", "tensor_file", "tensor_sha256", "metadata"}

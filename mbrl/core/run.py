@@ -1,8 +1,8 @@
 """A run directory: resolved config, replay buffer, checkpoints, tensorboard logs, progress.
 
     runs/<name>/config.yaml      the resolved config the run was made with
-    runs/<name>/replay/          the replay buffer (see mbrl.replay)
-    runs/<name>/checkpoints/     world model and agent checkpoints (see mbrl.checkpoint)
+    runs/<name>/replay/          the replay buffer (see mbrl.core.replay)
+    runs/<name>/checkpoints/     world model and agent checkpoints (see mbrl.core.checkpoint)
     runs/<name>/tb/              tensorboard event files
     runs/<name>/progress.json    counters, rewritten atomically as work goes on
     runs/<name>/eval.json        latest evaluation on the real game
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mbrl.atomic import write_atomic
-from mbrl.config import load_yaml
-from mbrl.errors import UserError
+from mbrl.core.atomic import write_atomic
+from mbrl.core.config import load_yaml
+from mbrl.core.errors import UserError
 
 
 class RunDir:

@@ -1,7 +1,7 @@
 """Frozen dataclass configs: build them from dicts, YAML presets and `key.sub=value` overrides.
 
 This module holds the mechanism only. Each component defines its own frozen dataclass next
-to the code it configures (`envs.atari.AtariConfig`, `mbrl.replay.ReplayConfig`, ...); the
+to the code it configures (`mbrl.envs.atari.AtariConfig`, `mbrl.core.replay.ReplayConfig`, ...); the
 conductor composes them into the run's config. Unknown keys and wrongly typed values are
 errors that name the key and list the valid ones.
 """
@@ -9,6 +9,7 @@ errors that name the key and list the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from pathlib import Path
@@ -16,11 +17,21 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mbrl.errors import UserError
+from mbrl.core.errors import UserError
 
 T = TypeVar("T")
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _preset_dir() -> Path:
+    """Where the presets are: the package data `mbrl.configs` (the repository's configs/ folder when installed
+    in editable mode, mbrl/configs in site-packages otherwise), found without importing any code."""
+    spec = importlib.util.find_spec("mbrl.configs")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else Path(__file__).resolve().parents[2] / "configs"
+
+
+PRESET_DIR = _preset_dir()
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

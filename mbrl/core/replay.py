@@ -26,8 +26,8 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from mbrl.atomic import write_atomic
-from mbrl.errors import UserError
+from mbrl.core.atomic import write_atomic
+from mbrl.core.errors import UserError
 
 FORMAT_VERSION = 1
 FIRST, TERMINATED, TRUNCATED, LIFE_LOSS = 1, 2, 4, 8
