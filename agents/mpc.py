@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mbrl.agents.planners import PLANNERS, DiscreteSpace, Distribution, Plan, PlannerConfig, world_model_objective
+from mbrl.core.config import check_ranges
 from mbrl.world_models.base import WorldModel
 
 
@@ -51,13 +52,12 @@ class MPCConfig:
     warm_start: bool = True
     compile: bool = False
 
+    ranges: ClassVar[dict[str, str]] = {"discount": "(0, 1]", "life_loss_penalty": "[0, inf)", "context": "[1, 1024]"}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.planner not in PLANNERS:
-            raise ValueError(f"MPCConfig.planner must be one of {sorted(PLANNERS)}, got {self.planner!r}")
-        if self.context is not None and self.context < 1:
-            raise ValueError(f"MPCConfig.context must be >= 1 or None, got {self.context}")
-        if not 0.0 < self.discount <= 1.0:
-            raise ValueError(f"MPCConfig.discount must be in (0, 1], got {self.discount}")
+            raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {self.planner!r}")
 
 
 def shift(dist: Distribution, prior: Distribution) -> Distribution:

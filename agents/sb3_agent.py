@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
 
 from mbrl.core.checkpoint import Checkpoint, CheckpointError, load_optimizer, load_state_dict, optimizer_tensors
+from mbrl.core.config import check_ranges
 from mbrl.envs.wrappers import encode_observations
 from mbrl.world_models.base import WorldModel
 
@@ -43,7 +44,8 @@ class AgentConfig:
         n_epochs: PPO epochs per rollout.
         gae_lambda: PPO / A2C advantage smoothing.
         ent_coef: PPO / A2C entropy bonus.
-        buffer_size: DQN replay capacity (dream transitions; not checkpointed, refilled after a resume).
+        buffer_size: DQN replay capacity (dream transitions; not checkpointed, refilled after a resume); it holds
+            two latents per transition, so at most 1,000,000 (8 GB at the default JEPA's 512 floats).
         learning_starts: DQN steps before learning starts.
         train_freq: DQN env steps between updates.
         gradient_steps: DQN gradient steps per update (-1: as many as the env steps since the last, i.e. one per
@@ -73,9 +75,18 @@ class AgentConfig:
     exploration_fraction: float = 0.1
     exploration_final_eps: float = 0.05
 
+    ranges: ClassVar[dict[str, str]] = {
+        "learning_rate": "(0, 1]", "gamma": "[0, 1]", "hidden": "[1, 8192]", "layers": "[1, 64]",
+        "n_steps": "[1, 100_000]", "batch_size": "[1, 65_536]", "n_epochs": "[1, 1000]", "gae_lambda": "[0, 1]",
+        "ent_coef": "[0, inf)", "buffer_size": "[1, 1_000_000]", "learning_starts": "[0, 1_000_000_000]",
+        "train_freq": "[1, 1_000_000]", "gradient_steps": "[-1, 100_000]", "return_steps": "[1, 1000]",
+        "target_update_interval": "[1, 1_000_000_000]", "exploration_fraction": "[0, 1]",
+        "exploration_final_eps": "[0, 1]"}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.algo not in ALGOS:
-            raise ValueError(f"AgentConfig.algo must be one of {sorted(ALGOS)}, got {self.algo!r}")
+            raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {self.algo!r}")
 
 
 def build_agent(config: AgentConfig, env: VecEnv, seed: int, device: torch.device | str,

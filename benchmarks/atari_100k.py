@@ -11,10 +11,14 @@ For each (game, protocol, seed):
 All methods of a seed play the same games (one evaluation seed per training seed). Protocols: 'published'
 (no sticky actions in training and scoring, as most published Atari-100k scores) and 'v5' (ALE v5 as it is,
 sticky actions 0.25, as the rest of mbrl's scores). Both score full games up to 108k frames, raw score.
-Each finished row is appended to benchmarks/results/atari_100k.json at once.
+Each finished row is appended to benchmarks/results/atari_100k.json at once; a killed run resumes where it
+stopped (the training run from its last checkpoint, finished rows are skipped). `--merge FILE` adds the rows
+of another atari_100k.json (one written elsewhere, in this or the older format of plain rows) that this one
+lacks, and re-renders.
 
-    python benchmarks/atari_100k.py --game ALE/Breakout-v5 --protocol published --seeds 0
-    python benchmarks/atari_100k.py --game ALE/Pong-v5 --protocol published --seeds 0 --methods value random
+    python -m benchmarks.atari_100k --game ALE/Breakout-v5 --protocol published --seeds 0
+    python -m benchmarks.atari_100k --game ALE/Pong-v5 --protocol published --seeds 0 --methods value random
+    python -m benchmarks.atari_100k --merge /elsewhere/benchmarks/results/atari_100k.json
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from breakout_100k import SittingClock
 
+from benchmarks.breakout_100k import SittingClock
+from benchmarks.paired import paired_t
+from benchmarks.report import HERE, gathered, load_result, machine, save_result
 from mbrl.core.memory import keep_freed_memory
-from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "atari_100k.json"
 PRESET = "atari100k-value"
@@ -42,6 +48,7 @@ PUBLISHED = {  # Atari-100k scores (no sticky actions) from the per-game score f
     "Breakout": {"random": 1.7, "SimPLe": 16.4, "SPR": 19.6, "DrQ(eps)": 19.8, "TWM": 20.0, "IRIS": 83.7},
     "Pong": {"random": -20.7, "DrQ(eps)": -9.1, "SPR": -5.4, "SimPLe": 12.8, "IRIS": 14.6},
 }
+KEY = ("game", "protocol", "method", "seed", "real_steps", "episodes")  # what makes a row; one row per key
 
 
 def game_name(env_id: str) -> str:
@@ -49,27 +56,25 @@ def game_name(env_id: str) -> str:
 
 
 def train(env_id: str, protocol: str, seed: int, real_steps: int, runs: Path) -> Path:
-    """The seed's `mbrl train-agent` run of the preset under the protocol, trained to its end (resumed if killed)."""
-    from mbrl.cli import main
-
+    """The seed's `mbrl train-agent` run of the preset under the protocol, trained to its end in a process of its
+    own (resumed if killed)."""
     run = runs / f"{game_name(env_id)}-{protocol}-s{seed}"
     args = ["train-agent", "--preset", PRESET, "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
     if (run / "config.yaml").exists():
         args += ["--resume", str(run)]  # its saved config holds the settings
     else:
         args += ["--run", str(run), "--env", env_id, *(a for s in PROTOCOLS[protocol] for a in ("--set", s))]
-    if main(args) != 0:
+    if subprocess.run([sys.executable, "-m", "mbrl", *args]).returncode != 0:
         raise SystemExit(f"mbrl train-agent failed for {env_id} seed {seed}")
     return run
 
 
 def agent_of(method: str, run: Path, seed: int) -> tuple[Any, Any]:
     """The method's agent and the run config it is scored under."""
-    from mbrl.cli import config_for_run
-    from mbrl.cli_agents import mpc_for_run
     from mbrl.collect import RandomPolicy
     from mbrl.core.run import RunDir
-    from mbrl.loop import load_trained_agent, with_num_actions
+    from mbrl.loop import load_trained_agent
+    from mbrl.session import config_for_run, mpc_for_run, with_num_actions
 
     overrides = ["mpc.search.min_prob=0.001"] if method == "value:tree" else []
     config = with_num_actions(config_for_run(RunDir(run), None, overrides, {"device": "cpu"}))
@@ -87,7 +92,57 @@ def gym_action_space(config: Any) -> Any:
 
 
 def games_seed(seed: int) -> int:
-    return int(np.random.SeedSequence([seed, 3000]).generate_state(1)[0])
+    from mbrl.session import derive_seed
+
+    return derive_seed([seed, 3000])
+
+
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and table (one row per game, protocol, method and seed), the
+    methods paired with random over seeds and the published scores."""
+    notes = ["100k real agent steps of `mbrl train-agent --preset atari100k-value` per seed, then full games "
+             "(108k-frame cap, raw score) of its agent (value), of MPC with the value at the leaves of an exhaustive "
+             "depth-3 tree (value:tree) and of the random policy, all methods of a seed on the same games. Protocol "
+             "'published': no sticky actions in training and scoring, as most published Atari-100k scores; 'v5': "
+             "sticky actions 0.25. Train hours: the run's wall clock (acting, updates and its 16-game evaluation)."]
+    runs = saved["runs"]
+    rows = [[e["game"], e["protocol"], e["method"], e["seed"], e["episodes"], f"{e['mean']:.2f}", f"{e['std']:.2f}",
+             f"{e['train_hours']:.2f}", f"{e['date']}, {e['machine']}"] for e in runs]
+    paired = []
+    for game, protocol in sorted({(e["game"], e["protocol"]) for e in runs}):
+        by = {(e["method"], e["seed"]): e["mean"] for e in runs if (e["game"], e["protocol"]) == (game, protocol)}
+        for method in sorted({m for m, _ in by} - {"random"}):
+            diffs = [by[(m, s)] - by[("random", s)] for m, s in by if m == method and ("random", s) in by]
+            if not diffs:
+                continue
+            t = paired_t(diffs)  # None for a single seed
+            test = "" if t is None else f", t = {t.t:.2f} with {t.df} df, p = {t.p:.3f}"
+            paired.append(f"- {game}, {protocol}: {method} - random = {statistics.mean(diffs):+.2f} over "
+                          f"{len(diffs)} seed(s){test}")
+    published = saved.get("published", {})
+    notes_after = ["Paired over seeds (same games), mean of the per-seed differences:", *paired] if paired else []
+    if published:
+        notes_after.append("Published Atari-100k scores (no sticky actions): " + "; ".join(
+            f"{game}: " + ", ".join(f"{name} {score:g}" for name, score in refs.items())
+            for game, refs in published.items()) + ".")
+    columns = ["game", "protocol", "method", "seed", "games", "mean", "std", "train hours", "date, machine"]
+    return {**saved, **gathered(runs), "title": "Atari-100k with the value-aware JEPA", "notes": notes,
+            "tables": [{"columns": columns, "rows": rows, "notes": notes_after}]}
+
+
+def missing_rows(saved: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of `other` (this format's or the older one's: the same row dicts) that `saved` lacks, by `KEY`."""
+    return [r for r in other if not any(all(r.get(k) == s.get(k) for k in KEY) for s in saved)]
+
+
+def merge(path: Path) -> int:
+    """Add the rows of the atari_100k result at `path` that the saved result lacks; how many."""
+    saved = load_result(RESULT, "atari_100k")
+    new = missing_rows(saved["runs"], json.loads(path.read_text())["runs"])
+    saved["runs"] += new
+    saved["published"] = PUBLISHED
+    save_result(with_tables(saved), RESULT)
+    return len(new)
 
 
 def main() -> None:
@@ -100,11 +155,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="full games per method and seed (default 50)")
     parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench100k"), help="where the runs live")
+    parser.add_argument("--merge", type=Path, metavar="FILE",
+                        help="only add the rows of this atari_100k.json that the saved result lacks")
     args = parser.parse_args()
+    if args.merge:
+        print(f"{merge(args.merge)} rows added from {args.merge}", file=sys.stderr)
+        return
     keep_freed_memory()  # as the mbrl command line does
     from mbrl.evaluate import evaluate_agent
 
-    command = " ".join(["python", "benchmarks/atari_100k.py", *sys.argv[1:]])
+    command = " ".join(["python", "-m", "benchmarks.atari_100k", *sys.argv[1:]])
     game = game_name(args.game)
     for seed in args.seeds:
         with SittingClock(args.runs / f"{game}-{args.protocol}-s{seed}-{args.real_steps}.seconds") as clock:
@@ -112,8 +172,7 @@ def main() -> None:
         trained = json.loads((run / "eval.json").read_text())
         hours = trained.get("train_seconds", clock.seconds()) / 3600  # the run's own clock, over its sittings
         for method in args.methods:
-            key = {"game": game, "protocol": args.protocol, "method": method, "seed": seed,
-                   "real_steps": args.real_steps, "episodes": args.episodes}
+            key = dict(zip(KEY, (game, args.protocol, method, seed, args.real_steps, args.episodes)))
             if any(all(r.get(k) == v for k, v in key.items()) for r in load_result(RESULT, "atari_100k")["runs"]):
                 continue
             agent, config = agent_of(method, run, seed)
@@ -128,7 +187,7 @@ def main() -> None:
                                   "std": result["std"], "scores": result["scores"], "lengths": result["lengths"],
                                   "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})
             saved["published"] = PUBLISHED
-            save_result(saved, RESULT)
+            save_result(with_tables(saved), RESULT)
 
 
 if __name__ == "__main__":

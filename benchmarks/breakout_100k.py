@@ -17,8 +17,8 @@ sticky actions, 108k-frame cap, raw score) and the same number of games:
 Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
 seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
 
-    python benchmarks/breakout_100k.py --seeds 0 [--real-steps 100000]   # mbrl-dqn, ppo and random
-    python benchmarks/breakout_100k.py --seeds 0 --methods mbrl mbrl-mpc mbrl-dqn-dream
+    python -m benchmarks.breakout_100k --seeds 0 [--real-steps 100000]   # mbrl-dqn, ppo and random
+    python -m benchmarks.breakout_100k --seeds 0 --methods mbrl mbrl-mpc mbrl-dqn-dream
 """
 
 from __future__ import annotations
@@ -26,18 +26,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from benchmarks.report import HERE, distinct, gathered, load_result, machine, save_result
 from mbrl.core.atomic import write_atomic
 from mbrl.core.memory import keep_freed_memory
-from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
@@ -56,13 +58,15 @@ MBRL = {  # train-agent settings over the atari100k preset
 
 class SittingClock:
     """Wall clock of a resumable run, summed over the sittings it took: `path` holds the seconds of earlier
-    sittings and is rewritten every `every` seconds while the run goes on, so a kill loses at most that."""
+    sittings and is rewritten every `every` seconds while the run goes on, so a kill loses at most that.
+    `ticked` is set at each of those writes; `now` reads the clock (seconds)."""
 
-    def __init__(self, path: Path, every: float = 30.0) -> None:
-        self.path, self.every = path, every
+    def __init__(self, path: Path, every: float = 30.0, now: Callable[[], float] = time.perf_counter) -> None:
+        self.path, self.every, self.now = path, every, now
         self.before = float(path.read_text()) if path.exists() else 0.0
-        self.start = time.perf_counter()
+        self.start = now()
         self.end: float | None = None  # set when the sitting ends
+        self.ticked = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, daemon=True)
 
@@ -74,33 +78,32 @@ class SittingClock:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.end = time.perf_counter()
+        self.end = self.now()
         self._write()
 
     def seconds(self) -> float:
         """Seconds of all sittings so far, this one included (up to its end once it has ended)."""
-        return self.before + (self.end if self.end is not None else time.perf_counter()) - self.start
+        return self.before + (self.end if self.end is not None else self.now()) - self.start
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
             self._write()
+            self.ticked.set()
 
     def _write(self) -> None:
         write_atomic(self.path, f"{self.seconds():.1f}".encode())
 
 
 def run_mbrl(seed: int, real_steps: int, runs: Path, method: str = "mbrl") -> dict[str, Any]:
-    """`mbrl train-agent --preset atari100k` with `method`'s settings, resuming the seed's run directory if it
-    exists."""
-    from mbrl.cli import main
-
+    """`mbrl train-agent --preset atari100k` with `method`'s settings, in a process of its own, resuming the
+    seed's run directory if it exists."""
     run = runs / f"{method}-s{seed}"
     args = ["train-agent", "--preset", "atari100k", "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
     if (run / "config.yaml").exists():
         args += ["--resume", str(run)]  # its saved config holds the settings
     else:
         args += ["--run", str(run), *(arg for setting in MBRL[method] for arg in ("--set", setting))]
-    if main(args) != 0:
+    if subprocess.run([sys.executable, "-m", "mbrl", *args]).returncode != 0:
         raise SystemExit(f"mbrl train-agent failed for seed {seed}")
     return json.loads((run / "eval.json").read_text())
 
@@ -165,12 +168,53 @@ def current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if not r.get("superseded")]
 
 
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and table: one row per method and budget (superseded runs apart),
+    mean +- std over its seeds' means."""
+    notes = [f"Same evaluation code for every method: {saved['episodes']} full games per seed (no episodic life, "
+             "sticky actions 0.25, 108k-frame cap, raw score). Hours are wall clock on the row's machine, summed over "
+             "the sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). "
+             "Methods: mbrl-dqn is `mbrl train-agent --preset atari100k` as of 2026-12-05: a DQN agent that takes "
+             "one gradient step per real step on the buffer's real transitions (`loop.real_updates=1`, 3-step "
+             "returns, batch 64, learning rate 1e-4) and learns in the dream too, 10k dream steps per iteration; "
+             "mbrl-dqn-dream that with as many dream updates as real ones (`agent.gradient_steps=128`); mbrl is the "
+             "preset before that, PPO learning in the dream only (50k dream steps per iteration); mbrl-mpc that with "
+             "MPC playing the real game in the iterations (`breakout_100k`'s MBRL settings); ppo SB3 PPO with a CNN "
+             "on the real pixels."]
+    if saved.get("older_commands"):
+        notes.append("Runs before 2026-12-07 did not record their commands; the first command above is the last of "
+                     "theirs.")
+    unrecorded = saved.get("unrecorded", {})  # the machine shown for runs that did not record theirs
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in saved["runs"]:
+        label = run["method"] + (f" (superseded: {run['superseded']})" if run.get("superseded") else "")
+        groups.setdefault((label, run["real_steps"]), []).append(run)
+    rows = []
+    for (method, steps), runs in sorted(groups.items()):
+        means = [run["mean"] for run in runs]
+        rows.append([method, steps, len(runs), f"{statistics.mean(means):.2f} +- "
+                     f"{statistics.pstdev(means) if len(means) > 1 else 0.0:.2f}",
+                     ", ".join(f"s{run['seed']}: {run['mean']:.2f} ({run['std']:.2f})" for run in runs),
+                     ", ".join(f"{run['hours']:.2f}" for run in runs),
+                     ", ".join(sorted({{**unrecorded, **run}["machine"] for run in runs}))])
+    published = ("Published Atari-100k Breakout scores, for context (not measured here): "
+                 + ", ".join(f"{name} {score}" for name, score in saved["references"].items()) + ".")
+    header = gathered(saved["runs"], unrecorded)  # nor did they record their command before 2026-12-07
+    header["command"] = distinct([*saved.get("older_commands", []), *header["command"]])
+    columns = ["method", "real steps", "seeds", "score mean +- std over seeds", "per-seed mean (std over games)",
+               "hours", "machine"]
+    return {**saved, **header, "title": "Breakout at the Atari-100k budget", "notes": notes,
+            "tables": [{"columns": columns, "rows": rows, "notes": [published]}]}
+
+
 def _load() -> dict[str, Any]:
     return load_result(RESULT, "breakout_100k")
 
 
 def _eval_seed(seed: int) -> int:
-    return int(np.random.SeedSequence([seed, 1000]).generate_state(1)[0])
+    from mbrl.session import derive_seed
+
+    return derive_seed([seed, 1000])
 
 
 def main() -> None:
@@ -185,6 +229,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     config = resolve_config("atari100k", [])
+    command = " ".join(["python", "-m", "benchmarks.breakout_100k", *sys.argv[1:]])
     for seed in args.seeds:
         for method in args.methods:
             if any(r["method"] == method and r["seed"] == seed and r["real_steps"] == args.real_steps
@@ -201,10 +246,9 @@ def main() -> None:
             saved = _load()  # read again: another sitting may have added its seeds meanwhile
             saved["runs"].append({"method": method, "seed": seed, "real_steps": args.real_steps, "hours": hours,
                                   "mean": result["mean"], "std": result["std"], "scores": result["scores"],
-                                  "date": time.strftime("%Y-%m-%d"), "machine": machine()})
-            saved.update(command=" ".join(["python", "benchmarks/breakout_100k.py", *sys.argv[1:]]),
-                         references=REFERENCES, episodes=config.eval.episodes)
-            save_result(saved, RESULT)
+                                  "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command})
+            saved.update(references=REFERENCES, episodes=config.eval.episodes)
+            save_result(with_tables(saved), RESULT)
 
 
 if __name__ == "__main__":

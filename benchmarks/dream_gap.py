@@ -18,7 +18,7 @@ real steps ("train_reward_per_step" is then the real game's clipped reward per s
 `--observe tokens` (JEPA only, real game only) it sees all of the target encoder's output tokens,
 the latent's summary tokens and the 64 patch tokens, instead of the latent alone.
 
-    python benchmarks/dream_gap.py --run runs/NAME --label NAME [--dream-steps 100000] [--learn-in real]
+    python -m benchmarks.dream_gap --run runs/NAME --label NAME [--dream-steps 100000] [--learn-in real]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 from torch import nn
 
+from benchmarks.report import HERE, gathered, load_result, machine, save_result
 from mbrl.agents.sb3 import DreamVecEnv, LatentVecEnv
 from mbrl.agents.sb3_agent import LatentAgent, build_agent
 from mbrl.core.memory import keep_freed_memory
@@ -52,7 +53,6 @@ from mbrl.evaluate import eval_env_config, evaluate_agent
 from mbrl.run_config import RunConfig, resolve_config
 from mbrl.world_models.jepa import JEPAWorldModel
 from mbrl.world_models.latent_cache import LatentCache
-from report import HERE, save_result
 
 RESULT = HERE / "results" / "dream_gap.json"
 RUN_ONLY = ("loop", "dream", "agent", "eval")  # sections taken from the defaults and --set, not from the run
@@ -139,6 +139,33 @@ def training_env(where: str, run: RunDir, model: Any, config: RunConfig, seed: i
     return DreamVecEnv(dream)
 
 
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and table, one row per label."""
+    notes = [f"Torch threads {saved['torch_threads']}. A fresh agent (the default `agent` settings, PPO, unless the "
+             "row's command sets others) trained only in a run's dream ('learns in' dream) or, for comparison, on "
+             "the real game seen through the run's encoder ('real': episodic life and clipped rewards, as in the "
+             "dream; its agent steps are real steps; 'all encoder tokens': it sees the patch tokens too), then scored "
+             "on full real games (the same evaluation code as every score here); reward per step is the summed "
+             "reward over the summed episode lengths (the last 100 training episodes; the real games)."]
+    columns = ["row", "learns in", "dream: horizon, reward, ends on", "agent steps", "reward / step while learning",
+               "real reward / step", "real score (mean +- std over games)", "real scores after each chunk",
+               "action shares by id (Breakout: NOOP, FIRE, RIGHT, LEFT)", "ball in play", "date"]
+    rows = []
+    for row in saved["rows"]:
+        last, dream = row["chunks"][-1], row["dream"]
+        where = row["learn_in"] + (", all encoder tokens" if row.get("observe") == "tokens" else "")
+        where += ", patch-token grid CNN" if row.get("policy") == "grid" else ""
+        rows.append([row["label"], where, f"{dream['horizon']}, {dream['reward']}, {dream['terminate_on']}"
+                     if row["learn_in"] == "dream" else "-", last["agent_steps"],
+                     f"{last['train_reward_per_step']:.4f}", f"{last['real_reward_per_step']:.4f}",
+                     f"{last['real_mean']:.2f} +- {last['real_std']:.2f}",
+                     ", ".join(f"{c['real_mean']:.2f}" for c in row["chunks"]),
+                     ", ".join(f"{x:.2f}" for x in row["action_shares"]),
+                     f"{row['ball_in_play']:.2f}" if "ball_in_play" in row else "-", row["date"]])
+    return {**saved, **gathered(saved["rows"], saved.get("unrecorded")), "title": "The dream-to-real gap",
+            "notes": notes, "tables": [{"columns": columns, "rows": rows}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a run with a trained world model and its replay buffer")
@@ -192,15 +219,15 @@ def main() -> None:
             "real_mean_length": float(np.mean(real["lengths"])),
         })
         print(json.dumps(chunks[-1]), file=sys.stderr)
-    row = {"label": args.label, "run": args.run, "command": "python benchmarks/dream_gap.py " + " ".join(sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "learn_in": args.learn_in, "observe": args.observe,
+    row = {"label": args.label, "run": args.run, "command": "python -m benchmarks.dream_gap " + " ".join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d"), "machine": machine(), "learn_in": args.learn_in, "observe": args.observe,
            "policy": args.policy,
            "dream": dataclasses.asdict(config.dream),
            "chunks": chunks,
            **behaviour(agent, config, args.behaviour_steps, seed=7), "minutes": (time.perf_counter() - start) / 60}
-    previous = json.loads(RESULT.read_text())["rows"] if RESULT.exists() else []
-    rows = [r for r in previous if r["label"] != args.label] + [row]
-    save_result({"benchmark": "dream_gap", "torch_threads": args.threads, "rows": rows}, RESULT)
+    saved = load_result(RESULT, "dream_gap", rows="rows")  # read again: other processes may have added rows
+    saved.update(torch_threads=args.threads, rows=[r for r in saved["rows"] if r["label"] != args.label] + [row])
+    save_result(with_tables(saved), RESULT)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ in minutes instead of hours of games, against the truth:
    of the imagined best - mean real return) / (best real - mean real): 1 when the objective picks
    the best sequence, 0 on average for a random pick. 'real best - mean' is the mean room to gain.
 
-    python benchmarks/plan_ranking.py --runs runs/bench/mbrl-dqn-s0 --states 200
+    python -m benchmarks.plan_ranking --runs runs/bench/mbrl-dqn-s0 --states 200
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.report import HERE, gathered, load_result, machine, save_result
 from mbrl.core.memory import keep_freed_memory
-from report import HERE, load_result, machine, save_result
 
 RESULT = HERE / "results" / "plan_ranking.json"
 
@@ -167,14 +167,14 @@ def value_rankings(world_model: Any, kept: list[dict[str, Any]], sequences: np.n
 def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Imagined and real returns of the same candidates at the kept states of one run; the ranking scores."""
     from mbrl.agents.planners import world_model_objective
-    from mbrl.cli import config_for_run
     from mbrl.collect import RandomPolicy
     from mbrl.core.run import RunDir
     from mbrl.envs.atari import make_env
     from mbrl.envs.emulator import Emulator, real_returns
     from mbrl.envs.registration import load_world_model
     from mbrl.joint import FAMILY as VALUE_FAMILY
-    from mbrl.loop import AGENT, load_trained_agent, with_num_actions
+    from mbrl.loop import AGENT, load_trained_agent
+    from mbrl.session import config_for_run, with_num_actions
 
     run = RunDir(run_path)
     config = with_num_actions(config_for_run(run, None, args.set, {"device": "cpu"}))
@@ -224,6 +224,38 @@ def score_run(run_path: Path, args: argparse.Namespace) -> dict[str, Any]:
             "seconds": time.perf_counter() - start}
 
 
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and table: one row per run and ranking."""
+    notes = ["Per run: states from real games of the run's agent (as in evaluation) or the random policy ('played "
+             "by'), one every few steps; at each, the same uniformly drawn action sequences scored by `mbrl plan`'s "
+             "objective (the run's world model, its `mpc` discount and life-loss penalty, no terminal value) and by "
+             "the real game replayed from the saved emulator state without sticky actions (`envs/emulator.py`), on "
+             "the first H steps. Informative: the share of states where the real returns of the sequences differ at "
+             "all; the other columns are means over those states. Spearman: rank correlation of imagined and real "
+             "returns. Gain: (real return of the imagined best - mean real return) / (best real - mean real): 1 = "
+             "the objective picks the best sequence, 0 = no better than a random pick (what the random policy gets). "
+             "Room: best real - mean real. 'heads on real futures': the same heads read on the encoded frames of "
+             "each sequence's real future instead of on imagined latents (what better dynamics could give at most), "
+             "at the first states where the longest horizon's real returns differ, shown with imagination on the "
+             "same states. A world model with a value head (family jepa-value) is also scored with its value added "
+             "at the horizon ('imagination + value', as `mbrl plan` plans with it) against 'real + agent': the real "
+             "H-step return plus what the run's greedy agent really earns after the sequence (discounted, until it "
+             "loses a life or `continue_steps` pass); 'real H steps alone' against the same truth shows how much of "
+             "it lies past the horizon."]
+    columns = ["run", "played by", "scored by", "states (every)", "candidates", "H", "informative", "spearman", "gain",
+               "room", "seed", "date, machine"]
+
+    def number(x: float) -> str:
+        return "-" if x != x else f"{x:.3f}"  # nan: no state to rank at
+
+    rows = [[e["run"], e["behaviour"], h["scored_by"] + (f" vs {h['against']}" if "against" in h else ""),
+             f"{h['states']} ({e['every']})", e["candidates"], h["horizon"], f"{h['informative']:.3f}",
+             number(h["spearman"]), number(h["gain"]), f"{h['room']:.3f}", e["seed"], f"{e['date']}, {e['machine']}"]
+            for e in saved["runs"] for h in e["rankings"]]  # rankings without `against` are against the real H steps
+    return {**saved, **gathered(saved["runs"]), "notes": notes, "tables": [{"columns": columns, "rows": rows}],
+            "title": "Does the planning objective rank action sequences as the real game does?"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -252,13 +284,13 @@ def main() -> None:
         parser.error("--horizons and --states, --every must be >= 1 and --candidates >= 2")
     keep_freed_memory()  # as the mbrl command line does
     torch.set_num_threads(args.threads)
-    command = " ".join(["python", "benchmarks/plan_ranking.py", *sys.argv[1:]])
+    command = " ".join(["python", "-m", "benchmarks.plan_ranking", *sys.argv[1:]])
     for run in args.runs:
         entry = dict(score_run(run, args), command=command, date=time.strftime("%Y-%m-%d"), machine=machine())
         saved = load_result(args.out, "plan_ranking")
         keys = ("run", "behaviour", "states", "every", "candidates", "seed", "overrides")
         saved["runs"] = [r for r in saved["runs"] if any(r.get(k) != entry[k] for k in keys)] + [entry]
-        save_result(saved, args.out)
+        save_result(with_tables(saved), args.out)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ cost before the cache), and the reward and termination heads on latents.
 
 With `--run runs/NAME` it also scores MPC on that run's trained world model against the run's agent
 and the random policy on the same `--episodes` full real games (`planning_score.score_run`, written
-to results/planning_score.json; `benchmarks/planning_score.py` scores several runs and settings).
+to results/planning_score.json; `python -m benchmarks.planning_score` scores several runs and settings).
 
-    python benchmarks/planning.py   # -> benchmarks/results/planning.json, RESULTS.md
-    python benchmarks/planning.py --run runs/NAME --episodes 10   # and the scores
+    python -m benchmarks.planning   # -> benchmarks/results/planning.json, RESULTS.md
+    python -m benchmarks.planning --run runs/NAME --episodes 10   # and the scores
 """
 
 from __future__ import annotations
@@ -45,14 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.report import HERE, save_result
 from mbrl.agents.mpc import MPCAgent, MPCConfig
 from mbrl.agents.planners import PLANNERS, PlannerConfig
 from mbrl.core.memory import keep_freed_memory
 from mbrl.world_models.base import TreeOutput, WorldModel
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
-from report import save_result
 
-HERE = Path(__file__).resolve().parent
 TARGET_MS = 100.0
 ISSUE_BUDGET = (512, 12, 4)  # candidates, horizon, iterations
 SMALLER = [(512, 8, 2), (256, 12, 3), (256, 8, 3), (128, 8, 3), (64, 8, 2), (64, 8, 1), (32, 6, 2), (64, 4, 2),
@@ -138,10 +137,10 @@ def own_process_rounds(config: MPCConfig, actions: int, warmup: int, rounds: int
     search = config.search
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rounds.json"
-        subprocess.run([sys.executable, __file__, "--own-process", str(out), "--planner", config.planner,
-                        "--budget", str(search.candidates), str(search.horizon), str(search.iterations),
-                        "--actions", str(actions), "--warmup", str(warmup), "--rounds", str(rounds),
-                        "--threads", str(threads)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.planning", "--own-process", str(out), "--planner",
+                        config.planner, "--budget", str(search.candidates), str(search.horizon),
+                        str(search.iterations), "--actions", str(actions), "--warmup", str(warmup), "--rounds",
+                        str(rounds), "--threads", str(threads)], check=True, cwd=HERE.parent)
         return [(times, [(n, c) for n, c in steps]) for times, steps in json.loads(out.read_text())]
 
 
@@ -234,6 +233,46 @@ def step_profile(model: JEPAWorldModel, batch: int, repeats: int = 5) -> dict[st
     }
 
 
+def with_tables(r: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, notes and table."""
+    issue_row = min((row for row in r["rows"] if row["planner"] == "cem" and
+                     (row["candidates"], row["horizon"], row["iterations"]) == ISSUE_BUDGET),
+                    key=lambda row: row["p95_ms"], default=None)
+    met = issue_row is not None and issue_row["p95_ms"] <= r["target_ms"]
+    notes = [f"Torch threads {r['torch_threads']}, load average {r['load_average']:.1f} at the end (the machine is "
+             "shared). Default JEPA world model (random weights: the same compute per imagined step), one env, "
+             "`MPCAgent.predict` per real action (encode, plan, shift). Imagined steps count rollout steps after "
+             f"shared discrete prefixes are imagined once. Target: <= {r['target_ms']:.0f} ms per action for CEM at "
+             f"N=512, H=12, I=4: {'met' if met else 'not met'}."
+             + (f" 'compiled': imagination compiled (`mpc.compile=true`, `WorldModel.compile_imagination`); the "
+                f"compile and its first action took {r['compile_seconds']:.0f} s." if "compile_seconds" in r else "")
+             + " 'own process': that compiled row timed again in a fresh process that plans nothing else, as "
+             "`mbrl plan --compile` does."]
+    columns = ["planner", "N", "H", "I", "compiled", "actions timed", "median ms", "p95 ms", "rounds' medians ms",
+               "imagined steps per action", "without dedupe", "imagination calls per action"]
+    rows = [[row["planner"], row["candidates"], row["horizon"], row["iterations"],
+             "yes, own process" if row.get("own_process") else "yes" if row.get("compiled") else "no",
+             row["actions"], f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}",
+             ", ".join(f"{m:.0f}" for m in row.get("round_medians_ms", [])) or "-", f"{row['imagined_steps']:.0f}",
+             row["imagined_steps_without_dedupe"],
+             f"{row['imagination_calls']:.0f}" if "imagination_calls" in row else "-"] for row in r["rows"]]
+    p, best = r["step_profile"], r["largest_cem_within_target"]
+    profile = (f"One imagined step of {p['batch']} rollouts with a full context window: {p['step_ms']:.1f} ms, "
+               f"{p['step_without_latent_ms']:.1f} ms without the latent, {p['step_reading_each_latent_ms']:.1f} ms "
+               f"reading each latent again as before the carried reads (its predictor part "
+               f"{p['predictor_cached_ms']:.1f} ms, re-reading the whole window as before the key/value cache "
+               f"{p['predictor_full_window_ms']:.0f} ms; reward and termination heads on latents {p['heads_ms']:.1f} "
+               f"ms). Encoding one observation: {p['encode_one_obs_ms']:.1f} ms."
+               + (f" Compiled, a step without its latent: {p['compiled_step_without_latent_ms']:.1f} ms."
+                  if "compiled_step_without_latent_ms" in p else ""))
+    largest = "Largest CEM budget within the target (p95): " + (
+        "none measured." if best is None else f"N={best['candidates']}, H={best['horizon']}, I={best['iterations']}"
+        f"{', compiled' if best.get('compiled') else ''} (median {best['median_ms']:.0f} ms, p95 "
+        f"{best['p95_ms']:.0f} ms).")
+    return {**r, "title": "Latent MPC speed", "notes": notes,
+            "tables": [{"columns": columns, "rows": rows, "notes": [profile, largest]}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actions", type=int, default=30, help="timed actions per row")
@@ -278,11 +317,11 @@ def main() -> None:
                                                              args.rounds, args.threads), own_process=True))
     meets = [r for r in rows if r["planner"] == "cem" and r["p95_ms"] <= TARGET_MS]
     best = max(meets, key=lambda r: r["imagined_steps_without_dedupe"], default=None)
-    command = (f"python benchmarks/planning.py --actions {args.actions} --large-actions {args.large_actions} "
+    command = (f"python -m benchmarks.planning --actions {args.actions} --large-actions {args.large_actions} "
                f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}")
     if args.run:
         command += f" --run {args.run} --episodes {args.episodes}"
-    save_result({
+    save_result(with_tables({
         "benchmark": "planning",
         "torch_threads": args.threads,
         "load_average": os.getloadavg()[0],
@@ -293,9 +332,9 @@ def main() -> None:
         "rows": rows,
         "largest_cem_within_target": None if best is None else
         {k: best[k] for k in ("candidates", "horizon", "iterations", "compiled", "median_ms", "p95_ms")},
-    }, args.out)
+    }), args.out)
     if args.run:
-        from planning_score import RESULT, save_score, score_run
+        from benchmarks.planning_score import RESULT, save_score, score_run
 
         entry = score_run(args.run, args.episodes, 0, value_from_agent=False, overrides=[])
         save_score(dict(entry, command=command), RESULT)

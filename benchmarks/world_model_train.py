@@ -7,7 +7,7 @@ Stage 2 is timed twice: encoding its windows, and reading their latents from a c
 `mbrl train-world-model` does (the encoder is frozen in stage 2, so each replay row is encoded
 once). Frames/s counts observations processed per second: batch_size x (seq_len + 1) per update.
 
-    python benchmarks/world_model_train.py   # -> benchmarks/results/world_model_train.json, RESULTS.md
+    python -m benchmarks.world_model_train   # -> benchmarks/results/world_model_train.json, RESULTS.md
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import argparse
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from benchmarks.report import HERE, save_result
 from mbrl.core.memory import keep_freed_memory
 from mbrl.run_config import RunConfig
 from mbrl.world_models.base import TrainBatch
 from mbrl.world_models.jepa import JEPAWorldModel
-from report import save_result
-
-HERE = Path(__file__).resolve().parent
 
 
 def random_batch(batch_size: int, seq_len: int, num_actions: int, generator: torch.Generator) -> TrainBatch:
@@ -70,6 +69,20 @@ def encode_frames_per_second(model: JEPAWorldModel, batch: int, rounds: int) -> 
     return batch * rounds / (time.perf_counter() - start)
 
 
+def with_tables(r: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, notes and table."""
+    p = r["parameters"]
+    rows = [["dynamics, latents from the cache" if stage == "dynamics_cached" else stage,
+             f"{s['updates_per_second']:.2f}", f"{s['frames_per_second']:.0f}"] for stage, s in r["stages"].items()]
+    rows.append(["target-encoder inference", "", f"{r['encode_frames_per_second']:.0f}"])
+    notes = [f"Torch threads {r['torch_threads']}. Default JEPA model: {p['all'] / 1e6:.2f}M parameters (encoder "
+             f"{p['encoder'] / 1e6:.2f}M, dynamics {p['dynamics'] / 1e6:.2f}M, decoder {p['decoder'] / 1e6:.2f}M); "
+             f"batch {r['batch']}."]
+    table = {"columns": ["stage", "updates/s", "frames/s"], "rows": rows,
+             "notes": [f"Peak resident memory of the benchmark process: {r['peak_rss_mib']:.0f} MiB."]}
+    return {**r, "title": "World-model training throughput", "notes": notes, "tables": [table]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -91,7 +104,7 @@ def main() -> None:
     result = {
         "benchmark": "world_model_train",
         "torch_threads": torch.get_num_threads(),
-        "command": f"python benchmarks/world_model_train.py --batch-size {args.batch_size} --seq-len {args.seq_len} "
+        "command": f"python -m benchmarks.world_model_train --batch-size {args.batch_size} --seq-len {args.seq_len} "
         f"--updates {args.updates}",
         "parameters": {name: sum(p.numel() for p in part.parameters()) for name, part in
                        [("encoder", model.online), ("dynamics", model.dynamics), ("decoder", model.decoder),
@@ -101,7 +114,7 @@ def main() -> None:
         "encode_frames_per_second": encode_frames_per_second(model, 256, 5),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    save_result(result, args.out)
+    save_result(with_tables(result), args.out)
 
 
 if __name__ == "__main__":

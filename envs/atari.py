@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, SupportsFloat
+from typing import Any, ClassVar, SupportsFloat
 
 import ale_py
 import cv2
 import gymnasium as gym
 import numpy as np
 
+from mbrl.core.config import check_ranges
 from mbrl.core.errors import UserError
 from mbrl.envs.vector import InfoSpec, ShardedVectorEnv
 
@@ -44,7 +45,8 @@ class AtariConfig:
 
     Attributes:
         id: gymnasium id of an ALE game, e.g. "ALE/Breakout-v5" or "ALE/Pong-v5".
-        frame_size: observations are frame_size x frame_size grayscale.
+        frame_size: observations are frame_size x frame_size grayscale (a replay row holds one frame, so
+            frame_size^2 bytes of it per stored step).
         frame_stack: frames per observation.
         frame_skip: emulator frames per agent step (max-pooled over the last two).
         sticky_action_prob: probability that ALE repeats the previous action (v5: 0.25).
@@ -66,6 +68,13 @@ class AtariConfig:
     max_episode_frames: int = 108_000
     episodic_life: bool = False
     clip_rewards: bool = False
+
+    ranges: ClassVar[dict[str, str]] = {
+        "frame_size": "[8, 256]", "frame_stack": "[1, 16]", "frame_skip": "[1, 64]", "sticky_action_prob": "[0, 1]",
+        "noop_max": "[0, 10_000]", "max_episode_frames": "[1, 10_000_000]"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class AtariFrames(gym.Wrapper):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +24,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
+from mbrl.core.config import check_ranges
 from mbrl.core.replay import ReplayBuffer
 from mbrl.world_models.base import WorldModel, map_state
 from mbrl.world_models.blocks import tensor_versions
@@ -72,21 +73,23 @@ class DreamConfig:
     discount: float = 0.99
     device: str = "cpu"
 
+    ranges: ClassVar[dict[str, str]] = {"horizon": "[1, 100_000]", "context": "[1, 1024]",
+                                        "termination_threshold": "[0, 1]", "discount": "[0, 1]"}
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         choices = {"observation": ("latent", "pixels"), "reward": ("clipped", "expected"),
                    "terminate_on": ("game_over", "life_loss"), "termination": ("threshold", "sample")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"DreamConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.horizon < 1 or self.context < 1:
-            raise ValueError(f"DreamConfig.horizon and .context must be >= 1, got {self.horizon}, {self.context}")
-        if not 0.0 <= self.termination_threshold <= 1.0:
-            raise ValueError(f"DreamConfig.termination_threshold must be in [0, 1], got {self.termination_threshold}")
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 def latent_space(world_model: WorldModel) -> gym.spaces.Box:
-    """The observation space of one latent: unbounded float32 `latent_shape`."""
-    return gym.spaces.Box(-np.inf, np.inf, tuple(world_model.latent_shape), np.float32)
+    """The observation space of one latent: float32 `latent_shape`, every finite value (the dream raises on a
+    non-finite one). Finite bounds, not infinite ones, which gymnasium's env checker warns about."""
+    bound = float(np.finfo(np.float32).max)
+    return gym.spaces.Box(-bound, bound, tuple(world_model.latent_shape), np.float32)
 
 
 class DreamVectorEnv(gym.vector.VectorEnv):

@@ -25,14 +25,21 @@ import gymnasium
 import numpy as np
 import torch
 
-from mbrl.core.checkpoint import Checkpoint, load_checkpoint, load_state_dict
+from mbrl.core.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointHeader,
+    check_tensors,
+    load_state_dict,
+    open_checkpoint,
+)
 from mbrl.core.config import from_dict
 from mbrl.core.errors import UserError
 from mbrl.core.replay import ReplayBuffer, split_episodes
 from mbrl.core.run import RunDir
 from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv
 from mbrl.world_models.base import WorldModel
-from mbrl.world_models.registry import build
+from mbrl.world_models.registry import FAMILIES, build, skeleton
 
 DREAM_ID = "mbrl/Dream-v0"
 WORLD_MODEL_CHECKPOINT = "world_model"  # the name mbrl train-world-model saves under
@@ -82,7 +89,7 @@ def dream_config(saved: dict[str, Any] | None = None, **fields: Any) -> DreamCon
         raise TypeError(f"unknown dream option {unknown[0]!r}; valid DreamConfig fields: {', '.join(valid)}")
     if fields.get("device") == "auto":
         fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    base = from_dict(DreamConfig, {k: v for k, v in (saved or {}).items() if k != "device"}, "dream")
+    base = from_dict(DreamConfig, {k: v for k, v in (saved or {}).items() if k != "device"}, "dream.")
     return dataclasses.replace(base, **fields)
 
 
@@ -118,10 +125,35 @@ def load_world_model(run: RunDir, device: torch.device) -> tuple[WorldModel, Che
     Raises:
         CheckpointError: the checkpoint is missing, corrupted or does not match its model.
     """
-    ckpt = load_checkpoint(run.checkpoint_dir, WORLD_MODEL_CHECKPOINT)
-    model = build(ckpt.metadata["family"], ckpt.metadata["config"])
+    header = open_checkpoint(run.checkpoint_dir, WORLD_MODEL_CHECKPOINT)
+    family, config = world_model_spec(header)
+    check_tensors(header, skeleton(family, config), prefix="model.")  # before any real model is allocated
+    ckpt = header.load()
+    model = build(family, config)
     load_state_dict(model, ckpt, prefix="model.")
     return model.to(device).eval(), ckpt
+
+
+def world_model_spec(header: CheckpointHeader) -> tuple[str, Any]:
+    """The family and config a world-model checkpoint's metadata describes, checked as untrusted input: the
+    family must be in the registry and the config must pass its class's `from_dict` (known keys, types,
+    ranges); fields added since the checkpoint was saved take their old meaning (`absent_in_old_checkpoints`).
+
+    Raises:
+        CheckpointError: naming the checkpoint and what is wrong.
+    """
+    family, fields = header.metadata.get("family"), header.metadata.get("config")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise CheckpointError(f"checkpoint {header.path} names world-model family {family!r}; "
+                              f"known: {', '.join(FAMILIES)}")
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"checkpoint {header.path} has no world-model config")
+    config_cls = FAMILIES[family][0]
+    try:
+        config: Any = from_dict(config_cls, {**getattr(config_cls, "absent_in_old_checkpoints", {}), **fields})
+    except UserError as exc:
+        raise CheckpointError(f"checkpoint {header.path} is corrupted: {exc}") from None
+    return family, config
 
 
 def _holdout_every(run_config: dict[str, Any]) -> int:

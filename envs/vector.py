@@ -235,7 +235,10 @@ def _worker(conn: Any, env_fns: list, shared: dict[str, Any], layout: dict[str, 
         _single_threaded()
         shard = _Shard(env_fns, _views(shared, layout, lo, hi))
         while True:
-            command, arg = conn.recv()
+            try:
+                command, arg = conn.recv()
+            except (EOFError, ConnectionError):  # the parent is gone (killed): nothing to serve, no one to tell
+                break
             if command == "close":
                 break
             getattr(shard, command)(arg)
@@ -243,7 +246,8 @@ def _worker(conn: Any, env_fns: list, shared: dict[str, Any], layout: dict[str, 
     except KeyboardInterrupt:
         pass
     except Exception:  # the parent raises it, with this traceback
-        conn.send((False, traceback.format_exc()))
+        with contextlib.suppress(OSError):  # unless the parent is gone meanwhile (a broken pipe)
+            conn.send((False, traceback.format_exc()))
     finally:
         if shard is not None:
             shard.close()

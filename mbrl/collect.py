@@ -6,14 +6,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from mbrl.core.config import check_ranges
 from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
 from mbrl.envs.vector import ShardedVectorEnv, one_torch_thread
+from mbrl.progress import Progress
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Maps a batch of observations uint8 (K, S, H, W) and their episode starts bool (K,) (True where the
@@ -25,13 +27,19 @@ class CollectConfig:
     """Real-env collection settings.
 
     Attributes:
-        num_envs: environments stepped together.
+        num_envs: environments stepped together (at most 256: each holds an emulator and its frame stacks,
+            in shared memory too).
         num_workers: processes stepping them; -1: one per CPU core (at most num_envs),
             0: all in the main process.
     """
 
     num_envs: int = 8
     num_workers: int = -1
+
+    ranges: ClassVar[dict[str, str]] = {"num_envs": "[1, 256]", "num_workers": "[-1, 256]"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class RandomPolicy:
@@ -69,7 +77,8 @@ class Collector:
     results of one shard are stored and its next actions chosen, so no worker waits for the
     slowest one. The order is fixed, so a seeded run gives the same buffer every time. The env
     stays open between `run` calls, so a Dyna loop can collect a little at a time with
-    whatever policy is current. Rewards stored are the raw game rewards.
+    whatever policy is current. Rewards stored are the raw game rewards. The first `run` resets the envs
+    and opens their streams, so a collector that never runs leaves the buffer as it was.
 
     Args:
         env: a sharded vector env whose infos carry `raw_reward`, `life_loss` and `ram`, as
@@ -81,10 +90,9 @@ class Collector:
     def __init__(self, env: ShardedVectorEnv, buffer: ReplayBuffer, seed: int) -> None:
         self.env = env
         self.buffer = buffer
-        self.streams = buffer.new_streams(env.num_envs)
+        self.seed = seed
+        self.streams: np.ndarray | None = None  # the buffer's streams of the envs, opened by the first `run`
         n = env.num_envs
-        self.obs, info = env.reset(seed=seed)
-        buffer.append(self.streams, self.obs[:, -1], np.zeros(n), np.zeros(n), np.full(n, FIRST, np.uint8), info["ram"])
         self._actions = np.zeros(n, dtype=np.int64)  # the actions each env is playing now
         self._resetting = np.zeros(n, dtype=bool)  # envs whose next step is an autoreset
         self._starts = np.ones(n, dtype=bool)  # envs whose observation is the first of an episode
@@ -98,6 +106,7 @@ class Collector:
         flush_every: int = 250,
         on_flush: Callable[[], None] | None = None,
         progress: bool | None = None,
+        log: Progress | None = None,
     ) -> CollectStats:
         """Collect until at least `steps` transitions are stored (overshoot < num_envs).
 
@@ -108,12 +117,20 @@ class Collector:
             flush_every: vector steps between buffer flushes and `on_flush` calls.
             on_flush: called after each flush (e.g. to write progress.json).
             progress: show a tqdm bar (None: only when stderr is a terminal).
+            log: progress lines for a log, advanced by every stored transition (its phase is the caller's),
+                noting the mean score of the last 10 finished episodes ("episode score").
         """
+        if self.streams is None:  # reset the envs and store their first observations only when they will play
+            self.streams = self.buffer.new_streams(self.env.num_envs)
+            self.obs, info = self.env.reset(seed=self.seed)
+            n = self.env.num_envs
+            self.buffer.append(self.streams, self.obs[:, -1], np.zeros(n), np.zeros(n), np.full(n, FIRST, np.uint8),
+                               info["ram"])
         with one_torch_thread():  # a torch policy shares the cores with the env workers
-            return self._run(steps, policy, flush_every, on_flush, progress)
+            return self._run(steps, policy, flush_every, on_flush, progress, log)
 
     def _run(self, steps: int, policy: Policy, flush_every: int, on_flush: Callable[[], None] | None,
-             progress: bool | None) -> CollectStats:
+             progress: bool | None, log: Progress | None) -> CollectStats:
         stats = CollectStats()
         start = time.perf_counter()
         bar = tqdm(total=steps, unit="step", desc="collect", disable=None if progress is None else not progress)
@@ -134,8 +151,13 @@ class Collector:
             if stats.steps < steps:  # the next step of this shard starts before its rows are stored
                 self._act(shard, policy)
                 playing.append(shard)
+            finished = len(stats.episode_returns)
             self._record(slice(lo, hi), actions, obs, terminated, truncated, info, first, stats)
             bar.update(new)
+            if log is not None:
+                if len(stats.episode_returns) > finished:
+                    log.note(episode_score=float(np.mean(stats.episode_returns[-10:])))
+                log.advance(new)
             received += 1
             if received % (flush_every * len(self.env.shards)) == 0:
                 self._flush(on_flush)
@@ -164,6 +186,7 @@ class Collector:
         flags = np.where(terminated, TERMINATED, 0) | np.where(truncated, TRUNCATED, 0)
         flags |= np.where(info["life_loss"], LIFE_LOSS, 0)
         flags = np.where(first, FIRST, flags).astype(np.uint8)
+        assert self.streams is not None
         self.buffer.append(self.streams[envs], obs[:, -1], actions, raw, flags, info["ram"])
         moved = ~first
         returns, lengths = self._returns[envs], self._lengths[envs]  # views

@@ -8,17 +8,20 @@ cap of 108,000 frames, and the raw (unclipped) game score.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
+from mbrl.core.config import check_ranges
 from mbrl.envs.atari import AtariConfig, make_vector_env
 from mbrl.envs.vector import one_torch_thread
+from mbrl.progress import Progress
 
 MAX_GIF_FRAMES = 3000
 
@@ -38,7 +41,7 @@ class EvalConfig:
 
     Attributes:
         episodes: full games played.
-        num_envs: games played at once (at most `episodes`).
+        num_envs: games played at once (at most `episodes`, and at most 256: each holds an emulator).
         num_workers: processes stepping them: -1 one per core, 0 in the calling process.
         deterministic: pass `deterministic=True` to the agent's `predict` (the greedy action);
             False samples, which keeps a Breakout agent from stalling without pressing FIRE.
@@ -53,6 +56,13 @@ class EvalConfig:
     sticky_action_prob: float = 0.25
     max_episode_frames: int = 108_000
 
+    ranges: ClassVar[dict[str, str]] = {
+        "episodes": "[1, 100_000]", "num_envs": "[1, 256]", "num_workers": "[-1, 256]", "sticky_action_prob": "[0, 1]",
+        "max_episode_frames": "[1, 10_000_000]"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 def eval_env_config(env: AtariConfig, config: EvalConfig) -> AtariConfig:
     """The run's game with evaluation rules: full games, raw rewards, sticky actions, the frame cap."""
@@ -63,7 +73,8 @@ def eval_env_config(env: AtariConfig, config: EvalConfig) -> AtariConfig:
 
 def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int,
                    gif_path: Path | None = None, progress: bool | None = None,
-                   on_game: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_game: Callable[[dict[str, Any]], None] | None = None,
+                   log: Progress | None = None) -> dict[str, Any]:
     """Play `config.episodes` full games with `agent` and report their raw scores.
 
     Each of the K envs plays a fixed share of the games (the first `episodes % K` one more), so
@@ -73,11 +84,15 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
         agent: anything with SB3's `predict` over frame stacks.
         env: the game and preprocessing (evaluation rules are applied on top, see `eval_env_config`).
         config: evaluation settings.
-        seed: seeds the envs (the agent keeps its own generator).
+        seed: seeds the envs, and torch's and numpy's global generators for the games (an SB3 policy samples
+            its actions from them; the caller's streams are restored after). An agent with a generator of its
+            own (MPC) draws from that.
         gif_path: if given, env 0's first game is written there as a GIF.
         progress: tqdm bar over games (None: only when stderr is a terminal).
         on_game: called after every scored game with the result so far (as returned, with
             `complete` False until the last game), e.g. to save finished games as they come.
+        log: progress lines for a log, updated with the games scored at every step (its phase is the
+            caller's), noting the game steps played and the mean score so far.
 
     Returns:
         JSON-ready dict: scores and lengths per game (in finishing order), mean, median, std,
@@ -94,11 +109,12 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
     frames: list[np.ndarray] = []
     bar = tqdm(total=config.episodes, desc="evaluate", unit="game", disable=None if progress is None else not progress)
     try:
-        with one_torch_thread():  # a torch agent shares the cores with the env workers
+        with one_torch_thread(), seeded_global_generators(seed):  # a torch agent shares the cores with the envs
             obs, _ = venv.reset(seed=seed)
             starting = np.ones(k, dtype=bool)  # the observation starts a game (after reset or autoreset)
             returns, steps, done = np.zeros(k), np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
             recording = gif_path is not None
+            played = 0  # game steps of all envs (for the progress lines)
             while (done < quota).any():
                 if recording:
                     frames.append(obs[0, -1].copy())
@@ -117,6 +133,10 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
                         if on_game is not None:
                             on_game(summarize(scores, lengths, env.id, seed, config))
                     done[i] += 1
+                if log is not None:
+                    played += int(playing.sum())
+                    log.note(game_steps=f"{played:,}", mean_score=float(np.mean(scores)) if scores else None)
+                    log.update(len(scores))
                 recording = recording and not ended[0] and len(frames) < MAX_GIF_FRAMES
                 returns[ended], steps[ended] = 0.0, 0
                 starting = ended
@@ -126,6 +146,22 @@ def evaluate_agent(agent: Agent, env: AtariConfig, config: EvalConfig, seed: int
     if gif_path is not None and frames:
         save_gif(np.stack(frames), gif_path, fps=30, scale=3)
     return summarize(scores, lengths, env.id, seed, config)
+
+
+@contextlib.contextmanager
+def seeded_global_generators(seed: int) -> Iterator[None]:
+    """torch's (CPU and CUDA) and numpy's global generators seeded from `seed` inside, restored to their states
+    before on the way out."""
+    import torch
+
+    before = np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(before)
 
 
 def summarize(scores: list[float], lengths: list[int], env_id: str, seed: int, config: EvalConfig) -> dict[str, Any]:

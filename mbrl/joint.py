@@ -17,10 +17,8 @@ checkpoint), so a run killed at any moment resumes with `--resume` from its last
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,82 +26,21 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mbrl.agents.value_agent import ValueAgent
-from mbrl.collect import Collector, RandomPolicy
+from mbrl.collect import RandomPolicy
 from mbrl.core.atomic import write_atomic
 from mbrl.core.checkpoint import load_checkpoint, load_optimizer, load_state_dict, optimizer_tensors, save_checkpoint
 from mbrl.core.replay import ReplayBuffer
 from mbrl.core.run import RunDir
-from mbrl.envs.atari import RAM_SIZE, make_vector_env
 from mbrl.evaluate import evaluate_agent
+from mbrl.progress import Progress
+from mbrl.run_config import RunConfig
+from mbrl.session import Seeds, load_replay, open_replay, real_play
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
 from mbrl.train_world_model import to_train_batch
 from mbrl.world_models.jepa_value import ValueJEPAWorldModel
 from mbrl.world_models.registry import build, describe
 
-if TYPE_CHECKING:
-    from mbrl.run_config import RunConfig
-
 FAMILY = "jepa-value"
-
-
-@dataclass(frozen=True)
-class JointConfig:
-    """How the value-aware JEPA and its agent learn together (the real-step budget is loop.real_steps).
-
-    Attributes:
-        warmup_steps: random-policy real steps before the first update.
-        replay_ratio: joint updates per real step after the warm-up.
-        batch_size: windows of world_model.window transitions per update.
-        learning_rate: Adam learning rate.
-        adam_eps: Adam epsilon. DrQ's 1.5e-4 is larger than most of this model's gradients (its latents vary by
-            ~0.005 across states), which turns Adam into a slow SGD: the value head stayed the same in every
-            state (docs/research/2026-12-07-value-jepa.md).
-        grad_clip: gradient norm clip of the whole model.
-        epsilon_final: the collection epsilon reached at `epsilon_decay_steps` real steps (1 before the warm-up
-            ends, linear in between).
-        epsilon_decay_steps: real steps at which collection reaches `epsilon_final`.
-        eval_epsilon: random-action probability when scored on the real game.
-        chunk: real steps collected between rounds of updates.
-        checkpoint_every: real steps between checkpoints of the model, optimiser and counters (updates between
-            them in `mbrl train-world-model`, which trains on a stored buffer without acting).
-        eval_every: real steps between evaluations on the real game (0: only at the end).
-        log_every: updates between tensorboard loss points (and progress lines in a log).
-    """
-
-    warmup_steps: int = 1_600
-    replay_ratio: float = 1.0
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    adam_eps: float = 1e-8
-    grad_clip: float = 10.0
-    epsilon_final: float = 0.01
-    epsilon_decay_steps: int = 5_000
-    eval_epsilon: float = 0.001
-    chunk: int = 100
-    checkpoint_every: int = 2_000
-    eval_every: int = 0
-    log_every: int = 500
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 1 or self.chunk < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
-            raise ValueError("joint.warmup_steps, joint.chunk, joint.checkpoint_every and joint.batch_size "
-                             "must be >= 1")
-        if self.replay_ratio <= 0:
-            raise ValueError(f"joint.replay_ratio must be > 0, got {self.replay_ratio}")
-        if not 0 <= self.epsilon_final <= 1 or not 0 <= self.eval_epsilon <= 1:
-            raise ValueError("joint.epsilon_final and joint.eval_epsilon must be in [0, 1]")
-
-    def epsilon(self, real_steps: int) -> float:
-        """Collection epsilon after `real_steps` real steps."""
-        if real_steps <= self.warmup_steps:
-            return 1.0
-        span = max(self.epsilon_decay_steps - self.warmup_steps, 1)
-        done = min((real_steps - self.warmup_steps) / span, 1.0)
-        return 1.0 + done * (self.epsilon_final - 1.0)
-
-    def updates_due(self, real_steps: int) -> int:
-        """Joint updates a run should have had after `real_steps` real steps."""
-        return round(self.replay_ratio * max(real_steps - self.warmup_steps, 0))
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -122,7 +59,7 @@ class JointTrainer:
         self.model = model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameter_groups(), lr=self.cfg.learning_rate,
                                           eps=self.cfg.adam_eps)
-        self.rng = np.random.default_rng([config.seed, 7])
+        self.rng = np.random.default_rng(Seeds(config.seed).joint_updates())
         self.updates = 0
         self.meta: dict[str, Any] = {}
         self._since = time.perf_counter()  # the wall clock counted into meta["seconds"] up to here
@@ -186,60 +123,65 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 show_progress: bool | None = None) -> dict[str, Any]:
     """Run (or, with `resume`, continue) a joint run of `run` to the end of its real-step budget.
 
+    Args:
+        show_progress: a tqdm bar (None: when stderr is a terminal; progress lines in a log otherwise, see
+            `mbrl.progress`; False: neither).
+
     Returns:
         The final evaluation (see `mbrl.evaluate.evaluate_agent`) with the run's counters and evaluation history.
     """
     cfg, budget = config.joint, config.loop.real_steps
-    size = config.env.frame_size
-    buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
-    workers = None if config.collect.num_workers < 0 else config.collect.num_workers
-    first_stream = buffer.num_streams  # a resumed run plays new streams
-    env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
-    collector = Collector(make_vector_env(config.env, config.collect.num_envs, workers), buffer, seed=env_seed)
+    buffer = open_replay(run, config)
+    collector, seeds = real_play(config, buffer)  # a resumed run plays new streams
     trainer = JointTrainer(run, config, device)
     if resume:
         trainer.restore()
-    agent = ValueAgent(trainer.model, device, 1.0, cfg.eval_epsilon, [config.seed, first_stream, 1])
+    agent = ValueAgent(trainer.model, device, 1.0, cfg.eval_epsilon, seeds.explore())
     if "explore_rng" in trainer.meta:
         agent.rng.bit_generator.state = trainer.meta["explore_rng"]
     history: list[dict[str, Any]] = trainer.meta.get("evals", [])
     writer = SummaryWriter(str(run.tb_dir))
-    in_log = show_progress is None and not sys.stderr.isatty()
     bar = tqdm(total=budget, initial=min(buffer.num_steps, budget), unit="step", desc="real steps",
                disable=None if show_progress is None else not show_progress)
-    started, losses = time.time(), {}
-    random_policy = RandomPolicy(collector.env.single_action_space, [config.seed, first_stream])
+    progress = Progress.beside_bar("train-agent", show_progress)
+    losses: dict[str, float] = {}
+    random_policy = RandomPolicy(collector.env.single_action_space, seeds.random_policy())
+    if history:
+        progress.keep(eval_score=history[-1]["mean"])
 
     def evaluate(last: bool) -> dict[str, Any]:
-        seed = int(np.random.SeedSequence([config.seed, buffer.num_steps, 3]).generate_state(1)[0])
-        result = evaluate_agent(agent, config.env, config.eval, seed, gif_path=run.path / "eval.gif" if last else None,
-                                progress=False)
+        progress.phase("evaluating", total=config.eval.episodes, unit="games")
+        result = evaluate_agent(agent, config.env, config.eval, seeds.evaluation(buffer.num_steps),
+                                gif_path=run.path / "eval.gif" if last else None, progress=False, log=progress)
         result.update(real_steps=buffer.num_steps, updates=trainer.updates, dream_steps=0, agent="value",
                       train_seconds=trainer.seconds())
         write_atomic(run.eval_path, json.dumps(result, indent=1).encode())
         history.append({key: result[key] for key in ("real_steps", "updates", "mean", "median", "std")})
         for key in ("mean", "median", "std"):
             writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
+        progress.keep(eval_score=result["mean"])
         return result
 
     def log(losses: dict[str, float]) -> None:
         trainer.log(writer, losses, buffer)
         writer.add_scalar("charts/epsilon", agent.epsilon, buffer.num_steps)
-        if in_log:
-            print(f"real steps {buffer.num_steps}/{budget}, updates {trainer.updates}, td {losses['td']:.4f}, "
-                  f"consistency {losses['consistency']:.5f}, {time.time() - started:.0f} s", file=sys.stderr,
-                  flush=True)
 
     try:
         result: dict[str, Any] = {}
+        phase = ""
         while buffer.num_steps < budget or trainer.updates < cfg.updates_due(buffer.num_steps):
             before = buffer.num_steps
+            warm = before < cfg.warmup_steps
+            name = "warm-up: random play" if warm else "playing and learning"
+            if name != phase:  # a line when the phase starts
+                phase = name
+                progress.phase(name, total=min(cfg.warmup_steps, budget) if warm else budget, unit="real steps",
+                               done=before)
             if before < budget:
-                warm = before < cfg.warmup_steps
                 agent.epsilon = cfg.epsilon(before)
                 target = min(cfg.warmup_steps if warm else before + cfg.chunk, budget)
                 stats = collector.run(target - before, random_policy if warm else agent, config.replay.flush_every,
-                                      progress=False)
+                                      progress=False, log=progress)
                 for score in stats.episode_returns:
                     writer.add_scalar("collect/episode_score", score, buffer.num_steps)
                 bar.update(min(buffer.num_steps, budget) - min(before, budget))
@@ -247,6 +189,9 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 losses = trainer.update(buffer)
                 if trainer.updates % cfg.log_every == 0:
                     log(losses)
+                progress.note(updates=f"{trainer.updates:,}", td=losses["td"], consistency=losses["consistency"],
+                              epsilon=agent.epsilon)
+                progress.update(buffer.num_steps)
             if losses:
                 bar.set_postfix(td=f"{losses['td']:.3f}", cons=f"{losses['consistency']:.4f}",
                                 eps=f"{agent.epsilon:.2f}")
@@ -254,7 +199,7 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
             if cfg.eval_every and _crossed(before, buffer.num_steps, cfg.eval_every) and buffer.num_steps < budget:
                 bar.set_postfix_str("evaluating")
                 result = evaluate(last=False)
-                crossed = True
+                crossed, phase = True, ""  # the next round starts its phase's lines again
             if crossed or buffer.num_steps >= budget:
                 buffer.flush()
                 trainer.save(explore_rng=agent.rng.bit_generator.state, evals=history)
@@ -274,21 +219,27 @@ def train_joint(run: RunDir, config: RunConfig, device: torch.device, resume: bo
 
 
 def train_offline(run: RunDir, config: RunConfig, device: torch.device, updates: int | None, resume: bool,
-                  show_progress: bool | None = None) -> int:
+                  show_progress: bool | None = None, log: Progress | None = None) -> int:
     """`mbrl train-world-model` for the value-aware JEPA: joint updates on the run's stored replay alone, no acting,
     until the model has had `updates` (None: joint.replay_ratio per stored step past the warm-up); checkpointed
-    every joint.checkpoint_every updates and at the end. Returns the model's update count."""
-    buffer = ReplayBuffer.load(run.replay_dir)
+    every joint.checkpoint_every updates and at the end; `log` gets the phase's progress lines. Returns the model's
+    update count."""
+    buffer = load_replay(run)
     trainer = JointTrainer(run, config, device)
     if resume:
         trainer.restore()
     total = config.joint.updates_due(buffer.num_steps) if updates is None else updates
+    if log is not None:
+        log.phase("joint updates", total=total, unit="updates", done=trainer.updates)
     with SummaryWriter(str(run.tb_dir)) as writer, tqdm(total=total, initial=min(trainer.updates, total), unit="update",
                                                         desc="joint updates", disable=None if show_progress is None
                                                         else not show_progress) as bar:
         while trainer.updates < total:
             losses = trainer.update(buffer)
             bar.update(1)
+            if log is not None:
+                log.note(td=losses["td"], consistency=losses["consistency"])
+                log.update(trainer.updates)
             if trainer.updates % config.joint.log_every == 0:
                 trainer.log(writer, losses, buffer)
                 bar.set_postfix(td=f"{losses['td']:.3f}", cons=f"{losses['consistency']:.4f}")

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecMonitor
 from torch.utils.tensorboard import SummaryWriter
@@ -45,114 +44,69 @@ from mbrl.agents.replay_updates import learn_from_replay
 from mbrl.agents.sb3 import DreamVecEnv
 from mbrl.agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from mbrl.agents.value_agent import ValueAgent
-from mbrl.collect import Collector, Policy, RandomPolicy
+from mbrl.collect import Policy, RandomPolicy
 from mbrl.core.atomic import write_atomic
 from mbrl.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mbrl.core.replay import ReplayBuffer
 from mbrl.core.run import RunDir
-from mbrl.envs.atari import RAM_SIZE, make_env, make_vector_env
 from mbrl.envs.dream import DreamVectorEnv
+from mbrl.envs.registration import load_world_model
 from mbrl.evaluate import evaluate_agent
+from mbrl.progress import Progress
+from mbrl.run_config import RunConfig
+from mbrl.session import Seeds, episode_split, load_replay, open_replay, real_play
 from mbrl.train_world_model import CHECKPOINT as WORLD_MODEL
-from mbrl.train_world_model import Trainer, model_config
+from mbrl.train_world_model import Trainer
 from mbrl.world_models.jepa_value import ValueJEPAWorldModel
 from mbrl.world_models.latent_cache import LatentCache
 from mbrl.world_models.registry import build
 
-if TYPE_CHECKING:
-    from mbrl.run_config import RunConfig
-
 AGENT = "agent"  # checkpoint name of the SB3 learner and the loop's own state
-COLLECTORS = ("agent", "mpc")  # who may play the real game in the Dyna iterations
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """The Dyna schedule: how real play, world-model fitting and dream training alternate.
-
-    Attributes:
-        real_steps: the budget of real agent steps (each is `env.frame_skip` frames), warm-up included.
-        warmup_steps: random-policy real steps before the world model is first fitted.
-        collect_steps: real steps the agent plays per iteration.
-        collect_epsilon: probability of a uniformly random action while the agent collects.
-        collect_with: who plays the real game in the iterations: "agent" (the dream-trained agent,
-            epsilon-random) or "mpc" (MPC on the current world model with the config's `mpc` settings, each
-            first action drawn from its plan's distribution; the env then runs as one shard, since
-            the planner keeps every env's history).
-        world_model_updates: stage-2 world-model updates per iteration.
-        real_updates: gradient steps of the agent on real transitions of the replay buffer per real step
-            stored (agent.algo dqn only; `mbrl.agents.replay_updates`): Dyna's direct RL next to its learning in
-            the dream. 0: the agent learns in the dream only.
-        dream_steps: agent steps in the dream per iteration (all dream envs together).
-        dream_envs: imagined episodes run in parallel (one batched world-model step for all).
-        eval_every: iterations between real evaluations (the last iteration is always evaluated).
-    """
-
-    real_steps: int = 100_000
-    warmup_steps: int = 5_000
-    collect_steps: int = 5_000
-    collect_epsilon: float = 0.05
-    collect_with: str = "agent"
-    world_model_updates: int = 200
-    real_updates: float = 0.0
-    dream_steps: int = 50_000
-    dream_envs: int = 64
-    eval_every: int = 4
-
-    def __post_init__(self) -> None:
-        if not 0 < self.warmup_steps <= self.real_steps:
-            raise ValueError(f"loop.warmup_steps must be in (0, real_steps], got {self.warmup_steps}")
-        if self.real_updates < 0:
-            raise ValueError(f"loop.real_updates must be >= 0, got {self.real_updates}")
-        if min(self.collect_steps, self.dream_envs, self.eval_every) < 1:
-            raise ValueError("loop.collect_steps, loop.dream_envs and loop.eval_every must be >= 1")
-        if self.collect_with not in COLLECTORS:
-            raise ValueError(f"loop.collect_with must be one of {', '.join(COLLECTORS)}, got {self.collect_with!r}")
-
-    @property
-    def iterations(self) -> int:
-        return math.ceil((self.real_steps - self.warmup_steps) / self.collect_steps)
 
 
 def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bool,
                 show_progress: bool | None = None) -> dict[str, Any]:
     """Run (or, with `resume`, continue) the Dyna loop of `run` to the end of its real-step budget.
 
+    Args:
+        show_progress: tqdm bars (None: when stderr is a terminal; progress lines in a log otherwise, see
+            `mbrl.progress`; False: neither).
+
     Returns:
         The final evaluation (see `mbrl.evaluate.evaluate_agent`), with the loop's counters.
     """
     loop = config.loop
-    size = config.env.frame_size
-    buffer = ReplayBuffer.open(run.replay_dir, (size, size), config.env.frame_stack, RAM_SIZE)
-    workers = None if config.collect.num_workers < 0 else config.collect.num_workers
-    if loop.collect_with == "mpc" and workers != 0:
-        workers = 1  # one shard: the planner sees every env at each call
-    first_stream = buffer.num_streams  # a resumed run plays new streams
-    env_seed = int(np.random.SeedSequence([config.seed, first_stream]).generate_state(1)[0])
-    collector = Collector(make_vector_env(config.env, config.collect.num_envs, workers), buffer, seed=env_seed)
+    buffer = open_replay(run, config)
+    collector, seeds = real_play(config, buffer, one_shard=loop.collect_with == "mpc")  # a resumed run: new streams
     writer = SummaryWriter(str(run.tb_dir))
     bar = tqdm(total=loop.real_steps, initial=min(buffer.num_steps, loop.real_steps), unit="step",
                desc="real steps", disable=None if show_progress is None else not show_progress)
+    log = Progress.beside_bar("train-agent", show_progress)
 
-    def collect_until(target: int, policy: Policy) -> None:
+    def collect_until(target: int, policy: Policy, phase: str) -> None:
         before = buffer.num_steps
         if before < target:
             bar.set_postfix_str(f"collecting to {target}")
+            log.keep(real_steps=None)  # the phase counts them
+            log.phase(phase, total=target, unit="real steps", done=before)
             stats = collector.run(target - before, policy, config.replay.flush_every, progress=False,
-                                  on_flush=lambda: run.update_progress(replay_steps=buffer.num_steps))
+                                  on_flush=lambda: run.update_progress(replay_steps=buffer.num_steps), log=log)
             for score in stats.episode_returns:
                 writer.add_scalar("collect/episode_score", score, buffer.num_steps)
             bar.update(min(buffer.num_steps, loop.real_steps) - min(before, loop.real_steps))
+        log.keep(real_steps=f"{buffer.num_steps:,}/{loop.real_steps:,}")
 
     try:
         # ---- warm-up: random play, then the world model's first fit ---------------------
-        collect_until(loop.warmup_steps, RandomPolicy(collector.env.single_action_space, [config.seed, first_stream]))
+        collect_until(loop.warmup_steps, RandomPolicy(collector.env.single_action_space, seeds.random_policy()),
+                      "warm-up: random play")
+        torch.manual_seed(config.seed)  # the world model's initial weights: the same seed, the same run
         model = build(config.world_model_training.family, config.world_model)
         trainer = Trainer(run, model, buffer, config.world_model_training, device, config.seed)
         if resume and (run.checkpoint_dir / f"{WORLD_MODEL}.json").exists():
             trainer.restore(load_checkpoint(run.checkpoint_dir, WORLD_MODEL))
         bar.set_postfix_str("fitting the world model")
-        trainer.train(["encoder", "dynamics"], None, writer, show_progress=False)
+        trainer.train(["encoder", "dynamics"], None, writer, show_progress=False, log=log)
 
         # ---- the agent, in the dream --------------------------------------------------
         cache = trainer.latent_cache  # encoder frozen from here on: each row encoded once, for refits and dreams
@@ -160,36 +114,45 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                             device)
         agent.set_logger(configure(str(run.tb_dir / "agent"), ["tensorboard"]))
         state = _restore(run, agent) if resume else {}
-        latent_agent = LatentAgent(agent, model, device, loop.collect_epsilon, [config.seed, first_stream, 1])
+        latent_agent = LatentAgent(agent, model, device, loop.collect_epsilon, seeds.explore())
         if "explore_rng" in state:
             latent_agent.rng.bit_generator.state = state["explore_rng"]
         planner = None
         if loop.collect_with == "mpc":
-            plan_seed = int(np.random.SeedSequence([config.seed, first_stream, 4]).generate_state(1)[0])
-            planner = MPCAgent(model, config.mpc, device, seed=plan_seed)
+            planner = MPCAgent(model, config.mpc, device, seed=seeds.plan())
             if "plan_rng" in state:
                 planner.generator.set_state(state["plan_rng"])
         collect_policy: Policy = latent_agent if planner is None else planner
         history: list[dict[str, Any]] = state.get("evals", [])
         real_updates: int = state.get("real_updates", 0)
-        result: dict[str, Any] = history[-1] if history else {}
+        # the latest evaluation in full (a resumed run whose last iteration was evaluated plays no more games)
+        result: dict[str, Any] = json.loads(run.eval_path.read_text()) if history and run.eval_path.exists() else {}
+        if result:
+            log.keep(eval_score=result["mean"])
 
         # ---- Dyna iterations ----------------------------------------------------------
         for k in range(1, loop.iterations + 1):
-            collect_until(min(loop.warmup_steps + k * loop.collect_steps, loop.real_steps), collect_policy)
+            iteration = f"iteration {k}/{loop.iterations}"
+            collect_until(min(loop.warmup_steps + k * loop.collect_steps, loop.real_steps), collect_policy,
+                          f"{iteration}: {loop.collect_with} plays")
 
-            missing = k * loop.world_model_updates - trainer.progress.get("dyna_updates", 0)
+            done = trainer.progress.get("dyna_updates", 0)
+            missing = k * loop.world_model_updates - done
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: world model")
+                log.phase(f"{iteration}: world model", total=done + missing, unit="updates", done=done)
                 trainer.refresh_split()
-                losses = trainer.run_updates("dynamics", missing, writer)
+                seed_global_generators(seeds.refit(k))
+                losses = trainer.run_updates("dynamics", missing, writer, log=log)
                 trainer.save()
                 bar.set_postfix(wm_loss=f"{losses['total']:.4f}")
 
             missing = round(loop.real_updates * buffer.num_steps) - real_updates
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: agent on real play")
-                rng = np.random.default_rng([config.seed, k, 5])
+                log.phase(f"{iteration}: agent on real play", total=real_updates + missing, unit="updates",
+                          done=real_updates)
+                rng = np.random.default_rng(seeds.real_updates(k))
                 loss = learn_from_replay(agent, buffer, cache, missing, real_updates, config.agent.batch_size,
                                          config.agent.return_steps, config.dream.terminate_on,
                                          config.agent.target_update_interval, rng)
@@ -200,21 +163,27 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
             missing = k * loop.dream_steps - agent.num_timesteps
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: agent in the dream")
+                log.phase(f"{iteration}: agent in the dream", total=k * loop.dream_steps, unit="dream steps",
+                          done=agent.num_timesteps)
                 agent.set_env(_dream(model, buffer, trainer, config, device, k, cache))
-                agent.learn(missing, reset_num_timesteps=False, progress_bar=False)
+                seed_global_generators(seeds.dream_learning(k), agent)
+                agent.learn(missing, reset_num_timesteps=False, progress_bar=False,
+                            callback=_LogSteps(log) if log.enabled else None)
                 _save(run, agent, history, latent_agent, planner, real_updates)
 
             evaluated = {e["iteration"] for e in history}
             if (k % loop.eval_every == 0 or k == loop.iterations) and k not in evaluated:
                 bar.set_postfix_str(f"iteration {k}: evaluating")
+                log.phase(f"{iteration}: evaluating", total=config.eval.episodes, unit="games")
                 result = _evaluate(run, config, latent_agent, k, buffer.num_steps, agent.num_timesteps,
-                                   last=k == loop.iterations)
+                                   last=k == loop.iterations, log=log)
                 history.append({key: result[key] for key in ("iteration", "real_steps", "dream_steps", "mean",
                                                                "median", "std")})
                 for key in ("mean", "median", "std"):
                     writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
                 _save(run, agent, history, latent_agent, planner, real_updates)
                 bar.set_postfix(score=f"{result['mean']:.1f}")
+                log.keep(eval_score=result["mean"])
             run.update_progress(replay_steps=buffer.num_steps, iteration=k, dream_steps=agent.num_timesteps,
                                 world_model_updates=trainer.progress.get("dyna_updates", 0))
     finally:
@@ -225,22 +194,45 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
     return {**result, "history": history}
 
 
+def seed_global_generators(seed: int, agent: BaseAlgorithm | None = None) -> None:
+    """Seed what a phase draws from besides its own generators: torch's and numpy's global ones (the world
+    model's masks, PPO's sampled actions and minibatches, DQN's exploration) and the agent's action space
+    (DQN's random actions). Each phase seeded so, a resumed run redoes a phase as the uninterrupted run did
+    it, whatever happened before it in either (a resumed sitting skips the phases already done)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if agent is not None:
+        agent.action_space.seed(seed)
+
+
+class _LogSteps(BaseCallback):
+    """The agent's steps in the dream, into the progress lines (`Progress.update` at every step)."""
+
+    def __init__(self, log: Progress) -> None:
+        super().__init__()
+        self.log = log
+
+    def _on_step(self) -> bool:
+        self.log.update(self.num_timesteps)
+        return True
+
+
 def _dream(model: Any, buffer: ReplayBuffer, trainer: Trainer, config: RunConfig, device: torch.device,
            iteration: int, cache: LatentCache | None = None) -> VecMonitor:
     """The batched dream of iteration `iteration` as an SB3 VecEnv, starting from training episodes."""
     dream_config = dataclasses.replace(config.dream, device=str(device))
-    seed = int(np.random.SeedSequence([config.seed, iteration, 2]).generate_state(1)[0])
+    seed = Seeds(config.seed).dream(iteration)
     vector = DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=seed,
                             episodes=trainer.train_ids, latent_cache=cache)
     return VecMonitor(DreamVecEnv(vector))  # dream episode returns -> the agent's rollout/ep_rew_mean
 
 
 def _evaluate(run: RunDir, config: RunConfig, agent: LatentAgent, iteration: int, real_steps: int,
-              dream_steps: int, last: bool) -> dict[str, Any]:
+              dream_steps: int, last: bool, log: Progress | None = None) -> dict[str, Any]:
     """Full real games with the agent; eval.json holds the latest result (and a GIF of the last)."""
     gif = run.path / "eval.gif" if last else None
-    seed = int(np.random.SeedSequence([config.seed, iteration, 3]).generate_state(1)[0])
-    result = evaluate_agent(agent, config.env, config.eval, seed, gif_path=gif, progress=False)
+    result = evaluate_agent(agent, config.env, config.eval, Seeds(config.seed).evaluation(iteration), gif_path=gif,
+                            progress=False, log=log)
     result.update(iteration=iteration, real_steps=real_steps, dream_steps=dream_steps, agent=config.agent.algo)
     write_atomic(run.eval_path, json.dumps(result, indent=1).encode())
     return result
@@ -272,18 +264,6 @@ def _restore(run: RunDir, agent: BaseAlgorithm) -> dict[str, Any]:
     return {**ckpt.metadata, **({"plan_rng": ckpt.tensors["rng.plan"]} if "rng.plan" in ckpt.tensors else {})}
 
 
-def num_actions(config: RunConfig) -> int:
-    """The real game's action count."""
-    return int(make_env(config.env).action_space.n)  # type: ignore[attr-defined]
-
-
-def with_num_actions(config: RunConfig) -> RunConfig:
-    """The run config with the world model's num_actions set from the game."""
-    actions = num_actions(config)
-    return dataclasses.replace(config, world_model=model_config(config.world_model, actions),
-                               value_model=model_config(config.value_model, actions))
-
-
 def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, seed: int = 0) -> DreamVecEnv:
     """The run's dream (config.dream, config.loop.dream_envs rollouts) in `model`, starting from real contexts of
     the run's training episodes, as an SB3 VecEnv.
@@ -291,10 +271,8 @@ def run_dream(run: RunDir, config: RunConfig, model: Any, device: torch.device, 
     Raises:
         UserError: the run's replay buffer is missing.
     """
-    from mbrl.core.replay import split_episodes
-
-    buffer = ReplayBuffer.load(run.replay_dir)
-    episodes, _ = split_episodes(buffer, config.world_model_training.holdout_every)
+    buffer = load_replay(run)
+    episodes, _ = episode_split(buffer, config)
     dream_config = dataclasses.replace(config.dream, device=str(device))
     return DreamVecEnv(DreamVectorEnv(model, buffer, config.loop.dream_envs, dream_config, seed=seed,
                                       episodes=episodes))
@@ -308,8 +286,6 @@ def load_trained_agent(run: RunDir, config: RunConfig, device: torch.device) -> 
         CheckpointError: the world-model or agent checkpoint is missing, corrupted or does not match.
         UserError: the run's replay buffer is missing (it gives the dream the agent was built on).
     """
-    from mbrl.envs.registration import load_world_model
-
     model, _ = load_world_model(run, device)
     if isinstance(model, ValueJEPAWorldModel):
         return ValueAgent(model, device, eval_epsilon=config.joint.eval_epsilon, seed=config.seed)

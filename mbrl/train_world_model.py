@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,13 +18,15 @@ from mbrl.core.checkpoint import (
     optimizer_tensors,
     save_checkpoint,
 )
+from mbrl.core.config import check_ranges
 from mbrl.core.errors import UserError
 from mbrl.core.replay import ReplayBuffer, SequenceBatch, split_episodes
 from mbrl.core.run import RunDir
 from mbrl.envs.registration import WORLD_MODEL_CHECKPOINT
+from mbrl.progress import Progress
 from mbrl.world_models.base import TrainBatch, WorldModel
 from mbrl.world_models.latent_cache import LatentCache
-from mbrl.world_models.registry import describe
+from mbrl.world_models.registry import FAMILIES, describe
 
 STAGES = {"1": ["encoder"], "2": ["dynamics"], "3": ["finetune"], "all": ["encoder", "dynamics", "finetune"]}
 FROZEN_ENCODER = ("dynamics",)
@@ -42,7 +44,8 @@ class WorldModelTrainConfig:
 
     Attributes:
         family: world-model family (see world_models/registry.py).
-        batch_size: windows per update.
+        batch_size: windows per update (with seq_len, what bounds a batch's memory: batch_size x (seq_len +
+            env.frame_stack) frames).
         seq_len: transitions per window.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -83,6 +86,18 @@ class WorldModelTrainConfig:
     event_fraction: float = 0.5
     restart_fraction: float = 0.0
 
+    ranges: ClassVar[dict[str, str]] = {
+        "batch_size": "[1, 4096]", "seq_len": "[1, 256]", "lr": "(0, 1]", "weight_decay": "[0, 10]",
+        "grad_clip": "(0, inf)", "encoder_steps": "[0, 100_000_000]", "dynamics_steps": "[0, 100_000_000]",
+        "finetune_steps": "[0, 100_000_000]", "eval_every": "[1, 100_000_000]", "val_batches": "[1, 10_000]",
+        "patience": "[1, 1_000_000]", "holdout_every": "[2, 1_000_000]", "event_fraction": "[0, 1]",
+        "restart_fraction": "[0, 1]"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+
 
 def to_train_batch(batch: SequenceBatch, device: torch.device, cache: LatentCache | None = None) -> TrainBatch:
     """Replay windows (numpy) -> a world model's training batch (tensors on `device`), with the latents
@@ -116,8 +131,10 @@ class Trainer:
 
     # ---- the stage loop -----------------------------------------------------------------
 
-    def train(self, stages: list[str], steps: int | None, writer: Any, show_progress: bool | None) -> None:
-        """Run `stages` in order, skipping those a resumed checkpoint finished."""
+    def train(self, stages: list[str], steps: int | None, writer: Any, show_progress: bool | None,
+              log: Progress | None = None) -> None:
+        """Run `stages` in order, skipping those a resumed checkpoint finished; `log` gets a phase per stage
+        (noting the last training and held-out losses)."""
         self.calibrate_events()
         for stage in stages:
             total = steps if steps is not None else getattr(self.cfg, f"{stage}_steps")
@@ -129,6 +146,8 @@ class Trainer:
             assert self.optimizer is not None
             bar = tqdm(total=total, initial=self.progress["step"], desc=f"world model: {stage}", unit="update",
                        disable=None if show_progress is None else not show_progress)
+            if log is not None:
+                log.phase(f"world model: {stage}", total=total, unit="updates", done=self.progress["step"])
             while self.progress["step"] < total:
                 losses = self._update(stage)
                 self.progress["step"] += 1
@@ -139,9 +158,13 @@ class Trainer:
                 if step % self.cfg.eval_every == 0 or step == total:
                     val = self._check(stage, writer)
                     bar.set_postfix(loss=f"{losses['total']:.4f}", val=f"{val:.4f}")
+                    if log is not None:
+                        log.note(world_model_loss=losses["total"], held_out_loss=val)
                     if self.progress["bad_checks"] >= self.cfg.patience:
                         bar.write(f"{stage}: validation loss stopped improving; stopping early at update {step}")
                         break
+                if log is not None:
+                    log.update(step)
             restored = self._restore_best(stage)
             if restored:
                 bar.write(f"{stage}: kept the weights of its best checks, not those of update "
@@ -152,11 +175,12 @@ class Trainer:
             self.progress["done"].append(stage)
             self.save()
 
-    def run_updates(self, stage: str, updates: int, writer: Any) -> dict[str, float]:
+    def run_updates(self, stage: str, updates: int, writer: Any, log: Progress | None = None) -> dict[str, float]:
         """`updates` more updates of `stage`, without validation or early stopping (the Dyna loop's refits).
 
         Continues the stage's optimizer when the stage is the current one. Counts them in
         `progress["dyna_updates"]`, which the loop uses as its milestone; returns the last losses.
+        `log` is advanced by every update (its phase is the caller's), noting the training loss.
         """
         if self.progress["stage"] != stage or self.optimizer is None:
             self.progress.update(stage=stage, step=0, best=None, bad_checks=0)
@@ -169,6 +193,9 @@ class Trainer:
             self.progress["dyna_updates"] = self.progress.get("dyna_updates", 0) + 1
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{stage}/{name}", value, self.progress["step"])
+            if log is not None:
+                log.note(world_model_loss=losses["total"])
+                log.advance(1)
         return losses
 
     def fit_latent_stats(self) -> None:

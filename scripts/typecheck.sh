@@ -12,4 +12,5 @@ for f in mbrl/*; do ln -s "$ROOT/$f" "$TREE/mbrl/"; done
 for d in envs agents world_models; do ln -s "$ROOT/$d" "$TREE/mbrl/$d"; done
 export MYPYPATH="$TREE"
 (cd "$TREE" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/setup.cfg" --cache-dir "$ROOT/.mypy_cache" -p mbrl)
-(cd "$ROOT/benchmarks" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/setup.cfg" --cache-dir "$ROOT/.mypy_cache" .)
+ln -s "$ROOT/benchmarks" "$TREE/benchmarks"  # the package benchmarks, beside mbrl as at the repository's root
+(cd "$TREE" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/setup.cfg" --cache-dir "$ROOT/.mypy_cache" -p benchmarks)

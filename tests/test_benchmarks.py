@@ -1,12 +1,11 @@
-"""The benchmark scripts' own bookkeeping (the benchmarks themselves run outside the test suite)."""
+"""The benchmarks' own bookkeeping and tables (the benchmarks themselves run outside the test suite)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,56 +13,54 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmarks import atari_100k, breakout_100k, plan_ranking, planning, planning_score, report
+from benchmarks.breakout_100k import SittingClock, current
+from benchmarks.dream_gap import TokenGrid
+from benchmarks.paired import paired_t, t_quantile, t_within
+from benchmarks.plan_ranking import average_ranks, ranking_scores, spearman
+from benchmarks.planning import summarise
+from benchmarks.planning_score import same_entry
+from benchmarks.report import save_result, section, write_results_md
+from benchmarks.studies.breakout_100k_games import breakout_100k_games
+from benchmarks.studies.emulator_planning import emulator_planning
+from benchmarks.studies.latent_distill.latent_distill import clone, dream_rates, heads_on_play, real_rates
+from benchmarks.studies.predictor_cost.predictor_cost import macs_per_rollout_step
+from benchmarks.studies.serving import serving
+from benchmarks.studies.serving.serving import WAIT, UniformOver, serve_waits, waiting
+from mbrl.agents.mpc import MPCConfig
+from mbrl.agents.planners import PlannerConfig
+from mbrl.agents.sb3_agent import AgentConfig, build_agent
+from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
 
-import breakout_100k_games  # noqa: E402
-from breakout_100k import SittingClock, current  # noqa: E402
-from dream_gap import TokenGrid  # noqa: E402
-from latent_distill import clone, dream_rates, heads_on_play, real_rates  # noqa: E402
-from paired import paired_t, t_quantile, t_within  # noqa: E402
-from plan_ranking import average_ranks, ranking_scores, spearman  # noqa: E402
-from planning import summarise  # noqa: E402
-from planning_score import same_entry  # noqa: E402
-from predictor_cost import macs_per_rollout_step  # noqa: E402
-from serving import WAIT, UniformOver, serve_waits, waiting  # noqa: E402
 
-from mbrl.agents.mpc import MPCConfig  # noqa: E402
-from mbrl.agents.planners import PlannerConfig  # noqa: E402
-from mbrl.agents.sb3_agent import AgentConfig, build_agent  # noqa: E402
-from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel  # noqa: E402
-from report import (  # noqa: E402
-    _atari_100k,
-    _breakout_100k,
-    _breakout_100k_games,
-    _emulator_planning,
-    _plan_ranking,
-    _planning,
-    _planning_score,
-    _serving,
-    write_results_md,
-)
+def rendered(result: dict[str, Any]) -> str:
+    """A result's RESULTS.md section, as one string."""
+    return "\n".join(section(result))
 
 
 def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_runs(tmp_path: Path) -> None:
     path = tmp_path / "mbrl-s0.seconds"
     path.write_text("100.0")  # earlier sittings took 100 s
-    with SittingClock(path, every=0.01) as clock:
-        deadline = time.monotonic() + 30
-        while float(path.read_text()) == 100.0 and time.monotonic() < deadline:  # a kill now keeps this sitting
-            time.sleep(0.01)
-        assert float(path.read_text()) > 100.0
-    total = clock.seconds()
-    assert total > 100.0 and float(path.read_text()) == round(total, 1) and clock.seconds() == total  # frozen
+    now = [0.0]
+    clock = SittingClock(path, every=0.01, now=lambda: now[0])  # this sitting starts at 0 on `now`
+    now[0] = 5.0  # before the clock's thread starts: every write it makes sees 5 s of this sitting
+    with clock:
+        clock.ticked.wait()  # set by the thread's first periodic write
+        assert float(path.read_text()) == 105.0  # a kill now keeps this sitting
+        now[0] = 7.0
+    assert clock.seconds() == 107.0 and float(path.read_text()) == 107.0
+    now[0] = 50.0
+    assert clock.seconds() == 107.0  # frozen at the sitting's end
     with SittingClock(path) as again:  # the next sitting starts from what the file holds
         assert again.before == float(path.read_text())
 
 
 def test_superseded_runs_neither_count_as_done_nor_mix_into_the_current_rows() -> None:
-    run = {"method": "mbrl", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0}
+    run = {"method": "mbrl", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0, "machine": "m",
+           "date": "d", "command": "c"}
     runs = [dict(run, superseded="a bug"), dict(run, mean=3.0), dict(run, seed=1, mean=5.0)]
     assert current(runs) == runs[1:]  # seed 0 of the current code is done, the superseded seed 0 is not counted
-    table = "\n".join(_breakout_100k({"runs": runs, "machine": "m", "date": "d", "command": "c", "episodes": 8,
-                                       "references": {}}))
+    table = rendered(breakout_100k.with_tables({"runs": runs, "episodes": 8, "references": {}}))
     assert "| mbrl | 100 | 2 | 4.00 +- 1.00 |" in table
     assert "| mbrl (superseded: a bug) | 100 | 1 | 1.00 +- 0.00 |" in table
 
@@ -71,8 +68,39 @@ def test_superseded_runs_neither_count_as_done_nor_mix_into_the_current_rows() -
 def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_path: Path) -> None:
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "future.json").write_text(json.dumps({"benchmark": "not_yet_known", "rows": []}))
-    text = write_results_md(tmp_path).read_text()
+    text = write_results_md(tmp_path)[0].read_text()
     assert "## results/future.json" in text and "'not_yet_known'" in text
+
+
+def test_results_md_renders_every_result_from_its_own_title_header_notes_and_tables(tmp_path: Path) -> None:
+    def result(title: str, command: str | list[str]) -> dict[str, Any]:
+        return {"benchmark": "b", "title": title, "machine": "m", "date": "2026-12-07", "command": command,
+                "notes": ["How it is measured."], "history": ["Earlier: 3."],
+                "tables": [{"columns": ["x", "y"], "rows": [[1, "2.00"], [None, "-"]], "notes": ["After."]},
+                           {"title": "Second", "columns": ["z"], "rows": [["a"]]}]}
+
+    for folder in ("results", "studies/s/results"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "results" / "b.json").write_text(json.dumps(result("Bench", "python -m benchmarks.b --n 1")))
+    (tmp_path / "studies" / "s" / "results" / "s.json").write_text(json.dumps(result("Study", ["c1", "c2"])))
+    main, studies = (path.read_text() for path in write_results_md(tmp_path))
+    assert ("## Bench\n\nMachine: m. Date: 2026-12-07. Command: `python -m benchmarks.b --n 1`.\n\nHow it is "
+            "measured.\n\nEarlier: 3.\n\n| x | y |\n| --- | --- |\n| 1 | 2.00 |\n| - | - |\n\nAfter.\n\n"
+            "Second\n\n| z |\n| --- |\n| a |\n") in main
+    assert "## Study" not in main and "Commands:\n\n- `c1`\n- `c2`\n" in studies
+
+
+def test_a_saved_result_keeps_the_history_of_the_one_it_replaces_and_needs_its_header(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "write_results_md", lambda: [])  # the repository's RESULTS.md stays as it is
+    out = tmp_path / "results" / "b.json"
+    first = {"benchmark": "b", "title": "B", "command": "c", "tables": [], "history": ["Before: 1."]}
+    save_result(first, out)
+    save_result({k: v for k, v in first.items() if k != "history"}, out)  # its next run: no history of its own
+    saved = json.loads(out.read_text())
+    assert saved["history"] == ["Before: 1."] and saved["machine"] == report.machine() and len(saved["date"]) == 10
+    with pytest.raises(ValueError, match="lacks title, tables"):
+        save_result({"benchmark": "b", "command": "c", "rows": []}, out)
 
 
 def test_predictor_cost_counts_the_multiply_adds_the_linear_path_rank_and_head_width_save() -> None:
@@ -183,7 +211,7 @@ def test_planning_scores_replace_only_the_entry_of_the_same_run_settings_and_gam
                        ("overrides", ["mpc.life_loss_penalty=3"]), ("mpc_acts", "sampled")):
         assert not same_entry(entry, dict(entry, **{key: other}))
     assert same_entry(entry, dict(entry, mpc_acts="best"))  # entries from before the field acted the best
-    table = "\n".join(_planning_score({"runs": [entry]}))
+    table = rendered(planning_score.with_tables({"runs": [entry]}))
     row = "| runs/a | cem | 64, 2, 2 | yes | 1 | best | 50 (1) | 2.00 +- 1.00 | - | 1.50 +- 1.00 | 1.5 | d, m |"
     assert row in table
 
@@ -195,7 +223,7 @@ def test_more_games_table_pairs_each_seed_of_mbrl_with_the_same_seed_of_the_othe
 
     runs = [run("mbrl", 0, 3.0), run("mbrl", 1, 2.0), run("mbrl", 2, 4.0), run("ppo", 0, 1.0), run("ppo", 1, 1.0),
             run("random", 0, 1.5), run("random", 1, 1.5), run("random", 2, 1.5)]
-    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    table = rendered(breakout_100k_games.with_tables({"runs": runs}))
     assert "| mbrl | 50 | 3 | 3.00 +- 0.82 | s0: 3.00 (1.00), s1: 2.00 (1.00), s2: 4.00 (1.00) |" in table
     # seed 2 has no PPO agent: the pairs are seeds 0 and 1, differences 2 and 1, t = 1.5 / (0.707 / sqrt 2) = 3
     # two-sided p with 1 df is 1 - (2 / pi) atan(t) = 0.205; the interval is 1.5 +- 12.706 * 0.5
@@ -220,7 +248,7 @@ def test_student_t_matches_closed_forms_and_printed_tables() -> None:
     runs = [{"method": method, "seed": seed, "episodes": 50, "mean": mean, "std": 1.0, "date": "d", "machine": "m",
              "command": "c"} for method, seed, mean in (("mbrl", 0, 9.0), ("mbrl", 1, 9.0), ("mbrl", 2, 9.0),
                                                          ("ppo", 0, 1.0), ("ppo", 1, 1.02), ("ppo", 2, 0.98))]
-    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    table = rendered(breakout_100k_games.with_tables({"runs": runs}))
     assert "+8.00, +7.98, +8.02; mean +8.00, t = 692.82 with 2 df, two-sided p < 0.001, 95% interval" in table
 
 
@@ -235,7 +263,8 @@ def test_planning_rows_pool_the_rounds_and_name_the_own_process_row() -> None:
                              "predictor_cached_ms", "predictor_full_window_ms", "heads_ms", "encode_one_obs_ms"], 1.0)
     result = {"machine": "m", "torch_threads": 2, "load_average": 0.0, "date": "d", "command": "c",
               "target_ms": 100.0, "step_profile": profile, "largest_cem_within_target": None, "rows": [row]}
-    assert "| cem | 8 | 3 | 2 | yes, own process | 5 | 30 | 48 | 20, 40 | 6 | 48 | 2 |" in "\n".join(_planning(result))
+    assert "| cem | 8 | 3 | 2 | yes, own process | 5 | 30 | 48 | 20, 40 | 6 | 48 | 2 |" in rendered(
+        planning.with_tables(result))
 
 
 def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
@@ -243,13 +272,13 @@ def test_more_games_table_pairs_mpc_like_mbrl_and_names_its_settings() -> None:
     runs = [{"method": method, "seed": seed, "episodes": 50, "mean": mean, "std": 1.0, "date": "d", "machine": "m",
              "command": "c", **({"mpc": settings} if method.endswith(":mpc") else {})}
             for method, seed, mean in (("mbrl:mpc", 0, 2.0), ("mbrl:mpc", 1, 4.0), ("ppo", 0, 1.0), ("ppo", 1, 2.0))]
-    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    table = rendered(breakout_100k_games.with_tables({"runs": runs}))
     assert "with the run's settings (cem N=64, H=8, I=2, life-loss penalty 1)" in table
     # differences 1 and 2: mean 1.5, sd 0.707, t = 1.5 / (0.707 / sqrt 2) = 3
     assert "- mbrl:mpc - ppo, paired over seeds 0, 1 (50 games each): +1.00, +2.00; mean +1.50, t = 3.00 with 1 df," \
         in table
     runs[-1]["mean"] = 3.0  # both differences +1: no spread, no t
-    table = "\n".join(_breakout_100k_games({"runs": runs}))
+    table = rendered(breakout_100k_games.with_tables({"runs": runs}))
     assert "+1.00, +1.00; mean +1.00, no t (the differences are all equal)." in table
 
 
@@ -284,16 +313,16 @@ def test_waiting_contexts_end_with_the_ball_gone_and_no_fire_for_the_last_observ
            "imagined_fire": [0.0] * 10, "imagined_noop": [0.01] * 10, "fire_noop_gap": [0.04] * 10,
            "runs": "runs/bench", "command": "c"}
     other = dict(row, runs="runs/ab", run_seed=0)  # a row of another runs directory, written later
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [other, row]}))
+    table = rendered(serving.with_tables({"rows": [], "fire": [other, row]}))
     assert "ball in play 1 / 3 / 10 steps after the context" in table
     assert table.index("| runs/ab/mbrl-s0 |") < table.index("| runs/bench/mbrl-s2 |")  # sorted by run
     assert ("| runs/bench/mbrl-s2 | 900 (512) | 0.95 (0.65) | 0.10 / 0.30 / 1.00 (80) | 0.00 / 0.00 / 0.00 | "
             "0.01 / 0.01 / 0.01 | 0.00 / 0.00 / - | 0.04 / 0.04 / 0.04 | - | - |") in table
     row.update(control_real=[0.9] * 10, control_imagined=[0.8] * 10, right_left_gap=[0.5] * 10)
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    table = rendered(serving.with_tables({"rows": [], "fire": [row]}))
     assert "| 0.04 / 0.04 / 0.04 | 0.50 / 0.50 / 0.50 | 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 | - |" in table
     row.update(served_contexts=75, serve_change=0.539, serve_error=0.382, control_error=0.466)
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [], "fire": [row]}))
+    table = rendered(serving.with_tables({"rows": [], "fire": [row]}))
     assert "| 0.90 / 0.90 / 0.90; 0.80 / 0.80 / 0.80 | 0.54 / 0.38; 0.47 (75) |" in table
 
 
@@ -307,12 +336,12 @@ def test_serve_waits_count_the_steps_from_each_lost_life_to_the_next_fire() -> N
     assert serve_waits([0, 0], [False, False], fire) == []
     row = {"agent": "mbrl", "seed": 1, "episodes": 10, "fire_share": 0.027, "median_wait": 49.0, "mean_wait": 217.0,
            "steps_per_game": 1138.3, "mean_score": 3.1, "command": "c"}
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [row, dict(row, median_wait=None)]}))
+    table = rendered(serving.with_tables({"rows": [row, dict(row, median_wait=None)]}))
     assert "| mbrl | 1 | 10 | 2.7% | 49 | 217.0 | 1138 | 3.10 |" in table
     assert "| mbrl | 1 | 10 | 2.7% | - | - | 1138 | 3.10 |" in table
     dream = {"run_seed": 1, "policy": "uniform without FIRE", "steps": 20032, "reward_per_step": 0.01,
              "ends_per_step": 0.0377, "command": "c"}
-    table = "\n".join(_serving({"machine": "m", "date": "d", "rows": [row], "dream": [dream]}))
+    table = rendered(serving.with_tables({"rows": [row], "dream": [dream]}))
     assert "| seed 1 | uniform without FIRE | 20032 | 0.0100 | 0.0377 |" in table
     actions, _ = UniformOver([0, 2, 3], seed=0).predict(np.zeros((1000, 8)))
     assert set(actions.tolist()) == {0, 2, 3}  # never FIRE (1)
@@ -347,13 +376,13 @@ def test_plan_ranking_table_shows_unrankable_horizons_as_a_dash() -> None:
                          "spearman": 0.5634, "gain": 0.88, "room": 0.618},
                         {"scored_by": "imagination + value", "against": "real + agent", "states": 100, "horizon": 3,
                          "informative": 1.0, "spearman": 0.25, "gain": 0.5, "room": 0.125}]}
-    lines = _plan_ranking({"runs": [run]})
+    lines = section(plan_ranking.with_tables({"runs": [run]}))
     assert "| runs/a | agent | imagination | 800 (5) | 64 | 4 | 0.000 | - | - | 0.000 | 0 | 2026-12-05, m |" in lines
     assert "| runs/a | agent | heads on real futures | 100 (5) | 64 | 24 | 1.000 | 0.563 | 0.880 | 0.618 | 0 |" \
         " 2026-12-05, m |" in lines
     assert "| runs/a | agent | imagination + value vs real + agent | 100 (5) | 64 | 3 | 1.000 | 0.250 | 0.500 |" \
         " 0.125 | 0 | 2026-12-05, m |" in lines
-    assert "- `python benchmarks/plan_ranking.py --runs runs/a`" in lines
+    assert "Machine: m. Date: 2026-12-05. Command: `python benchmarks/plan_ranking.py --runs runs/a`." in lines
 
 
 def test_emulator_planning_table_counts_cut_games_and_seconds_per_step() -> None:
@@ -361,7 +390,7 @@ def test_emulator_planning_table_counts_cut_games_and_seconds_per_step() -> None
            "seed": 0, "max_steps": 500, "mean": 6.5, "std": 2.5, "scores": [4.0, 9.0], "lengths": [300, 500],
            "cut": [False, True], "seconds": [150.0, 250.0], "date": "2026-12-05", "machine": "m",
            "command": "python benchmarks/emulator_planning.py --games 2"}
-    lines = _emulator_planning({"runs": [run]})
+    lines = section(emulator_planning.with_tables({"runs": [run]}))
     assert "| cem | 32, 16, 2 | sampled | 2 (0) | 500 | 6.50 +- 2.50 | 4, 9 | 300, 500 | 1 | 0.50 | 2026-12-05, m |" \
         in lines
 
@@ -374,10 +403,16 @@ def test_atari_100k_table_pairs_each_method_with_random_on_the_same_seed() -> No
 
     runs = [row("value", 0, 5.0), row("random", 0, 1.5), row("value", 1, 3.0), row("random", 1, 1.0),
             row("value:tree", 0, 4.0)]
-    lines = _atari_100k({"runs": runs, "published": {"Breakout": {"SimPLe": 16.4}}})
+    lines = section(atari_100k.with_tables({"runs": runs, "published": {"Breakout": {"SimPLe": 16.4}}}))
     assert "| Breakout | published | value | 0 | 50 | 5.00 | 1.00 | 1.25 | 2026-12-07, m |" in lines
     paired = [line for line in lines if line.startswith("- Breakout, published: value - random")]
     # diffs 3.5 and 2.0: sd 1.061, t = 2.75 / (1.061 / sqrt 2) = 3.67; df 1: p = 1 - 2 atan(3.67) / pi = 0.170
     assert paired == ["- Breakout, published: value - random = +2.75 over 2 seed(s), t = 3.67 with 1 df, p = 0.170"]
     assert "- Breakout, published: value:tree - random = +2.50 over 1 seed(s)" in lines  # one seed: no t
     assert any("Breakout: SimPLe 16.4" in line for line in lines)
+    # rows in the older format (a file of plain rows, as a run of the previous version writes): merged by their key
+    older = {"benchmark": "atari_100k", "date": "d", "machine": "m", "runs": [runs[0], dict(runs[1], seed=2)]}
+    new = atari_100k.missing_rows(runs, older["runs"])
+    assert new == [dict(runs[1], seed=2)]  # seed 0's value row is there already
+    assert "| Breakout | published | random | 2 | 50 | 1.50 | 1.00 | 1.25 | 2026-12-07, m |" in section(
+        atari_100k.with_tables({"runs": runs + new}))

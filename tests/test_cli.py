@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 import mbrl
-
-
-def mbrl_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mbrl", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if not _ale_banner(line)]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-def _ale_banner(line: str) -> bool:
-    return line.startswith("A.L.E:") or line.startswith("[Powered by Stella]")
+from tests.cli_runs import assert_user_error, mbrl_cli
 
 
 def test_help_and_version() -> None:
@@ -50,7 +31,7 @@ def test_no_command_prints_help_and_exits_2() -> None:
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["collect", "--steps", "0", "--run", "x"], "expected a positive integer"),
+        (["collect", "--steps", "0", "--run", "x"], r"argument --steps: expected an integer in \[1, \d+\], got 0"),
         (["collect", "--run", "x"], "required: --steps"),
         (["collect", "--steps", "5", "--run", "x", "--bogus"], "unrecognized arguments: --bogus"),
         (["nonsense"], "invalid choice"),

@@ -3,95 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import stable_baselines3 as sb3
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from test_jepa import TINY
 from torch import Tensor
 
-from mbrl.core.replay import FIRST, TERMINATED, ReplayBuffer
+from mbrl.agents.sb3_agent import ALGOS
 from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, _check_finite, latent_space
+from mbrl.envs.registration import DREAM_ID
 from mbrl.envs.wrappers import LatentObservation, LatentObservationVector
-from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel, map_state
+from mbrl.world_models.base import StepOutput, map_state
 from mbrl.world_models.jepa import JEPAWorldModel
 from mbrl.world_models.latent_cache import LatentCache
-
-EPISODES, LENGTH = 4, 12  # the toy buffer: frame value of row `pos` of episode `e` is 40 e + 3 pos
-
-
-class Walker(WorldModel):
-    """A world model known in closed form; the latent is (x, t).
-
-    encode: x = the newest frame's corner pixel, t = 0. step(a): x += a, t += 1; reward 0.75
-    for a = 1, -0.25 for a = 2, else 0; game over once t >= end; life lost with probability
-    0.6 on a = 2. decode: every pixel (x + 16 t) / 255. `poison` names an output made NaN.
-    """
-
-    latent_shape = (2,)
-    num_actions = 3
-    config = None
-
-    def __init__(self, end: int = 100) -> None:
-        super().__init__()
-        self.end = end
-        self.poison: str | None = None
-        self.observed: list[tuple[Tensor, Tensor]] = []  # arguments of every observe call
-
-    def encode(self, frames: Tensor) -> Tensor:
-        x = frames[:, :, -1, 0, 0].float()
-        return torch.stack([x, torch.zeros_like(x)], dim=-1)
-
-    def observe(self, latents: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        self.observed.append((latents.clone(), actions.clone()))
-        return {"z": latents[:, -1]}
-
-    def step(self, state: dict[str, Tensor], action: Tensor, latent: bool = True) -> StepOutput:
-        z = state["z"] + torch.stack([action.float(), torch.ones(len(action))], dim=-1)
-        reward = torch.where(action == 1, 0.75, torch.where(action == 2, -0.25, 0.0))
-        outputs = {"latent": z, "reward": reward, "cont": (z[:, 1] < self.end).float(),
-                   "life_loss": (action == 2).float() * 0.6}
-        if self.poison is not None:
-            outputs[self.poison] = outputs[self.poison] * torch.nan
-        return StepOutput({"z": z}, **outputs)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        value = ((latents[..., 0] + 16 * latents[..., 1]) / 255).clamp(0, 1)
-        return value[..., None, None].expand(*value.shape, 64, 64)
-
-    def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-
-def make_buffer(random_frames: bool = False) -> ReplayBuffer:
-    """EPISODES episodes of LENGTH rows; the action into row `pos` is pos % 3."""
-    buffer = ReplayBuffer((64, 64), 4, ram_size=128)
-    stream = buffer.new_streams(1)
-    rng = np.random.default_rng(0)
-    for e in range(EPISODES):
-        for pos in range(LENGTH):
-            frame = np.full((1, 64, 64), 40 * e + 3 * pos, np.uint8)
-            if random_frames:
-                frame = rng.integers(0, 256, (1, 64, 64), dtype=np.uint8)
-            flags = FIRST if pos == 0 else TERMINATED if pos == LENGTH - 1 else 0
-            buffer.append(stream, frame, np.array([pos % 3]), np.array([0.0]), np.array([flags], np.uint8))
-    return buffer
-
-
-def start_values(context: int = 4) -> set[float]:
-    """The x of every observation that can end a start context."""
-    return {40.0 * e + 3 * pos for e in range(EPISODES) for pos in range(context - 1, LENGTH)}
-
-
-def tiny_jepa() -> JEPAWorldModel:
-    torch.manual_seed(0)
-    return JEPAWorldModel(TINY).eval()
-
+from tests.toys import TINY, Walker, make_buffer, make_run, start_values, tiny_jepa
 
 # ---- closed form -----------------------------------------------------------------------------
 
@@ -365,25 +297,77 @@ def test_single_env_needs_a_reset_after_the_episode_ends() -> None:
 # ---- checkers, SB3 and real-env wrappers -----------------------------------------------------
 
 
+WALKER_ID = "mbrl-tests/WalkerDream-v0"
+
+
+def make_walker_dream(render_mode: str | None = None, **config: Any) -> DreamEnv:
+    """The entry point of WALKER_ID: a dream of the closed-form Walker, seeded."""
+    return DreamEnv(Walker(), make_buffer(random_frames=True), DreamConfig(**config), seed=0, render_mode=render_mode)
+
+
+if WALKER_ID not in gym.registry:
+    gym.register(WALKER_ID, entry_point=make_walker_dream)
+
+
+@pytest.fixture(scope="module")
+def jepa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    make_run(path)
+    return path
+
+
 @pytest.mark.parametrize("family", ["walker", "jepa"])
 @pytest.mark.parametrize("observation", ["latent", "pixels"])
-def test_dream_env_passes_gymnasium_and_sb3_checks(family: str, observation: str) -> None:
-    model: WorldModel = Walker() if family == "walker" else tiny_jepa()
-    config = DreamConfig(horizon=5, observation=observation)
-    env = DreamEnv(model, make_buffer(random_frames=True), config, seed=0, render_mode="rgb_array")
-    gym_check_env(env)
-    sb3_check_env(env, warn=True)
+def test_dream_env_passes_gymnasium_and_sb3_checks(family: str, observation: str, jepa_run: Path) -> None:
+    """Both checkers, every warning recorded: an env made by id has a spec, so gymnasium also checks each render
+    mode. The one warning allowed is SB3's advice on JEPA's (tokens, dim) latent, which its MlpPolicy flattens."""
+    settings = {"horizon": 5, "observation": observation, "render_mode": "rgb_array"}
+    made = gym.make(WALKER_ID, **settings) if family == "walker" else gym.make(DREAM_ID, checkpoint=jepa_run,
+                                                                              **settings)
+    env = made.unwrapped
+    assert isinstance(env, DreamEnv) and env.spec is not None
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        gym_check_env(env)
+        sb3_check_env(env, warn=True)
+    expected = ["unconventional shape"] if family == "jepa" and observation == "latent" else []
+    assert len(seen) == len(expected) and all(e in str(w.message) for e, w in zip(expected, seen)), [
+        str(w.message) for w in seen]
     env.reset(seed=0)
     frame = env.render()
     assert frame is not None and frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    made.close()
 
 
-def test_sb3_trains_in_the_dream() -> None:
-    sb3.PPO("MlpPolicy", DreamEnv(Walker(), make_buffer(), DreamConfig(), seed=0), n_steps=32, batch_size=32,
-            n_epochs=1, seed=0, device="cpu").learn(total_timesteps=64)
-    env = DreamEnv(tiny_jepa(), make_buffer(random_frames=True), DreamConfig(), seed=0)
-    sb3.DQN("MlpPolicy", env, buffer_size=100, learning_starts=16, batch_size=8, train_freq=4, seed=0,
-            device="cpu").learn(total_timesteps=64)
+def greedy_return(agent: BaseAlgorithm, env: DreamEnv, episodes: int = 20) -> float:
+    """Mean return of the agent's deterministic policy over `episodes` dreams, each reset with its own seed."""
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=100 + episode)
+        total, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+@pytest.mark.parametrize(("algo", "steps"), [("ppo", 768), ("dqn", 1536)])
+def test_sb3_learns_the_optimum_of_a_toy_dream(algo: str, steps: int) -> None:
+    """Walker's expected reward is 0.75 for action 1, -0.25 for 2 and 0 for 0, and nothing else matters, so over
+    5 steps the optimum returns 3.75 and a uniform policy 5 * 0.5 / 3. Under seed 0, both learners find it."""
+    config = DreamConfig(horizon=5, reward="expected")
+    kwargs: dict[str, Any] = {"n_steps": 64, "batch_size": 64, "n_epochs": 4} if algo == "ppo" else {
+        "buffer_size": 2000, "learning_starts": 100, "batch_size": 32, "train_freq": 1, "target_update_interval": 100,
+        "exploration_fraction": 0.3}
+    agent = ALGOS[algo]("MlpPolicy", DreamEnv(Walker(), make_buffer(), config, seed=0), learning_rate=3e-3, seed=0,
+                        device="cpu", policy_kwargs={"net_arch": [32]}, **kwargs)
+    before = greedy_return(agent, DreamEnv(Walker(), make_buffer(), config, seed=1))
+    agent.learn(total_timesteps=steps)
+    after = greedy_return(agent, DreamEnv(Walker(), make_buffer(), config, seed=1))
+    uniform = 5 * (0.75 - 0.25) / 3
+    assert before < uniform < after == pytest.approx(3.75), (before, after)
 
 
 def test_latent_wrappers_encode_what_the_env_shows() -> None:

@@ -14,10 +14,7 @@ from mbrl.world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angl
 from mbrl.world_models.heads import StandardizedHead
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
 from mbrl.world_models.registry import build
-
-TINY = JEPAConfig(dim=32, depth=1, heads=2, patch=16, summary_tokens=2, jepa_predictor_depth=1, predictor_dim=32,
-                  predictor_depth=2, context=4, decoder_dim=16, rollout_steps=2)
-
+from tests.toys import TINY
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",

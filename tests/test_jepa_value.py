@@ -86,9 +86,12 @@ def test_consistency_is_zero_for_a_perfect_predictor_and_positive_otherwise() ->
     identity_predictor(model)
     static = random_frames(2, 0).expand(2, 6, 4, 64, 64).contiguous()  # o_0 = ... = o_5: identity is perfect
     with torch.no_grad():
-        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-3  # relative to CHANGE_FLOOR
-        # the identity predictor is the copying the error is measured against: about 1 on moving frames
-        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 0.3
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-6
+        # on frames that change, copying the latent is wrong (measured: 0.026 to 0.043 on three seeds)
+        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 0.01
+        for p in model.transition.parameters():  # a predictor that moves the latent is wrong on the static frames
+            p.normal_(0, 0.3)
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) > 0.01
 
 
 def test_td_and_reward_gradients_reach_the_encoder_and_never_the_target() -> None:
@@ -324,9 +327,11 @@ def test_joint_run_end_to_end_then_evaluate_and_plan_with_the_value(tmp_path: Pa
 
 def test_the_cli_offers_every_planner() -> None:
     from mbrl.agents.planners import PLANNERS
-    from mbrl.cli_agents import PLANNER_NAMES
+    from mbrl.cli import build_parser
 
-    assert set(PLANNER_NAMES) == set(PLANNERS)
+    commands = next(a for a in build_parser("plan")._actions if a.dest == "command").choices
+    planner_names = next(a for a in commands["plan"]._actions if "--planner" in a.option_strings).choices
+    assert set(planner_names) == set(PLANNERS)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_jepa import TINY
 from torch import Tensor
 
 from mbrl.agents.mpc import MPCAgent, MPCConfig, shift
@@ -27,6 +26,7 @@ from mbrl.agents.planners import (
 )
 from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
 from mbrl.world_models.jepa import JEPAWorldModel
+from tests.toys import TINY
 
 TARGET = (1, 3, 2, 2, 1, 3)  # the one sequence that earns the big reward
 H = len(TARGET)
@@ -327,47 +327,103 @@ def test_mpc_agent_is_seeded(jepa: JEPAWorldModel) -> None:
         return [int(agent(frames(1, t))[0]) for t in range(8)]
 
     assert play(0) == play(0)
+    assert play(1) != play(0)  # the seed, not something else, decides its draws
+
+
+class PaysFor(WorldModel):
+    """Real frames in, one action paid for: imagined reward 1 for `paid`, 0 for the others. Records what it encodes."""
+
+    latent_shape = (1,)
+    num_actions = 4  # Breakout's
+    config = None
+
+    def __init__(self, paid: int) -> None:
+        super().__init__()
+        self.paid = paid
+        self.encoded: list[Tensor] = []
+
+    def encode(self, frames: Tensor) -> Tensor:
+        self.encoded.append(frames.clone())
+        return torch.zeros(*frames.shape[:2], 1)
+
+    def observe(self, latents: Tensor, actions: Tensor) -> Tensor:
+        return latents[:, -1]
+
+    def step(self, state: Tensor, action: Tensor, latent: bool = True) -> StepOutput:
+        ones = torch.ones(len(action))
+        return StepOutput(state, state, (action == self.paid).float(), ones, 0 * ones)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: TrainBatch, stage: str) -> dict[str, Tensor]:
+        raise NotImplementedError
 
 
 @pytest.mark.slow
-def test_mpc_agent_plays_breakout(jepa: JEPAWorldModel) -> None:
+@pytest.mark.parametrize(("paid", "moves"), [(2, 1), (3, -1)], ids=["right", "left"])
+def test_mpc_agent_plays_breakout_as_its_model_pays(paid: int, moves: int) -> None:
+    """MPC in a model that pays for RIGHT (or LEFT) moves Breakout's paddle that way: its plans reach the game, and
+    it plans from the frames the game shows. The paddle's x is RAM byte 72 (146 after reset(seed=0))."""
     from mbrl.envs.atari import AtariConfig, make_env
 
     env = make_env(AtariConfig())
-    agent = MPCAgent(jepa, MPCConfig(search=PlannerConfig(horizon=4, candidates=32, iterations=2)), seed=0)
-    obs, _ = env.reset(seed=0)
-    start = True
+    model = PaysFor(paid)
+    agent = MPCAgent(model, MPCConfig(planner="tree", search=PlannerConfig(horizon=2)), seed=0)
+    obs, info = env.reset(seed=0)
+    start_x, start = int(info["ram"][72]), True
     for _ in range(20):
         actions, _ = agent.predict(obs[None], None, np.array([start]))
-        assert env.action_space.contains(int(actions[0]))
-        obs, _, terminated, truncated, _ = env.step(int(actions[0]))
+        assert actions.tolist() == [paid] and torch.equal(model.encoded[-1][0, 0], torch.as_tensor(obs))
+        obs, _, terminated, truncated, info = env.step(int(actions[0]))
         start = terminated or truncated
-        if start:
-            obs, _ = env.reset()
+        assert not start  # 20 steps are not a whole game of 5 lives
     env.close()
+    assert (int(info["ram"][72]) - start_x) * moves > 30
 
 
-def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JEPAWorldModel) -> None:
+def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JEPAWorldModel,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The objective switches torch's process-wide thread count per tree, so calls from two Python threads must
-    not interleave. Here B tries to start while A is inside a small tree (1 thread) and A finishes first:
-    interleaved, B ran steps at thread counts A had set and its returns differed from the serial ones."""
+    not interleave. Thread B calls while A is inside a small tree (on 1 thread); A goes on once B has arrived,
+    either at the objective's lock (serialised: B waits there until A is done) or inside a tree (interleaved:
+    B then steps at the thread count A set, gives back A's 1 as "its" count, and its returns can differ).
+    Events, not timeouts, order the threads."""
+    from mbrl.agents.planners import objective as objective_module
+
     g = torch.Generator().manual_seed(0)
     state = jepa.observe(torch.randn(1, 3, *jepa.latent_shape, generator=g), torch.randint(0, 4, (1, 2), generator=g))
     sequences = torch.randint(0, 4, (1, 64, 4), generator=g)
     objective = world_model_objective(jepa, parallel_from=32)
     torch.set_num_threads(2)
     expected = objective(state, sequences)
-    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    a_inside, b_arrived, a_done = threading.Event(), threading.Event(), threading.Event()
+    steps: list[str] = []  # the thread of each tree step, in the order they began
+    lock = objective_module._THREAD_COUNT
+
+    class Watched:
+        """The objective's lock, telling when B comes to it."""
+
+        def __enter__(self) -> None:
+            if threading.current_thread().name == "B":
+                b_arrived.set()
+            lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.release()
+
+    monkeypatch.setattr(objective_module, "_THREAD_COUNT", Watched())
     step_tree = jepa.step_tree
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread().name == "A":
-            if not a_inside.is_set():  # A's first step
-                a_inside.set()
-                b_inside.wait(timeout=1.0)  # with the objective serialised, B cannot get inside: go on after 1 s
-        else:
-            b_inside.set()
-            a_done.wait(timeout=10.0)
+        name = threading.current_thread().name
+        if name == "A" and not a_inside.is_set():  # A's first step: let B come, then go on
+            a_inside.set()
+            b_arrived.wait()
+        steps.append(name)
+        if name == "B":  # B inside a tree: A goes on, B waits until A is done
+            b_arrived.set()
+            a_done.wait()
         return step_tree(*args, **kwargs)
 
     jepa.step_tree = spy  # type: ignore[method-assign]
@@ -380,11 +436,12 @@ def test_objectives_in_concurrent_threads_give_back_the_callers_threads(jepa: JE
 
     a = threading.Thread(target=plan, name="A")
     a.start()
-    assert a_inside.wait(timeout=10.0)
+    a_inside.wait()
     b = threading.Thread(target=plan, name="B")
     b.start()
     a.join()
     b.join()
+    assert steps == sorted(steps) and set(steps) == {"A", "B"}  # all of A's steps before any of B's
     assert torch.get_num_threads() == 2
     assert torch.equal(results["A"], expected) and torch.equal(results["B"], expected)
 

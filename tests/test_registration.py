@@ -12,34 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from replay_data import fill
-from test_jepa import TINY
 
 import mbrl.envs.registration
-from mbrl.core.checkpoint import CheckpointError, save_checkpoint
+from mbrl.core.checkpoint import CheckpointError
 from mbrl.core.errors import UserError
-from mbrl.core.replay import ReplayBuffer
 from mbrl.core.run import RunDir
 from mbrl.envs import DreamConfig, DreamEnv, DreamVectorEnv
 from mbrl.envs.registration import DREAM_ID, dream_config, load_run, make_dream_vector_env
 from mbrl.world_models.jepa import JEPAWorldModel
-
-HOLDOUT_EVERY = 3
-
-
-def make_run(path: Path, checkpoint: bool = True) -> JEPAWorldModel:
-    """A run with a (64, 64) x4 replay buffer of random episodes, a config and (optionally) a tiny JEPA checkpoint."""
-    run = RunDir(path)
-    run.create(yaml.safe_dump({"seed": 0, "world_model_training": {"holdout_every": HOLDOUT_EVERY}}))
-    with ReplayBuffer.open(run.replay_dir, (64, 64), 4, ram_size=8) as buffer:
-        fill(buffer, num_streams=4, vector_steps=80, seed=0)
-    torch.manual_seed(0)
-    model = JEPAWorldModel(TINY)
-    if checkpoint:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        metadata = {"family": "jepa", "config": dataclasses.asdict(TINY)}
-        save_checkpoint(run.checkpoint_dir, "world_model", tensors, metadata, step=0)
-    return model
+from tests.toys import HOLDOUT_EVERY, TINY, make_run
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from replay_data import FRAME, decode, expected_stack, fill
 
 from mbrl.core.errors import UserError
 from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer
+from tests.replay_data import FRAME, decode, expected_stack, fill
 
 STACK = 4
 
@@ -189,10 +189,9 @@ def test_load_of_missing_buffer_is_a_user_error(tmp_path: Path) -> None:
 
 KILLED_WRITER = textwrap.dedent(
     """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
+    import os, signal
     import numpy as np
-    from replay_data import FRAME, encode
+    from tests.replay_data import FRAME, encode  # the subprocess runs from the repository root
     from mbrl.core.replay import FIRST, ReplayBuffer
 
     buffer = ReplayBuffer.open({path!r}, FRAME, 4, ram_size=4)
@@ -214,8 +213,9 @@ KILLED_WRITER = textwrap.dedent(
 
 def test_rows_flushed_before_a_kill_load_back_intact(tmp_path: Path) -> None:
     path = tmp_path / "replay"
-    script = KILLED_WRITER.format(tests=str(Path(__file__).parent), path=str(path))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ)
+    script = KILLED_WRITER.format(path=str(path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ,
+                          cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == -9, proc.stderr
     assert "flushed 300" in proc.stdout
     size = (path / "rows.bin").stat().st_size

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.vec_env import VecMonitor
-from test_dream import make_buffer, tiny_jepa
 
 from mbrl.agents.replay_updates import learn_from_replay, nstep_targets
 from mbrl.agents.sb3 import DreamVecEnv
@@ -14,6 +13,7 @@ from mbrl.agents.sb3_agent import AgentConfig, build_agent
 from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, TRUNCATED, ReplayBuffer, Stretches
 from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.world_models.latent_cache import LatentCache
+from tests.toys import make_buffer, tiny_jepa
 
 
 def test_nstep_targets_stop_at_the_first_episode_end_of_the_dream() -> None:

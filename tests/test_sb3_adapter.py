@@ -12,11 +12,11 @@ import stable_baselines3 as sb3
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
-from test_dream import Walker, make_buffer, start_values, tiny_jepa
 
 from mbrl.agents.sb3 import DreamVecEnv, LatentVecEnv
 from mbrl.envs.dream import DreamConfig, DreamEnv, DreamVectorEnv, latent_space
 from mbrl.world_models.base import WorldModel
+from tests.toys import Walker, make_buffer, start_values, tiny_jepa
 
 # Walker in life_loss mode: action 2 terminates (life lost with probability 0.6), 3 steps truncate
 CONFIG = DreamConfig(horizon=3, terminate_on="life_loss")

@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from replay_data import fill
-from test_cli import assert_user_error, mbrl_cli
-from test_dream import EPISODES, Walker, make_buffer
 
 from mbrl.core.checkpoint import load_checkpoint
 from mbrl.core.replay import ReplayBuffer, split_episodes
@@ -30,6 +27,9 @@ from mbrl.train_world_model import (
 )
 from mbrl.world_models.base import event_logit_shift
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
+from tests.cli_runs import assert_user_error, mbrl_cli
+from tests.replay_data import fill
+from tests.toys import EPISODES, Walker, make_buffer
 
 MODEL = JEPAConfig(frame_size=16, patch=8, dim=16, depth=1, heads=2, summary_tokens=2, jepa_predictor_depth=1,
                    predictor_dim=16, predictor_depth=1, context=3, decoder_dim=16, rollout_steps=2)

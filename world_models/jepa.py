@@ -208,6 +208,34 @@ class JEPAConfig:
         "context_noise": 0.0, "open_loop_heads": False, "head_hidden": 256, "skip_rank": 0}
     """What a checkpoint saved before these fields existed was trained with (its config lacks them)."""
 
+    ranges: ClassVar[dict[str, str]] = {
+        "num_actions": "[1, 1024]", "frame_size": "[8, 256]", "frame_stack": "[1, 16]", "patch": "[1, 64]",
+        "dim": "[8, 4096]", "depth": "[1, 64]", "heads": "[1, 64]", "summary_tokens": "[1, 256]",
+        "mask_ratio": "[0, 1)", "ema_decay": "[0, 1]", "jepa_predictor_depth": "[1, 64]", "predictor_dim": "[8, 4096]",
+        "predictor_depth": "[1, 64]", "context": "[1, 1024]", "action_history": "[1, 1024]", "skip_rank": "[0, 4096]",
+        "rollout_steps": "[1, 64]", "context_noise": "[0, 10]", "teacher_forcing_weight": "[0, 1]",
+        "decoder_dim": "[1, 4096]", "decoder_batch": "[0, 4096]", "variance_weight": "[0, inf)",
+        "covariance_weight": "[0, inf)", "event_weight": "[0, inf)", "stats_momentum": "(0, 1]",
+        "head_hidden": "[1, 8192]"}
+    """Every size's range (the widths and depths bound the model's memory), checked by mbrl.core.config.from_dict
+    (a world model imports nothing of mbrl): YAML, `--set` and checkpoints' metadata."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("action_conditioning", ("token", "add", "cross")),
+                              ("jepa_positions", ("masked", "all")), ("jepa_target", ("tokens", "pixels", "motion")),
+                              ("head", HEADS), ("dynamics_loss", ("l1", "mse"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.patch < 1 or self.patch & (self.patch - 1) or self.frame_size % self.patch:
+            raise ValueError(f"patch {self.patch} must be a power of 2 that divides frame_size {self.frame_size} "
+                             "(the decoder doubles the patch grid up to the frame)")
+        # a head's width carries rotary positions: an even share per axis, 2 axes over patches, 1 over time
+        for name, multiple in (("dim", 4), ("predictor_dim", 2), ("decoder_dim", 1)):
+            width = getattr(self, name)
+            if self.heads < 1 or width % self.heads or (width // self.heads) % multiple:
+                raise ValueError(f"{name} {width} must split into {self.heads} heads of a width divisible by "
+                                 f"{multiple}")
+
 
 PIXEL_EPS = 1e-3
 """Added to a patch's pixel variance before normalising it, so flat patches give ~0, not noise."""
@@ -522,13 +550,7 @@ class JEPAWorldModel(WorldModel):
     stats_count: Tensor
 
     def __init__(self, config: JEPAConfig) -> None:
-        super().__init__()
-        for name, value, allowed in (("jepa_positions", config.jepa_positions, ("masked", "all")),
-                                     ("jepa_target", config.jepa_target, ("tokens", "pixels", "motion")),
-                                     ("head", config.head, HEADS),
-                                     ("dynamics_loss", config.dynamics_loss, ("l1", "mse"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        super().__init__()  # the config's choices and shapes were checked by JEPAConfig.__post_init__
         self.config = config
         self.num_actions = config.num_actions
         self.latent_shape = (config.summary_tokens, config.dim)

@@ -8,10 +8,10 @@ optimiser, `loss(batch, "joint")`):
   An EMA copy of the whole network (encoder, projection, value head) is the target.
 - **Predictor**: an action-conditioned conv transition on the feature map (the action as one-hot
   planes), residual. It is unrolled `unroll` steps open loop from the encoded first observation,
-  and each predicted latent is pulled towards the EMA target's latent of the real frame (squared
-  error relative to that of copying the target's previous latent, so the loss has the scale of what
-  changes in a step; latents min-max scaled per sample, as in SPR): the JEPA objective applied to
-  the dynamics.
+  and each predicted latent is pulled towards the EMA target's latent of the real frame: the
+  value head's first (linear) layer projects both, a linear prediction head maps the online
+  projection, and the loss is one minus their cosine (as SPR does; latents min-max scaled per
+  sample). The JEPA objective applied to the dynamics.
 - **Heads on every unrolled latent**: the event head (reward class -1 / 0 / +1, game over, life
   loss of the transition into the latent) and the value head (Q per action) with an n-step TD
   target from the EMA target network, truncated at the window's end and at lives lost, so
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +51,8 @@ class ValueJEPAConfig:
             max(unroll, return_steps) transitions).
         discount: per-step discount of the value.
         target_decay: EMA of the target network, target <- decay * target + (1 - decay) * online.
-        consistency_weight: weight of the unrolled latents' squared error to the target latents, relative to
-            copying the previous target latent. The ratio divides by a step's small change of the latent, so its
-            gradient is large: weighted like the other losses it swamps TD's at the encoder, and the gradient
-            clip then all but stops TD learning; the default puts it near the event heads'
-            (docs/research/2026-12-07-value-jepa.md).
+        consistency_weight: weight of the unrolled latents' consistency loss (one minus the cosine of the
+            predicted projection to the target's projection of the real latent, in [0, 2]).
         unroll_decay: weight of the k-th unrolled step's losses relative to the encoded latent's, unroll_decay^k.
         event_weight: weight of the event head's losses.
         value_weight: weight of the TD loss.
@@ -71,33 +69,37 @@ class ValueJEPAConfig:
     return_steps: int = 10
     discount: float = 0.99
     target_decay: float = 0.99
-    consistency_weight: float = 3e-4
+    consistency_weight: float = 1.0
     unroll_decay: float = 0.5
     event_weight: float = 1.0
     value_weight: float = 1.0
     shift: int = 4
     intensity: float = 0.05
 
+    ranges: ClassVar[dict[str, str]] = {
+        "num_actions": "[1, 1024]", "frame_size": "[36, 256]", "frame_stack": "[1, 16]", "channels": "[1, 1024]",
+        "hidden": "[1, 8192]", "unroll": "[1, 64]", "return_steps": "[1, 256]", "discount": "[0, 1]",
+        "target_decay": "[0, 1)", "consistency_weight": "[0, inf)", "unroll_decay": "(0, 1]",
+        "event_weight": "[0, inf)", "value_weight": "[0, inf)", "shift": "[0, 32]", "intensity": "[0, 1]"}
+    """Every size's range (the encoder needs frames of 36 pixels or more), checked by mbrl.core.config.from_dict (a
+    world model imports nothing of mbrl): YAML, `--set` and checkpoints' metadata."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a checkpoint's JSON gives a list
         if len(self.channels) != 3:
-            raise ValueError(f"value_model.channels needs 3 entries, got {self.channels}")
+            raise ValueError(f"channels needs 3 entries, got {self.channels}")
         if self.unroll < 1 or self.return_steps < 1:
-            raise ValueError("value_model.unroll and value_model.return_steps must be >= 1")
+            raise ValueError("unroll and return_steps must be >= 1")
         if not 0 < self.unroll_decay <= 1:
-            raise ValueError(f"value_model.unroll_decay must be in (0, 1], got {self.unroll_decay}")
+            raise ValueError(f"unroll_decay must be in (0, 1], got {self.unroll_decay}")
         if not 0 <= self.target_decay < 1:
-            raise ValueError(f"value_model.target_decay must be in [0, 1), got {self.target_decay}")
+            raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
 
     @property
     def window(self) -> int:
         """Transitions per training window."""
         return max(self.unroll, self.return_steps)
 
-
-CHANGE_FLOOR = 1e-6
-"""The smallest mean squared change of a step's target latent the consistency error is measured against (latents
-are in [0, 1]; a Breakout step changes them by about 1e-4)."""
 
 TARGET_PARTS = ("encoder", "q_hidden", "q_out")
 """The parts the EMA target network copies: the encoder and the value head (q_hidden, then q_out)."""
@@ -141,7 +143,7 @@ class Transition(nn.Module):
         self.num_actions = cfg.num_actions
         last = nn.Conv2d(c, c, 3, padding=1)
         for param in last.parameters():  # a new predictor copies its latent (z in [0, 1] maps to itself) and learns
-            nn.init.zeros_(param)  # what changes: the baseline its consistency error is measured against
+            nn.init.zeros_(param)  # what changes
         self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(), last)
 
     def forward(self, z: Tensor, action: Tensor) -> Tensor:
@@ -246,6 +248,10 @@ class ValueJEPAWorldModel(WorldModel):
         self.transition = Transition(config)
         self.q_hidden = nn.Sequential(nn.Flatten(), nn.Linear(features, config.hidden))
         self.q_out = nn.Sequential(nn.ReLU(), nn.Linear(config.hidden, config.num_actions))
+        self.predict = nn.Linear(config.hidden, config.hidden)  # online projection -> the target's (SPR's q)
+        with torch.no_grad():  # starts as the identity: a new model's consistency measures what copying misses
+            self.predict.weight.copy_(torch.eye(config.hidden))
+            self.predict.bias.zero_()
         self.event_head = _mlp(features, config.hidden, 5)  # reward -1 / 0 / +1 logits, game over, life loss
         self.decoder = Decoder(config)
         self.target = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in TARGET_PARTS})
@@ -305,9 +311,9 @@ class ValueJEPAWorldModel(WorldModel):
         """The joint loss of `B` windows of L >= `config.window` transitions; "total" is minimised.
 
         Every per-step part is a mean over its steps weighted by unroll_decay^k (k = 0 for the encoded latent, k
-        for the k-th unrolled one), so the real latent the agent acts on weighs most. Parts: "consistency" (the
-        squared error of each unrolled latent to the target's latent of the real observation, relative to that
-        of copying the target's previous latent: 1 = no better than copying), "td" (Huber of Q of
+        for the k-th unrolled one), so the real latent the agent acts on weighs most. Parts: "consistency" (one
+        minus the cosine of each unrolled latent's predicted projection to the target's projection of the real
+        observation's latent), "td" (Huber of Q of
         the action taken to the n-step target, on the encoded and every unrolled latent), "reward", "end",
         "life" (event head on the unrolled latents), "decoder" (pictures, stop-gradient).
         """
@@ -334,12 +340,11 @@ class ValueJEPAWorldModel(WorldModel):
             targets = targets.view(b, len(needed), *self.latent_shape)
         z = self.encoder(views[:, at[0]])  # (B, C, h, w)
         q_taken, consistency, event_logits = [], [], []
+        projected = projected.view(b, len(needed), -1)  # (B, T, hidden): the target's projections
         for k in range(k_steps + 1):
             if k > 0:
-                target, before = targets[:, at[k]].flatten(1), targets[:, at[k - 1]].flatten(1)
-                # what copying the last latent costs, floored for windows where nothing moves
-                change = (target - before).pow(2).mean().clamp_min(CHANGE_FLOOR)
-                consistency.append((z.flatten(1) - target).pow(2).mean() / change)
+                guess = self.predict(self.q_hidden(z))  # (B, hidden)
+                consistency.append(1 - F.cosine_similarity(guess, projected[:, at[k]], dim=-1).mean())
                 event_logits.append(self.event_head(z))
             if k < length:
                 q_taken.append(self.q_values(z).gather(1, batch.actions[:, k : k + 1])[:, 0])

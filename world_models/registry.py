@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from mbrl.world_models.base import WorldModel
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
 from mbrl.world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel
@@ -24,6 +26,14 @@ def build(family: str, config: Any) -> WorldModel:
     if isinstance(config, dict):  # a checkpoint's saved fields; fields added since take their old meaning
         config = config_cls(**{**getattr(config_cls, "absent_in_old_checkpoints", {}), **config})
     return model_cls(config)
+
+
+def skeleton(family: str, config: Any) -> WorldModel:
+    """A model of `family` built on torch's meta device: its parameters and buffers have shapes and no storage
+    (nothing is allocated, whatever the config's sizes), so its state dict's names and shapes can be checked
+    against a checkpoint before a real model is made."""
+    with torch.device("meta"):
+        return build(family, config)
 
 
 def describe(family: str, model: WorldModel) -> dict[str, Any]:

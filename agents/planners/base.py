@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,7 @@ class PlannerConfig:
 
     Attributes:
         horizon: actions per candidate sequence (H).
-        candidates: sequences sampled per round and problem (N).
+        candidates: sequences sampled per round and problem (N; at most 4096, as all are imagined in one batch).
         iterations: rounds of sample, score, refit (I). Random shooting spends the same
             budget, N * I candidates, in one round.
         elite_fraction: CEM refits to the best max(1, round(elite_fraction * N)) candidates.
@@ -71,18 +71,24 @@ class PlannerConfig:
     min_prob: float = 0.05
     min_std: float = 0.05
 
+    ranges: ClassVar[dict[str, str]] = {
+        "horizon": "[1, 64]", "candidates": "[1, 4096]", "iterations": "[1, 64]", "elite_fraction": "(0, 1]",
+        "temperature": "(0, inf)", "smoothing": "[0, 1)", "min_prob": "[0, 1)", "min_std": "[0, inf)"}
+    """Checked by `mbrl.core.config.from_dict` (planners import nothing of mbrl); `__post_init__` checks the
+    bounds that keep a planner meaningful when the config is made in Python."""
+
     def __post_init__(self) -> None:
         for name in ("horizon", "candidates", "iterations"):
             if getattr(self, name) < 1:
-                raise ValueError(f"PlannerConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.elite_fraction <= 1.0:
-            raise ValueError(f"PlannerConfig.elite_fraction must be in (0, 1], got {self.elite_fraction}")
+            raise ValueError(f"elite_fraction must be in (0, 1], got {self.elite_fraction}")
         if self.temperature <= 0.0:
-            raise ValueError(f"PlannerConfig.temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"PlannerConfig.smoothing must be in [0, 1), got {self.smoothing}")
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if self.min_prob < 0.0 or self.min_std < 0.0:
-            raise ValueError(f"PlannerConfig.min_prob and .min_std must be >= 0, got {self.min_prob}, {self.min_std}")
+            raise ValueError(f"min_prob and min_std must be >= 0, got {self.min_prob}, {self.min_std}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,27 @@ import os
 import tempfile
 from pathlib import Path
 
+from mbrl.core.errors import UserError
+
+
+def check_output_path(path: Path, what: str = "output file") -> Path:
+    """Check, before any work is done, that a file can be written at `path` (its directory exists and is writable,
+    and `path` is not a directory); returns it as a Path.
+
+    Raises:
+        UserError: naming the path and what is wrong with it.
+    """
+    path = Path(path)
+    if str(path) in ("", ".") or path.is_dir():
+        raise UserError(f"{what} '{path}' is a directory; give a file path")
+    parent = path.parent
+    if not parent.is_dir():
+        problem = "is a file" if parent.exists() else "does not exist"
+        raise UserError(f"cannot write {what} {path}: the directory {parent} {problem}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {what} {path}: the directory {parent} is not writable")
+    return path
+
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory, fsync and `os.replace`."""

@@ -4,6 +4,17 @@ This module holds the mechanism only. Each component defines its own frozen data
 to the code it configures (`mbrl.envs.atari.AtariConfig`, `mbrl.core.replay.ReplayConfig`, ...); the
 conductor composes them into the run's config. Unknown keys and wrongly typed values are
 errors that name the key and list the valid ones.
+
+Ranges. A config class declares the values each numeric field may take in a class attribute
+`ranges: ClassVar[dict[str, str]]`, field name -> interval ("[1, 256]", "(0, 1]", "[0, inf)"; a tuple
+field's entries each). `from_dict` checks every value it is given against it, so YAML presets, `--set`
+and saved configs share one check and its one-line message, `config key 'env.frame_size' expects a
+value in [8, 256], got 0`; a class that may import this module also calls `check_ranges(self)` in its
+`__post_init__`, so that building it in Python is checked alike (the world models and the planners,
+which import nothing of mbrl, declare their ranges and are checked when built from a dict). Upper
+bounds are generous, and they are what bounds a run's memory where a field sizes an allocation.
+Checks across fields stay in `__post_init__`; their ValueError messages begin with the field's bare
+name, and `from_dict` puts the section in front (`world_model.` + `patch 7 does not divide ...`).
 """
 
 from __future__ import annotations
@@ -21,6 +32,32 @@ from mbrl.core.errors import UserError
 
 T = TypeVar("T")
 
+
+def check_ranges(config: Any) -> None:
+    """Check each field of the dataclass instance `config` against its class's `ranges`.
+
+    Raises:
+        ValueError: naming the first field outside its range (as `ClassName.field`), its value and the range.
+    """
+    for name, interval in getattr(type(config), "ranges", {}).items():
+        problem = _out_of_range(getattr(config, name), interval, f"{type(config).__name__}.{name}")
+        if problem:
+            raise ValueError(problem)
+
+
+def _out_of_range(value: Any, interval: str, key: str) -> str | None:
+    """The one-line complaint about `value` of config key `key` outside `interval` ("[low, high]", either
+    end open with a parenthesis, "inf" for no bound), or None when it lies inside (None values and the
+    entries of a tuple are checked alike)."""
+    if value is None:
+        return None
+    for item in value if isinstance(value, tuple) else (value,):
+        low, high = (float(end) for end in interval[1:-1].split(","))
+        above = item > low if interval[0] == "(" else item >= low
+        below = item < high if interval[-1] == ")" else item <= high
+        if not (above and below):  # also NaN
+            return f"config key '{key}' expects a value in {interval}, got {value!r}"
+    return None
 
 
 def _preset_dir() -> Path:
@@ -43,7 +80,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         where: dotted prefix of `cls` inside the run config, used in error messages.
 
     Raises:
-        UserError: on an unknown key (listing the valid ones) or a value of the wrong type.
+        UserError: on an unknown key (listing the valid ones), a value of the wrong type or outside its
+            range (the class's `ranges`), or one its `__post_init__` rejects.
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
@@ -65,10 +103,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             values[name] = from_dict(kind, value, f"{where}{name}.")  # type: ignore[arg-type]
         else:
             values[name] = _coerce(value, kind, f"{where}{name}")
+            interval = getattr(cls, "ranges", {}).get(name)
+            problem = _out_of_range(values[name], interval, f"{where}{name}") if interval else None
+            if problem:
+                raise UserError(problem)
     try:
         return cls(**values)
-    except ValueError as exc:  # a component config's own check (its __post_init__)
-        raise UserError(str(exc)) from None
+    except ValueError as exc:  # a component config's own check across fields (its __post_init__)
+        raise UserError(f"{where}{exc}") from None
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:

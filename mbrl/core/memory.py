@@ -11,13 +11,20 @@ in pixel mode; planning times moved within their run-to-run spread (benchmarks/R
 
 The process then keeps up to `trim_threshold` of freed memory at its heap's top (and blocks up to
 `mmap_threshold` in its heap), which the next allocations reuse.
+
+`check_fits` is the other side of memory: a command refuses, before it starts, work whose memory
+estimate exceeds what the process may hold (`memory_limit`), with the estimate and the limit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
+import resource
+
+from mbrl.core.errors import UserError
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
@@ -32,3 +39,33 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
                                                                                         trim_threshold))
+
+
+def memory_limit() -> int:
+    """Bytes this process may hold: the machine's physical memory, or the address-space limit (`ulimit -v`,
+    RLIMIT_AS) if that is lower."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return physical if soft == resource.RLIM_INFINITY else min(physical, soft)
+
+
+def check_fits(what: str, nbytes: int) -> None:
+    """Refuse, before it starts, work whose memory estimate `nbytes` exceeds `memory_limit()`.
+
+    Raises:
+        UserError: naming `what` (e.g. "--steps 1000000000: the replay buffer"), the estimate and the limit.
+    """
+    limit = memory_limit()
+    if nbytes > limit:
+        raise UserError(f"{what} would need {_size(nbytes)} of memory; this machine allows {_size(limit)}")
+
+
+def _size(nbytes: float) -> str:
+    """`nbytes` for people: 512 bytes, 4.3 MB, 1200.0 TB."""
+    if nbytes < 1000:
+        return f"{nbytes:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        nbytes /= 1000
+        if nbytes < 1000:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1000:.1f} TB"

@@ -10,8 +10,11 @@ row records the previous row of its episode, its position in the episode and its
 so windows are gathered by following those links, with no per-episode index to maintain.
 
 On disk, `replay/rows.bin` holds the same fixed-size records, appended in order, and
-`replay/meta.json` the frame geometry. A kill can cut only the last record short; loading
-drops that partial record, so everything flushed before the kill loads back intact.
+`replay/meta.json` the frame geometry and the game's action count (absent in buffers written
+before it was stored). A kill can cut only the last record short; loading drops that partial
+record, so everything flushed before the kill loads back intact. Rows are checked as they are
+appended and when they are loaded: actions inside the action space, finite rewards, links that
+join up; a file that fails is refused with its name and its first bad row.
 """
 
 from __future__ import annotations
@@ -22,16 +25,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
 from mbrl.core.atomic import write_atomic
+from mbrl.core.config import check_ranges
 from mbrl.core.errors import UserError
 
 FORMAT_VERSION = 1
 FIRST, TERMINATED, TRUNCATED, LIFE_LOSS = 1, 2, 4, 8
 _WRITE_BUFFER = 1 << 20  # appends reach the OS in large writes; flush() makes them durable
+_MAX_REWARD = float(np.finfo(np.float32).max)  # rewards are stored as float32: larger ones would be infinite
+_META_LIMITS = {"frame_side": 1024, "frame_stack": 64, "ram_size": 1 << 16, "num_actions": 1 << 16, "streams": 1 << 24}
+"""Bounds of what a meta.json or rows.bin may declare (a corrupted one must not size a huge allocation)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,11 @@ class ReplayConfig:
     """
 
     flush_every: int = 250
+
+    ranges: ClassVar[dict[str, str]] = {"flush_every": "[1, 1_000_000]"}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class SequenceBatch(NamedTuple):
@@ -117,6 +129,14 @@ def record_dtype(frame_shape: tuple[int, int], ram_size: int) -> np.dtype:
     )
 
 
+def replay_bytes(directory: Path, frame_shape: tuple[int, int], ram_size: int, new_rows: int) -> int:
+    """Memory of the buffer in `directory` (none there yet counts as empty) once `new_rows` more rows are appended:
+    the buffer holds every row in memory, the stored ones (rows.bin) and the new ones alike."""
+    rows = Path(directory) / "rows.bin"
+    stored = rows.stat().st_size if rows.exists() else 0
+    return stored + max(new_rows, 0) * record_dtype(frame_shape, ram_size).itemsize
+
+
 class ReplayBuffer:
     """Rows of interleaved streams, sampled as within-episode sequences.
 
@@ -125,15 +145,19 @@ class ReplayBuffer:
         frame_stack: S, frames per observation.
         ram_size: bytes of console RAM stored per row (0 for none).
         directory: where rows are persisted (`None`: memory only).
+        num_actions: the game's action count: appended actions must lie in [0, num_actions) (None: unknown,
+            any action >= 0).
     """
 
     def __init__(
-        self, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128, directory: Path | None = None
+        self, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128, directory: Path | None = None,
+        num_actions: int | None = None,
     ) -> None:
         self.frame_shape: tuple[int, int] = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_stack = int(frame_stack)
         self.ram_size = int(ram_size)
         self.directory = Path(directory) if directory is not None else None
+        self.num_actions = None if num_actions is None else int(num_actions)
         self.dtype = record_dtype(self.frame_shape, self.ram_size)
         self._size = 0
         self._rows = np.empty(0, self.dtype)
@@ -148,60 +172,91 @@ class ReplayBuffer:
 
     @classmethod
     def open(
-        cls, directory: Path, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128
+        cls, directory: Path, frame_shape: tuple[int, int], frame_stack: int, ram_size: int = 128,
+        num_actions: int | None = None,
     ) -> ReplayBuffer:
         """Load the buffer in `directory` for appending, or create it there if it does not exist.
 
+        Args:
+            num_actions: the game's action count, stored in the buffer's metadata (and checked against the
+                stored rows of a buffer that did not store it yet); None: unknown.
+
         Raises:
-            UserError: the existing buffer stores frames of another geometry.
+            UserError: the existing buffer stores frames of another geometry, or actions of another game, or
+                is corrupted.
         """
         directory = Path(directory)
-        if (directory / "meta.json").exists():
-            buffer = cls.load(directory, writable=True)
+        meta_path = directory / "meta.json"
+        if meta_path.exists():
+            buffer = cls.load(directory, writable=True, num_actions=num_actions)
             want = (tuple(frame_shape), int(frame_stack), int(ram_size))
             have = (buffer.frame_shape, buffer.frame_stack, buffer.ram_size)
             if want != have:
+                buffer.close()
                 raise UserError(
                     f"replay buffer {directory} holds frames {have[0]} x{have[1]} with {have[2]} RAM bytes; "
                     f"this env gives {want[0]} x{want[1]} with {want[2]}"
                 )
+            if num_actions is not None and "num_actions" not in json.loads(meta_path.read_text()):
+                buffer._write_meta()  # an older buffer learns its action count (its rows were checked against it)
             return buffer
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "frame_shape": list(frame_shape),
-            "frame_stack": int(frame_stack),
-            "ram_size": int(ram_size),
-        }
-        write_atomic(directory / "meta.json", json.dumps(meta, indent=1).encode())
-        buffer = cls(frame_shape, frame_stack, ram_size, directory)
+        buffer = cls(frame_shape, frame_stack, ram_size, directory, num_actions)
+        buffer._write_meta()
         buffer._file = open(directory / "rows.bin", "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115 (closed by close())
         return buffer
 
+    def _write_meta(self) -> None:
+        assert self.directory is not None
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "frame_shape": list(self.frame_shape),
+            "frame_stack": self.frame_stack,
+            "ram_size": self.ram_size,
+            **({} if self.num_actions is None else {"num_actions": self.num_actions}),
+        }
+        write_atomic(self.directory / "meta.json", json.dumps(meta, indent=1).encode())
+
     @classmethod
-    def load(cls, directory: Path, writable: bool = False) -> ReplayBuffer:
+    def load(cls, directory: Path, writable: bool = False, num_actions: int | None = None) -> ReplayBuffer:
         """Load a saved buffer; a partial last record (a kill mid-write) is dropped.
 
+        Args:
+            num_actions: the action count the caller's game has: the stored rows are checked against it (and
+                it must equal the one the buffer stored, if it stored one); None: the stored one, if any.
+
         Raises:
-            UserError: the directory holds no readable buffer.
+            UserError: the directory holds no readable buffer, or its rows are corrupted (an action outside
+                the action space, a reward that is not finite, rows that do not link up), naming the file
+                and the first bad row.
         """
         directory = Path(directory)
         meta_path, rows_path = directory / "meta.json", directory / "rows.bin"
         try:
             meta = json.loads(meta_path.read_text())
             shape, stack, ram = tuple(meta["frame_shape"]), meta["frame_stack"], meta["ram_size"]
+            stored_actions = meta.get("num_actions")
+            limits = _META_LIMITS
+            if not (len(shape) == 2 and all(_int_in(side, 1, limits["frame_side"]) for side in shape)
+                    and _int_in(stack, 1, limits["frame_stack"]) and _int_in(ram, 0, limits["ram_size"])
+                    and (stored_actions is None or _int_in(stored_actions, 1, limits["num_actions"]))):
+                raise ValueError
         except FileNotFoundError:
             raise UserError(f"no replay buffer in {directory} (missing {meta_path.name})") from None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"replay buffer metadata {meta_path} is corrupted") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise UserError(f"replay buffer {directory} has format version {meta.get('format_version')}")
-        buffer = cls(shape, stack, ram, directory)
+        if num_actions is not None and stored_actions is not None and num_actions != stored_actions:
+            raise UserError(f"replay buffer {directory} holds play of a game with {stored_actions} actions; "
+                            f"this one has {num_actions}")
+        buffer = cls(shape, stack, ram, directory, num_actions if num_actions is not None else stored_actions)
         size = rows_path.stat().st_size if rows_path.exists() else 0
         whole = size // buffer.dtype.itemsize
         rows = np.fromfile(rows_path, dtype=buffer.dtype, count=whole) if whole else np.empty(0, buffer.dtype)
-        if not _consistent(rows):
-            raise UserError(f"replay buffer {rows_path} is corrupted: its rows do not link up")
+        problem = _first_problem(rows, buffer.num_actions)
+        if problem:
+            raise UserError(f"replay buffer {rows_path} is corrupted: {problem}")
         buffer._rows, buffer._size = rows, len(rows)
         if len(rows):
             buffer._stream_last = np.full(int(rows["stream"].max()) + 1, -1, dtype=np.int64)
@@ -259,6 +314,10 @@ class ReplayBuffer:
             rewards: float (K,) raw reward of that transition.
             flags: uint8 (K,) FIRST / TERMINATED / TRUNCATED / LIFE_LOSS bits.
             ram: uint8 (K, R) console RAM, or None when the buffer stores none.
+
+        Raises:
+            ValueError: a row that cannot be stored (naming the buffer's file and the row): an action outside
+                [0, num_actions), a reward that is not finite, a stream that does not begin with a FIRST row.
         """
         n = len(streams)
         if len(np.unique(streams)) != n:
@@ -266,6 +325,11 @@ class ReplayBuffer:
         if frames.shape != (n, *self.frame_shape) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 {(n, *self.frame_shape)}, got {frames.dtype} {frames.shape}")
         first = (flags & FIRST) != 0
+        bad = _bad_transitions(np.asarray(actions), np.asarray(rewards, dtype=np.float64), ~first, self.num_actions)
+        if bad is not None:
+            where = self.directory / "rows.bin" if self.directory is not None else "in memory"
+            raise ValueError(f"replay buffer {where}: the row appended to stream {int(streams[bad[0]])} (it would be "
+                             f"row {self._size + bad[0]}) has {bad[1]}")
         prev = np.where(first, -1, self._stream_last[streams])
         if np.any(prev[~first] < 0):
             raise ValueError("a stream begins with a row that is not the first of an episode")
@@ -556,12 +620,47 @@ def _event_count(batch_size: int, seq_len: int, event_fraction: float, events: i
     return round(event_fraction * batch_size) if events and seq_len > 0 else 0
 
 
-def _consistent(rows: np.ndarray) -> bool:
-    """Whether loaded rows link up: FIRST rows start episodes, others point back into theirs."""
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _bad_transitions(actions: np.ndarray, rewards: np.ndarray, moved: np.ndarray,
+                     num_actions: int | None) -> tuple[int, str] | None:
+    """The first of the rows `moved` (bool (K,): rows with an incoming transition) whose action (K,) lies outside
+    [0, num_actions) (or is negative, for an unknown count) or whose reward (K,) is not a finite float32, as
+    (index, what is wrong); None when all are fine. Vectorised: one pass over each column."""
+    high = np.iinfo(np.int32).max if num_actions is None else num_actions - 1
+    bad_action = moved & ((actions < 0) | (actions > high))
+    bad_reward = moved & ~(np.abs(rewards) <= _MAX_REWARD)  # NaN compares False
+    bad = np.flatnonzero(bad_action | bad_reward)
+    if len(bad) == 0:
+        return None
+    i = int(bad[0])
+    if bad_action[i]:
+        allowed = f"[0, {num_actions})" if num_actions is not None else "[0, 2^31)"
+        return i, f"action {int(actions[i])}, outside the action space {allowed}"
+    return i, f"reward {float(rewards[i])!r}, not a finite number"
+
+
+def _first_problem(rows: np.ndarray, num_actions: int | None) -> str | None:
+    """What is wrong with loaded rows, naming the first bad row (None: nothing): actions outside the action space,
+    rewards that are not finite, stream ids beyond any buffer's, or rows that do not link up (FIRST rows start
+    episodes, others point back into theirs)."""
     first = (rows["flags"] & FIRST) != 0
+    bad = _bad_transitions(rows["action"], rows["reward"].astype(np.float64), ~first, num_actions)
+    if bad is not None:
+        return f"row {bad[0]} has {bad[1]}"
+    streams = rows["stream"]
+    wrong = np.flatnonzero((streams < 0) | (streams >= _META_LIMITS["streams"]))
+    if len(wrong):
+        return f"row {int(wrong[0])} has stream id {int(streams[wrong[0]])}"
     prev = rows["prev"]
-    if np.any(first != (rows["pos"] == 0)) or np.any(first != (prev < 0)) or np.any(prev >= np.arange(len(rows))):
-        return False
-    earlier = np.maximum(prev, 0)
-    same = (rows["stream"][earlier] == rows["stream"]) & (rows["episode"][earlier] == rows["episode"])
-    return bool(np.all(first | (same & (rows["pos"][earlier] + 1 == rows["pos"]))))
+    before = prev < np.arange(len(rows))
+    linked = (first == (rows["pos"] == 0)) & (first == (prev < 0)) & before
+    earlier = np.where(before, np.maximum(prev, 0), 0)
+    same = (streams[earlier] == streams) & (rows["episode"][earlier] == rows["episode"])
+    linked &= first | (same & (rows["pos"][earlier] + 1 == rows["pos"]))
+    wrong = np.flatnonzero(~linked)
+    if len(wrong):
+        return f"its rows do not link up (row {int(wrong[0])})"
+    return None

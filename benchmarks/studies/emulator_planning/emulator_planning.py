@@ -11,7 +11,7 @@ Games follow the evaluation rules (full games, sticky actions 0.25, raw score) b
 cut game counts as it stands. What this bounds: how far the planner and the objective could take
 MPC if the world model's imagination were the game.
 
-    python benchmarks/emulator_planning.py --games 5 --horizon 16 --max-steps 2000
+    python -m benchmarks.studies.emulator_planning.emulator_planning --games 5 --horizon 16 --max-steps 2000
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from report import HERE, load_result, machine, save_result
+from benchmarks.report import gathered, load_result, machine, save_result
 
-RESULT = HERE / "results" / "emulator_planning.json"
+RESULT = Path(__file__).resolve().parent / "results" / "emulator_planning.json"
 
 
 def play(games: int, seed: int, horizon: int, act: str, max_steps: int, overrides: list[str]) -> dict[str, Any]:
@@ -73,6 +74,25 @@ def play(games: int, seed: int, horizon: int, act: str, max_steps: int, override
             "mean": float(np.mean(scores)), "std": float(np.std(scores))}
 
 
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and table, one row per run."""
+    notes = ["`mbrl plan`'s planner and objective (the atari100k preset's life-loss penalty and discount) with the "
+             "world model's imagination replaced by the real game replayed from its saved state without sticky "
+             "actions (`mbrl.envs.emulator.emulator_objective`): what MPC could reach if imagination were the game. "
+             "Real games under the evaluation rules (sticky actions 0.25, raw score), cut after 'max steps' agent "
+             "steps: a cut game's score counts as it stands. Acting: a draw from the plan's distribution ('sampled', "
+             "as `mbrl plan`) or the best sequence's first action. Seconds: per agent step, one process, ALE on one "
+             "core."]
+    rows = [[e["planner"], f"{e['candidates']}, {e['horizon']}, {e['iterations']}", e["act"],
+             f"{e['games']} ({e['seed']})", e["max_steps"], f"{e['mean']:.2f} +- {e['std']:.2f}",
+             ", ".join(f"{x:g}" for x in e["scores"]), ", ".join(str(n) for n in e["lengths"]), sum(e["cut"]),
+             f"{sum(e['seconds']) / sum(e['lengths']):.2f}", f"{e['date']}, {e['machine']}"] for e in saved["runs"]]
+    columns = ["planner", "N, H, I", "acts", "games (seed)", "max steps", "score", "per game", "steps per game", "cut",
+               "s per step", "date, machine"]
+    return {**saved, **gathered(saved["runs"]), "notes": notes, "tables": [{"columns": columns, "rows": rows}],
+            "title": "MPC with a perfect model: planning on the real game's replays"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", type=int, default=5, help="real games (default 5)")
@@ -87,11 +107,12 @@ def main() -> None:
     if min(args.games, args.horizon, args.max_steps) < 1:
         parser.error("--games, --horizon and --max-steps must be >= 1")
     entry = play(args.games, args.seed, args.horizon, args.act, args.max_steps, args.set)
-    entry.update(command=" ".join(["python", "benchmarks/emulator_planning.py", *sys.argv[1:]]),
+    entry.update(command=" ".join(["python", "-m", "benchmarks.studies.emulator_planning.emulator_planning",
+                                   *sys.argv[1:]]),
                  date=time.strftime("%Y-%m-%d"), machine=machine())
     saved = load_result(RESULT, "emulator_planning")
     saved["runs"].append(entry)
-    save_result(saved, RESULT)
+    save_result(with_tables(saved), RESULT)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ on every observation become the targets of students that see the same observatio
 
   latent  the default agent's network (the `agent` config's MLP) on the run's latents
   tokens  the same MLP on all the JEPA target encoder's output tokens (summary and patch tokens)
-  grid    the tokens through `dream_gap.TokenGrid` (a small CNN over the patch-token grid), then the MLP
+  grid    the tokens through `benchmarks.dream_gap.TokenGrid` (a small CNN over the patch-token grid), then the MLP
   pixels  the teacher's architecture on the pixels, from scratch: what cloning alone achieves
 
 Each student learns by cross-entropy to the teacher's probabilities (behaviour cloning: no reward,
@@ -23,7 +23,8 @@ dream.termination=sample` as in the presets): their imagined reward and episode 
 the real game's points and lost lives per step. A dream that pays the cloned player no more than the
 random one cannot teach an agent what the cloned player does, whatever the latent carries.
 
-    python benchmarks/latent_distill.py --run runs/NAME --teacher runs/bench/ppo-s0 [--steps 50000]
+    python -m benchmarks.studies.latent_distill.latent_distill --run runs/NAME --teacher runs/bench/ppo-s0 \
+        --label NAME [--steps 50000]
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from breakout_100k import ppo_baseline
-from dream_gap import RUN_ONLY, EncoderTokens, TokenGrid, training_env
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
+from benchmarks.breakout_100k import ppo_baseline
+from benchmarks.dream_gap import RUN_ONLY, EncoderTokens, TokenGrid, training_env
+from benchmarks.report import gathered, load_result, machine, save_result
 from mbrl.agents.sb3 import LatentVecEnv
 from mbrl.agents.sb3_agent import LatentAgent, build_agent
 from mbrl.collect import RandomPolicy
@@ -55,9 +57,8 @@ from mbrl.envs.wrappers import encode_observations
 from mbrl.evaluate import eval_env_config, evaluate_agent
 from mbrl.run_config import RunConfig, resolve_config
 from mbrl.world_models.jepa import JEPAWorldModel
-from report import HERE, save_result
 
-RESULT = HERE / "results" / "latent_distill.json"
+RESULT = Path(__file__).resolve().parent / "results" / "latent_distill.json"
 STUDENTS = ("latent", "tokens", "grid", "pixels")
 PLAY_ENVS = 8  # games the teacher plays at once
 
@@ -187,11 +188,74 @@ def student(name: str, config: RunConfig, model: JEPAWorldModel, seed: int) -> t
     return build_agent(config.agent, LatentVecEnv(env, encoder), seed, "cpu", features), encoder
 
 
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and tables: each student's fit and real score per result, and
+    with `--dream-steps` the dream's rates beside the real game's."""
+    results = saved["results"]
+    notes = [f"Torch threads {saved['torch_threads']}. A teacher that plays from pixels (the 100k benchmark's SB3 PPO "
+             "CNN) plays full real games; students learn its action probabilities (cross-entropy, no reward) on the "
+             "first 90% of its steps: 'latent' the default agent's MLP on the run's latents, 'tokens' the same MLP on "
+             "all the encoder's output tokens, 'grid' those tokens through a small CNN over the patch-token grid "
+             "first, 'pixels' the teacher's own architecture from scratch on the pixels. Agreement: the student's "
+             "most likely action is the teacher's, on the held-out last 10% (on the teacher's row: always choosing "
+             "the action the teacher chose most often). Real scores: full games (evaluation rules), the same games "
+             "for every policy."]
+    rows = []
+    for res in results:
+        for row in res["rows"]:
+            if row["student"] == "teacher":
+                majority = res.get("val_majority_agreement")
+                fit = ["-" if majority is None else f"{majority:.3f} (its most frequent action)",
+                       f"- ({res['val_teacher_entropy']:.3f})", "-"]
+            elif "val_agreement" not in row:  # the random policy, for the dream's table
+                fit = ["-", "-", "-"]
+            else:
+                fit = [f"{row[key]:.3f}" for key in ("val_agreement", "val_cross_entropy", "train_agreement")]
+            rows.append([res["label"], row["student"], *fit, f"{row['mean']:.2f} +- {row['std']:.2f}",
+                         len(row["scores"]), f"{row['clone_minutes']:.1f}" if "clone_minutes" in row else "-"])
+    runs = [f"{res['label']} ({res['date']}; {res['steps']} teacher steps, {res['teacher_play']['games']} games at "
+            f"{res['teacher_play']['mean']:.1f}; {res['epochs']} epochs)" for res in results]
+    tables = [{"columns": ["result", "policy", "held-out agreement", "held-out cross-entropy (teacher's entropy)",
+                           "train agreement", "real score (mean +- std over games)", "games", "minutes cloning"],
+               "rows": rows, "notes": ["Results: " + "; ".join(runs) + "."]}]
+    dreamt = [(res, row) for res in results for row in res["rows"] if "dream_reward_per_step" in row]
+    if dreamt:
+        def by_step(values: list[float]) -> str:
+            return ", ".join(f"{values[t - 1]:.4f}" for t in (1, 5, 10) if t <= len(values))
+
+        rows = [[res["label"], row["student"], f"{row['mean']:.2f}", f"{row['real_points_per_step']:.4f}",
+                 f"{row['real_lives_lost_per_step']:.4f}",
+                 f"{row['dream_reward_per_step']:.4f} ({by_step(row['dream_reward_by_step'])})",
+                 f"{row['dream_ends_per_step']:.4f} ({by_step(row['dream_ends_by_step'])})", row["dream_steps"]]
+                for res, row in dreamt]
+        rows += [[res["label"], "teacher, heads on its real play", f"{row['mean']:.2f}",
+                  f"{row['real_points_per_step']:.4f}", f"{row['real_lives_lost_per_step']:.4f}",
+                  f"{row['heads_reward_per_step']:.4f} (heads on real transitions)",
+                  f"{row['heads_life_loss_per_step']:.4f} (heads)", "-"]
+                 for res in results for row in res["rows"] if "heads_reward_per_step" in row]
+        settings = [f"{res['label']} dream: horizon {res['dream']['horizon']}, reward {res['dream']['reward']}, ends "
+                    f"on {res['dream']['terminate_on']} ({res['dream']['termination']})"
+                    for res in results if res.get("dream")]
+        tables.append({"title": "Does the dream tell the cloned player from the random one? With `--dream-steps`, the "
+                                "latent student and the random policy also act in the run's dream (settings per result "
+                                "below; imagined episodes start from the run's training episodes). Real points per "
+                                "step: raw score over steps of the real games above (the lowest bricks pay 1, higher "
+                                "ones 4 and 7, so above the clipped rate); real lives lost per step: 5 per game over "
+                                "its steps. Dream: the model's (expected) reward per imagined step, and its episode "
+                                "ends (life losses or game overs, as the dream ends) per step.",
+                       "columns": ["result", "policy", "real score", "real points / step", "real lives lost / step",
+                                   "dream reward / step (at imagined steps 1, 5, 10)",
+                                   "dream ends / step (at 1, 5, 10)", "imagined steps"],
+                       "rows": rows, "notes": ["; ".join(settings) + "."]})
+    return {**saved, **gathered(results, saved.get("unrecorded")), "notes": notes, "tables": tables,
+            "title": "What the latent carries: a pixel policy cloned onto it"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="a run with a trained JEPA world model")
     parser.add_argument("--teacher", required=True, type=Path,
-                        help="checkpoint directory of benchmarks/breakout_100k.py's PPO (runs/bench/ppo-sSEED)")
+                        help="checkpoint directory of benchmarks.breakout_100k's PPO (runs/bench/ppo-sSEED)")
     parser.add_argument("--label", required=True, help="name of the result (a result with this label is replaced)")
     parser.add_argument("--steps", type=int, default=50_000, help="real steps the teacher plays (90%% to learn from)")
     parser.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS))
@@ -262,16 +326,18 @@ def main() -> None:
         del inputs
     held_out = targets[split:]
     result = {"label": args.label, "run": str(args.run), "teacher": str(args.teacher),
-              "command": "python benchmarks/latent_distill.py " + " ".join(sys.argv[1:]),
-              "date": time.strftime("%Y-%m-%d"), "steps": len(observations), "epochs": args.epochs, "lr": args.lr,
+              "command": "python -m benchmarks.studies.latent_distill.latent_distill " + " ".join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": len(observations),
+              "epochs": args.epochs, "lr": args.lr,
               "teacher_play": {"games": len(data["scores"]), "mean": float(np.mean(data["scores"] or [0.0]))},
               "val_teacher_entropy": float(-(held_out * held_out.clamp_min(1e-12).log()).sum(-1).mean()),
               "val_majority_agreement": majority_agreement(targets, split),
               "dream": dataclasses.asdict(config.dream) if args.dream_steps else None,
               "rows": rows, "minutes": (time.perf_counter() - start) / 60}
-    previous = json.loads(RESULT.read_text())["results"] if RESULT.exists() else []
-    results = [r for r in previous if r["label"] != args.label] + [result]
-    save_result({"benchmark": "latent_distill", "torch_threads": args.threads, "results": results}, RESULT)
+    saved = load_result(RESULT, "latent_distill", rows="results")  # read again: others may have added results
+    kept = [r for r in saved["results"] if r["label"] != args.label]
+    saved.update(torch_threads=args.threads, results=[*kept, result])
+    save_result(with_tables(saved), RESULT)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,20 @@
 """A copy of a run whose world model has also seen good play: is the dream short of data or of model?
 
 Copies the run directory (config, checkpoints, replay buffer; not its tensorboard logs) to `--out`,
-lets a teacher that plays from pixels (the 100k benchmark's SB3 PPO CNN, as in latent_distill.py)
+lets a teacher that plays from pixels (the 100k benchmark's SB3 PPO CNN, as in latent_distill)
 add `--teacher-steps` real steps to the copy's replay buffer (sampled actions, a random one with
 probability `--epsilon`; the run's env settings, as the loop collects), then
 gives the copy's world model `--updates` more stage-2 updates (predictor, heads, decoder; the encoder
 and so the latent stay as they were) on the grown buffer, as a Dyna iteration does. With
 `--teacher-steps 0` it is the control: the same updates on the run's own data.
 
-Then `latent_distill.py --run OUT --dream-steps N` shows whether the dream now tells a good player
-from a random one. The run's own data comes from the random policy and weak agents, whose paddles
-seldom meet the ball; a world model that ranks policies once it has seen good play is short of data
-(exploration), one that still does not is short of model.
+Then `python -m benchmarks.studies.latent_distill.latent_distill --run OUT --dream-steps N` shows whether
+the dream now tells a good player from a random one. The run's own data comes from the random policy
+and weak agents, whose paddles seldom meet the ball; a world model that ranks policies once it has seen
+good play is short of data (exploration), one that still does not is short of model.
 
-    python benchmarks/teacher_data.py --run runs/NAME --teacher runs/bench/ppo-s0 --out runs/NAME_teacher
+    python -m benchmarks.studies.latent_distill.teacher_data --run runs/NAME --teacher runs/bench/ppo-s0 \
+        --out runs/NAME_teacher
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from breakout_100k import ppo_baseline
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.utils.tensorboard import SummaryWriter
 
+from benchmarks.breakout_100k import ppo_baseline
 from mbrl.collect import Collector
 from mbrl.core.checkpoint import load_checkpoint
 from mbrl.core.memory import keep_freed_memory
@@ -46,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="a run with a trained world model")
     parser.add_argument("--teacher", required=True, type=Path,
-                        help="checkpoint directory of benchmarks/breakout_100k.py's PPO (runs/bench/ppo-sSEED)")
+                        help="checkpoint directory of benchmarks.breakout_100k's PPO (runs/bench/ppo-sSEED)")
     parser.add_argument("--out", required=True, type=Path, help="the new run directory (must not exist)")
     parser.add_argument("--teacher-steps", type=int, default=20_000, help="real steps the teacher adds (0: control)")
     parser.add_argument("--updates", type=int, default=900, help="stage-2 updates on the grown buffer")
@@ -97,7 +98,7 @@ def main() -> None:
             losses = trainer.run_updates("dynamics", args.updates, writer)
         trainer.save()
     summary = {"run": str(args.run), "teacher": str(args.teacher), "out": str(args.out),
-               "command": "python benchmarks/teacher_data.py " + " ".join(sys.argv[1:]),
+               "command": "python -m benchmarks.studies.latent_distill.teacher_data " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "steps_before": before, "teacher_steps": added,
                "teacher_episode_returns": played, "updates": args.updates, "epsilon": args.epsilon,
                "last_losses": losses, "minutes": (time.perf_counter() - start) / 60}

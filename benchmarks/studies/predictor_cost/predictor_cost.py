@@ -7,8 +7,8 @@ compute): the multiply-adds of one imagined step per rollout (counted by torch's
 over `WorldModel.step` with a full context window) and the milliseconds of one step of 256 and
 of 512 rollouts (median of repeats on `--threads` torch threads).
 
-    python benchmarks/predictor_cost.py --runs runs/A runs/B [--labels A B] [--note "..."]
-        -> benchmarks/results/predictor_cost.json, RESULTS.md
+    python -m benchmarks.studies.predictor_cost.predictor_cost --runs runs/A runs/B [--labels A B] [--note "..."]
+        -> results/predictor_cost.json (beside this file), benchmarks/studies/RESULTS.md
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from planning import chained_step_ms, full_context
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.planning import chained_step_ms, full_context
+from benchmarks.report import save_result
 from mbrl.core.checkpoint import load_checkpoint
 from mbrl.core.memory import keep_freed_memory
 from mbrl.core.run import RunDir
 from mbrl.train_world_model import BEST, CHECKPOINT
 from mbrl.world_models.base import WorldModel
 from mbrl.world_models.registry import build
-from report import save_result
 
 HERE = Path(__file__).resolve().parent
 CONFIG_KEYS = ("action_conditioning", "predictor_dim", "predictor_depth", "predictor_skip", "skip_rank",
@@ -64,6 +64,47 @@ def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
     return row
 
 
+def with_tables(r: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, notes and table, one row per run."""
+    notes = [f"Torch threads {r['torch_threads']}. Stage-2 variants on the same replay buffer and stage-1 encoder. "
+             "Multiply-adds: one imagined step of one rollout (torch's FLOP counter over `step` / 2, full context "
+             "window); ms: median of one step of 256 and of 512 rollouts (random weights of the run's config). "
+             "Quality from each run's `mbrl eval-world-model --run RUN --windows 2048` on held-out episodes: L1 / "
+             "copy is the imagined latents' error over that of repeating the last real latent; R^2 of linear probes "
+             "to the console RAM; AP the average precision of the heads (chance: the event rate); 'over 10' sums the "
+             "imagined reward over 10 steps of one repeated action. Updates: the last stage-2 update; 'kept' the "
+             "update whose weights the run ended with (each part's own with per-part early stopping)."]
+
+    def two(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    rows = []
+    for row in r["rows"]:
+        c, e = row["config"], row["eval"]
+        probes, repeated = e["probes"], e.get("repeated_action")
+        skip = "no" if not c["predictor_skip"] else ("full" if not c["skip_rank"] else f"rank {c['skip_rank']}")
+        kept = row["kept"]
+        kept = " / ".join(f"{name} {step}" for name, step in kept.items()) if isinstance(kept, dict) else str(kept)
+        rows.append([
+            row["label"], f"{c['summary_tokens']}, {c['action_conditioning']}, {c['predictor_dim']} x "
+            f"{c['predictor_depth']}, {skip}, {c['head_hidden']}", f"{row['macs'] / 1e6:.2f}",
+            f"{row['step_ms']['256']:.1f}, {row['step_ms']['512']:.1f}", f"{row['updates']} ({kept})",
+            two([e["dynamics"][h]["l1_vs_copy"] for h in ("h1", "h5", "h10")]),
+            two([probes[h]["paddle_x"]["r2"] for h in ("h1", "h5")]),
+            two([probes["h1"]["ball_x"]["r2"], probes["h1"]["ball_y"]["r2"]]),
+            two([probes["h5"]["ball_x"]["r2"], probes["h5"]["ball_y"]["r2"]]),
+            two([e["reward"][h]["average_precision"] for h in ("h1", "h5", "real")]),
+            two([e["life_loss"][h]["average_precision"] for h in ("h1", "h5", "real")]),
+            "-" if repeated is None else ", ".join(f"{repeated[f'action {a}']['reward']:.3f}" for a in range(4)),
+            f"{e['decoder_psnr']['encoded']:.1f}"])
+    columns = ["run", "summary tokens, conditioning, width x depth, linear path, head hidden", "M multiply-adds / step",
+               "ms / step of 256, 512", "updates (kept)", "L1 / copy h1, h5, h10", "paddle R^2 h1, h5",
+               "ball x, y R^2 h1", "ball x, y R^2 h5", "reward AP h1, h5, real", "life-loss AP h1, h5, real",
+               "reward over 10: NOOP, FIRE, RIGHT, LEFT", "PSNR dB"]
+    return {**r, "title": "What an imagined step costs and what the model knows", "notes": notes,
+            "tables": [{"columns": columns, "rows": rows, "notes": [r["note"]] if r.get("note") else []}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="trained and evaluated runs")
@@ -79,10 +120,10 @@ def main() -> None:
         parser.error("--labels needs one name per run")
     torch.set_num_threads(args.threads)
     rows = [measure(run, label, args.repeats) for run, label in zip(args.runs, labels)]
-    command = ("python benchmarks/predictor_cost.py --runs " + " ".join(map(str, args.runs))
+    command = ("python -m benchmarks.studies.predictor_cost.predictor_cost --runs " + " ".join(map(str, args.runs))
                + (" --labels " + " ".join(labels) if args.labels else "") + f" --threads {args.threads}")
-    save_result({"benchmark": "predictor_cost", "torch_threads": args.threads, "command": command,
-                 "note": args.note, "rows": rows}, args.out)
+    save_result(with_tables({"benchmark": "predictor_cost", "torch_threads": args.threads, "command": command,
+                             "note": args.note, "rows": rows}), args.out)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,16 @@
 In Breakout the ball waits after every lost life until FIRE is pressed (the game's first serve is
 pressed by `mbrl.envs.atari.FireReset`). An agent that rarely presses FIRE loses no lives while it
 waits, which a dream that ends imagined episodes at a lost life may reward. For each agent
-(`METHOD:SEED`, loaded as `breakout_100k_games.py` does) this plays `--episodes` full games on one
+(`METHOD:SEED`, loaded as the breakout_100k_games study does) this plays `--episodes` full games on one
 env and reports: the share of steps with FIRE, the steps from each lost life to the next FIRE
 (median, mean), steps per game and the mean score. Rows go to results/serving.json (replacing
-the same agent's row for the same games).
+the same agent's row for the same games) of this study.
 
 With `--dream-seeds S ...` it also asks whether the dream of the mbrl run of seed S rewards not
 serving: in that dream (`mbrl.loop.run_dream`, as the agent learned in it, from real contexts of
 the run's training episodes) it runs, for `--dream-steps` imagined steps each, the uniformly random
 policy, a random policy that never presses FIRE, and the run's final agent, and reports the
-imagined reward and model-ended episodes (lost lives) per step (`latent_distill.dream_rates`).
+imagined reward and model-ended episodes (lost lives) per step (the latent_distill study's `dream_rates`).
 
 With `--fire-seeds S ...` it asks whether the world model of the mbrl run of seed S knows that
 FIRE serves: from real contexts of its held-out episodes in which the ball waits to be served
@@ -28,27 +28,28 @@ is to the dynamics loss: for contexts whose next real action is FIRE and whose b
 step later, the real latent's first step and the predictor's error on it, against the first steps
 of the control's contexts, in units of the control's mean real step.
 
-    python benchmarks/serving.py --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
-    python benchmarks/serving.py --agents mbrl:1 --dream-seeds 1 4
-    python benchmarks/serving.py --fire-seeds 0 1 2 3 4 5
+    python -m benchmarks.studies.serving.serving --agents mbrl:0 mbrl:1 ppo:1 random:1 --episodes 10
+    python -m benchmarks.studies.serving.serving --agents mbrl:1 --dream-seeds 1 4
+    python -m benchmarks.studies.serving.serving --fire-seeds 0 1 2 3 4 5
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from breakout_100k_games import final_agent, games_seed
-from latent_distill import dream_rates
 
+from benchmarks.report import gathered, load_result, machine, save_result
+from benchmarks.studies.breakout_100k_games.breakout_100k_games import final_agent, games_seed
+from benchmarks.studies.latent_distill.latent_distill import dream_rates
 from mbrl.core.memory import keep_freed_memory
-from report import HERE, load_result, save_result
 
-RESULT = HERE / "results" / "serving.json"
+RESULT = Path(__file__).resolve().parent / "results" / "serving.json"
 WAIT = 4  # context observations before a serve that must all show no ball, with no FIRE between them
 
 
@@ -104,9 +105,9 @@ class UniformOver:
 
 def dream_rows(seed: int, steps: int, runs: Path, fire: int, actions: int) -> list[dict[str, Any]]:
     """Imagined reward and lost lives per step of three policies in the dream of the mbrl run of `seed`."""
-    from mbrl.cli import config_for_run
     from mbrl.core.run import RunDir
-    from mbrl.loop import load_trained_agent, run_dream, with_num_actions
+    from mbrl.loop import load_trained_agent, run_dream
+    from mbrl.session import config_for_run, with_num_actions
 
     run = RunDir(runs / f"mbrl-s{seed}")
     config = with_num_actions(config_for_run(run, None, [], {"device": "cpu"}))
@@ -147,11 +148,11 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
     """Ball in play 1..`horizon` steps after real waiting contexts: imagined after FIRE and after NOOPs by the
     world model of the mbrl run of `seed` (read by a linear probe), and in the real continuations; and how far
     apart the model imagines the two paddle moves `moves` (RIGHT, LEFT) held from the same contexts."""
-    from mbrl.cli import config_for_run
     from mbrl.core.replay import FIRST, ReplayBuffer, split_episodes
     from mbrl.core.run import RunDir
     from mbrl.envs.registration import load_world_model
     from mbrl.eval_world_model import IN_PLAY, apply_probe, fit_probe, in_play
+    from mbrl.session import config_for_run
     from mbrl.world_models.base import imagine
 
     run = RunDir(runs / f"mbrl-s{seed}")
@@ -240,6 +241,70 @@ def fire_row(seed: int, runs: Path, fire: int, noop: int, horizon: int, contexts
             "served_contexts": len(served), "serve_change": float(serve_change.mean() / typical),
             "serve_error": float(serve_error.mean() / typical), "control_error": float(control_error.mean() / typical)}
 
+def fire_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`--fire-seeds`: does an mbrl run's world model know that FIRE serves?"""
+    def at(values: list[float | None], steps: tuple[int, ...]) -> str:
+        return " / ".join("-" if values[t - 1] is None else f"{values[t - 1]:.2f}" for t in steps)
+
+    horizon = max(row["horizon"] for row in rows)
+    steps = tuple(t for t in (1, 3, horizon) if t <= horizon)
+    title = ("Does the world model know that FIRE serves? From real contexts of a run's held-out episodes in which the "
+             "ball waits to be served, the share of imagined or real steps with the ball in play "
+             f"{' / '.join(map(str, steps))} steps after the context (imagined: read from the latent by a linear "
+             "probe fit to the RAM's ball-in-play flag; 'probe' its accuracy on held-out real observations, with the "
+             "share in play there); 'FIRE - NOOP' is how far the FIRE branch's latents lie from the NOOP branch's at "
+             "those steps, in units of the NOOP branch's first step away from the context, and 'RIGHT - LEFT' the "
+             "same for RIGHT and LEFT each held from the same contexts (since 2026-12-04; '-' before), for scale: an "
+             "action the model follows; 'control': contexts with the ball in play imagined under their real actions, "
+             "read by the same probe (real / imagined, at the same steps); 'serve size' (since 2026-12-04's last "
+             "runs): from the waiting contexts whose next real action is FIRE and whose ball is in play one step "
+             "later, the real latent's first step and the predictor's error on it (mean absolute change per feature, "
+             "under the real actions), and the predictor's error on the control's first steps, all in units of the "
+             "control's mean real first step.")
+    table = []
+    for row in sorted(rows, key=lambda row: (row["runs"], row["run_seed"])):
+        control = (f"{at(row['control_real'], steps)}; {at(row['control_imagined'], steps)}" if "control_real" in row
+                   else "-")
+        size = (f"{row['serve_change']:.2f} / {row['serve_error']:.2f}; {row['control_error']:.2f} "
+                f"({row['served_contexts']})" if "serve_change" in row else "-")
+        table.append([f"{row['runs']}/mbrl-s{row['run_seed']}",
+                      f"{row['waiting_contexts']} ({row['imagined_contexts']})",
+                      f"{row['probe_accuracy']:.2f} ({row['probe_in_play']:.2f})",
+                      f"{at(row['real_fire'], steps)} ({row['real_fire_contexts']})", at(row["imagined_fire"], steps),
+                      at(row["imagined_noop"], steps), at(row["real_no_fire"], steps), at(row["fire_noop_gap"], steps),
+                      at(row["right_left_gap"], steps) if "right_left_gap" in row else "-", control, size])
+    columns = ["run", "waiting contexts (imagined from)", "probe (in play)", "real after FIRE (contexts)",
+               "imagined after FIRE", "imagined after NOOPs", "real before any FIRE", "FIRE - NOOP", "RIGHT - LEFT",
+               "control: real; imagined", "serve size: real step / error; control error (serves)"]
+    return {"title": title, "columns": columns, "rows": table}
+
+
+def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
+    """The result with its title, header, notes and tables: the agents' serves, the dream's rates under policies
+    that serve or not, and whether imagination follows a serve."""
+    notes = ["Full games (the evaluation rules: sticky actions 0.25, 108k-frame cap, raw score) on one env per agent; "
+             "'wait' = steps from a lost life to the next FIRE, which serves the ball again."]
+    rows = [[row["agent"], row["seed"], row["episodes"], f"{row['fire_share']:.1%}",
+             "-" if row["median_wait"] is None else f"{row['median_wait']:g}",
+             "-" if row["median_wait"] is None else f"{row['mean_wait']:.1f}", f"{row['steps_per_game']:.0f}",
+             f"{row['mean_score']:.2f}"] for row in sorted(saved["rows"], key=lambda row: (row["agent"], row["seed"],
+                                                                                            row["episodes"]))]
+    tables = [{"columns": ["agent", "seed", "games", "FIRE share", "wait median", "wait mean", "steps per game",
+                           "mean score"], "rows": rows}]
+    if saved.get("dream"):
+        tables.append({"title": "In the dream of an mbrl run (its world model, imagined episodes from real contexts, "
+                                "ended at a lost life or after the dream's horizon): imagined reward and lost lives "
+                                "per imagined step.",
+                       "columns": ["mbrl run", "policy", "imagined steps", "reward per step", "lost lives per step"],
+                       "rows": [[f"seed {row['run_seed']}", row["policy"], row["steps"],
+                                 f"{row['reward_per_step']:.4f}", f"{row['ends_per_step']:.4f}"]
+                                for row in saved["dream"]]})
+    if saved.get("fire"):
+        tables.append(fire_table(saved["fire"]))
+    header = gathered([*saved["rows"], *saved.get("dream", []), *saved.get("fire", [])], saved.get("unrecorded"))
+    return {**saved, **header, "title": "How the final 100k agents serve", "notes": notes, "tables": tables}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", nargs="+", default=[], metavar="METHOD:SEED",
@@ -270,25 +335,26 @@ def main() -> None:
     meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
     fire, noop = meanings.index("FIRE"), meanings.index("NOOP")
     moves = (meanings.index("RIGHT"), meanings.index("LEFT"))
-    command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
+    command = " ".join(["python", "-m", "benchmarks.studies.serving.serving", *sys.argv[1:]])
+    stamp = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command}
     for spec in args.agents:
         method, seed = spec.split(":")
         agent = final_agent(method, int(seed), 100_000, args.runs, config)
         torch.manual_seed(int(seed))  # SB3's predict samples from torch's global generator
-        row = {"agent": method, "seed": int(seed), "episodes": args.episodes, "command": command,
+        row = {"agent": method, "seed": int(seed), "episodes": args.episodes, **stamp,
                **play(agent, env, args.episodes, games_seed(int(seed)), fire)}
         print(f"{spec}: FIRE on {row['fire_share']:.1%} of steps, median wait after a lost life {row['median_wait']}, "
               f"{row['steps_per_game']:.0f} steps per game, mean score {row['mean_score']:.2f}", file=sys.stderr)
         saved = load_result(RESULT, "serving", "rows")
         saved["rows"] = [r for r in saved["rows"] if (r["agent"], r["seed"], r["episodes"]) !=
                          (method, int(seed), args.episodes)] + [row]
-        save_result(saved, RESULT)
+        save_result(with_tables(saved), RESULT)
     for seed in args.dream_seeds:
         rows = dream_rows(seed, args.dream_steps, args.runs, fire, int(env.action_space.n))  # type: ignore[attr-defined]
         saved = load_result(RESULT, "serving", "rows")
         saved["dream"] = [r for r in saved.get("dream", []) if r["run_seed"] != seed] + [
-            dict(r, command=command) for r in rows]
-        save_result(saved, RESULT)
+            dict(r, **stamp) for r in rows]
+        save_result(with_tables(saved), RESULT)
     for seed in args.fire_seeds:
         row = fire_row(seed, args.runs, fire, noop, args.fire_horizon, args.fire_contexts, moves)
         print(f"mbrl seed {seed}: ball in play after FIRE real {row['real_fire'][-1]:.2f}, imagined "
@@ -297,8 +363,8 @@ def main() -> None:
         saved = load_result(RESULT, "serving", "rows")
         runs = str(args.runs)  # rows of other runs' directories are kept
         kept = [r for r in saved.get("fire", []) if (r["runs"], r["run_seed"]) != (runs, seed)]
-        saved["fire"] = kept + [dict(row, runs=runs, command=command)]
-        save_result(saved, RESULT)
+        saved["fire"] = kept + [dict(row, runs=runs, **stamp)]
+        save_result(with_tables(saved), RESULT)
     env.close()
 
 

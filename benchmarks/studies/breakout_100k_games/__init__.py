@@ -1,0 +1,1 @@
+"""The breakout_100k_games study: see its README.md."""

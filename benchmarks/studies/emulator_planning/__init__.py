@@ -1,0 +1,1 @@
+"""The emulator_planning study: see its README.md."""

@@ -1,0 +1,1 @@
+"""The latent_distill study: see its README.md."""

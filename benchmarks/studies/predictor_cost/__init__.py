@@ -1,0 +1,1 @@
+"""The predictor_cost study: see its README.md."""

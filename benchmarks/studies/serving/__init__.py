@@ -1,0 +1,1 @@
+"""The serving study: see its README.md."""
