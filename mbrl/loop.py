@@ -22,6 +22,13 @@ checkpoint, agent steps in the agent's checkpoint). So a run killed at any momen
 with `--resume` by catching each counter up to its milestone: nothing flushed is lost, no
 phase is done twice. The replay buffer is flushed every `replay.flush_every` vector steps;
 the world model and the agent are checkpointed after each of their phases.
+
+A phase redone after a resume is the uninterrupted run's: the refit and the agent's learning seed
+the global generators they draw from (`seed_global_generators`), the trainer's and agent's own are
+checkpointed. What a resume cannot redo is real play: the resumed run's envs start new games in new
+streams (an emulator's state is not saved), so a run killed before its last collection goes on from
+other data. A DQN's replay of dream transitions is not checkpointed either (AgentConfig.buffer_size).
+tests/test_loop.py compares killed and resumed runs with uninterrupted ones.
 """
 
 from __future__ import annotations

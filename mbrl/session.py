@@ -6,7 +6,7 @@
     replay       open_replay (to append to), load_replay (to read), episode_split (training / held-out episodes)
     real play    real_play: the run's real game as a collector into its buffer
     world model  trained_run: the run's world model from its checkpoint, with its buffer and episode split;
-                 mpc_for_run: `mbrl plan`'s MPC agent in it
+                 mpc_for_run: `mbrl plan`'s MPC agent in it; check_world_model_fits: a new one's memory, up front
     seeds        Seeds: every seed a run derives from config.seed, by name, each made by `derive_seed`
 """
 
@@ -27,6 +27,7 @@ from mbrl.agents.value_agent import ValueAgent
 from mbrl.collect import Collector
 from mbrl.core.checkpoint import Checkpoint
 from mbrl.core.errors import UserError
+from mbrl.core.memory import check_fits
 from mbrl.core.replay import ReplayBuffer, split_episodes
 from mbrl.core.run import RunDir
 from mbrl.envs.atari import RAM_SIZE, make_env, make_vector_env
@@ -34,10 +35,12 @@ from mbrl.envs.registration import load_world_model
 from mbrl.run_config import RunConfig, resolve_config, resolve_device
 from mbrl.train_world_model import model_config
 from mbrl.world_models.base import WorldModel
+from mbrl.world_models.registry import FAMILIES, skeleton
 
 __all__ = [
-    "Seeds", "TrainedRun", "config_for_run", "derive_seed", "episode_split", "existing_run", "load_replay",
-    "mpc_for_run", "num_actions", "open_replay", "real_play", "resolve_device", "trained_run", "with_num_actions",
+    "Seeds", "TrainedRun", "check_world_model_fits", "config_for_run", "derive_seed", "episode_split",
+    "existing_run", "load_replay", "mpc_for_run", "num_actions", "open_replay", "real_play", "resolve_device",
+    "trained_run", "with_num_actions",
 ]
 
 
@@ -202,6 +205,24 @@ def real_play(config: RunConfig, buffer: ReplayBuffer, one_shard: bool = False) 
     seeds = Seeds(config.seed, buffer.num_streams)  # the streams this sitting adds come after the stored ones
     env = make_vector_env(config.env, config.collect.num_envs, workers)
     return Collector(env, buffer, seed=seeds.env()), seeds
+
+
+# ---- the world model -------------------------------------------------------------------------
+
+
+def check_world_model_fits(config: RunConfig) -> None:
+    """Refuse, before any work, a world model (of world_model_training.family, from the run config's section of
+    its class) whose training would not fit in memory: its tensors are counted on torch's meta device (nothing
+    allocated), 4 bytes each, and three more per parameter for its gradient and Adam's two moments.
+
+    Raises:
+        UserError: the estimate exceeds what this process may hold (`mbrl.core.memory.check_fits`).
+    """
+    family = config.world_model_training.family
+    section = next(c for c in (config.world_model, config.value_model) if isinstance(c, FAMILIES[family][0]))
+    model = skeleton(family, section)
+    values = sum(t.numel() for t in model.state_dict().values()) + 3 * sum(p.numel() for p in model.parameters())
+    check_fits(f"the {family} world model ({sum(p.numel() for p in model.parameters()):,} parameters)", 4 * values)
 
 
 # ---- the trained world model -----------------------------------------------------------------

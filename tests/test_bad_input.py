@@ -47,6 +47,9 @@ EVALUATE = ["evaluate", "--run", "{run}", "--quiet"]
 PLAN = ["plan", "--run", "{run}", "--quiet"]
 DREAM = ["dream", "--run", "{run}"]
 EVAL_WM = ["eval-world-model", "--run", "{run}"]
+HUGE_MODEL = [arg for size in ("dim=4096", "depth=64", "jepa_predictor_depth=64", "predictor_dim=4096",
+                                "predictor_depth=64", "summary_tokens=64") for arg in ("--set", f"world_model.{size}")]
+"""Every size inside its range, the whole beyond a machine's memory (54 billion parameters, 862 GB to train)."""
 
 
 def out_of(key: str, interval: str, value: str) -> str:
@@ -145,6 +148,9 @@ CASES: list[tuple[list[str], str]] = [
     ([*TRAIN_AGENT, "--set", "world_model.dim=10000000"], out_of("world_model.dim", "[8, 4096]", "10000000")),
     ([*TRAIN_AGENT, "--set", "agent.buffer_size=1000000000"],
      out_of("agent.buffer_size", "[1, 1_000_000]", "1000000000")),
+    ([*TRAIN_AGENT, *HUGE_MODEL], r"the jepa world model \(53,886,801,035 parameters\) would need 862\.2 GB of "
+                                  r"memory; this machine allows "),
+    ([*TRAIN_WM, *HUGE_MODEL], r"the jepa world model \(5[\d,]+ parameters\) would need 862\.\d GB of memory"),
     ([*TRAIN_WM, "--steps", "1000000000000"], argument("--steps", "an integer in [1, 1000000000]", "1000000000000")),
     ([*EVAL_WM, "--windows", "100000000"], argument("--windows", "an integer in [1, 4096]", "100000000")),
     ([*DREAM, "--steps", "100000000"], argument("--steps", "an integer in [1, 10000]", "100000000")),
@@ -166,6 +172,12 @@ CASES: list[tuple[list[str], str]] = [
     (["train-agent", "--run", ""], argument("--run", "a run directory", "an empty path")),
     (["train-agent", "--resume", ""], argument("--resume", "a run directory", "an empty path")),
     (["inspect", "--run", "{new}"], r"no run at .*new \(missing config\.yaml\)"),
+    (["inspect", "--run", "{file}"], r"no run at .*plain-file \(missing config\.yaml\)"),
+    (["collect", "--steps", "10", "--run", "{file}", "--quiet"],
+     r"cannot create run directory .*plain-file: File exists"),
+    (["collect", "--steps", "10", "--run", "{file}/run", "--quiet"],
+     r"cannot create run directory .*plain-file/run: Not a directory"),
+    ([*TRAIN_AGENT[:-2], "{file}", "--quiet"], r"cannot create run directory .*plain-file: File exists"),
     ([*EVALUATE, "--out", "{new}/scores.json"], r"cannot write --out .*new/scores\.json: the directory .*new does not "
                                                 r"exist"),
     ([*EVALUATE, "--gif", "{file}/game.gif"], r"cannot write --gif .*plain-file/game\.gif: the directory .* is a file"),

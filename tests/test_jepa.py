@@ -14,7 +14,7 @@ from mbrl.world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angl
 from mbrl.world_models.heads import StandardizedHead
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel, variance_covariance
 from mbrl.world_models.registry import build
-from tests.toys import TINY
+from tests.toys import TINY, Walker
 
 PLAIN = dataclasses.replace(TINY, jepa_bottleneck=False, jepa_positions="masked", jepa_target="tokens",
                             standardize_latents=False, mask_ratio=0.4, head="attention",
@@ -210,17 +210,28 @@ def test_training_reduces_each_stage_loss(config: JEPAConfig) -> None:
         assert model.loss(data, stage)["total"].item() < 0.7 * first, stage
 
 
-def test_imagine_equals_stepping_by_hand(model: JEPAWorldModel) -> None:
-    data = batch(b=2, steps=6)
-    z = model.encode(data.frames[:, :3])
-    out = imagine(model, z, data.actions)  # 2 context actions, then 4 imagined steps
-    assert out.latent.shape == (2, 4, 2, 32) and out.reward.shape == (2, 4)
-    state = model.observe(z, data.actions[:, :2])
-    for t in range(4):
-        step = model.step(state, data.actions[:, 2 + t])
-        state = step.state
-        torch.testing.assert_close(out.latent[:, t], step.latent, rtol=0, atol=0)
-        torch.testing.assert_close(out.life_loss[:, t], step.life_loss, rtol=0, atol=0)
+def test_imagine_follows_the_closed_form_of_a_toy_model() -> None:
+    """`imagine` on Walker (step: x += a, t += 1; reward 0.75 for a = 1, -0.25 for a = 2; life lost with
+    probability 0.6 on a = 2; game over once t >= end): the context's actions go to `observe`, the rest are imagined
+    in order, and every output is stacked per step."""
+    walker = Walker(end=3)
+    latents = torch.tensor([[[5.0, 0.0], [6.0, 0.0], [7.0, 0.0]], [[1.0, 0.0], [2.0, 0.0], [9.0, 0.0]]])  # (B, C=3, 2)
+    actions = torch.tensor([[0, 1, 1, 2, 0, 1], [2, 2, 0, 0, 2, 1]])  # 2 context actions, then 4 imagined
+    out = imagine(walker, latents, actions)
+    observed_latents, observed_actions = walker.observed[-1]
+    assert torch.equal(observed_latents, latents) and torch.equal(observed_actions, actions[:, :2])
+    torch.testing.assert_close(out.latent, torch.tensor([[[8.0, 1], [10, 2], [10, 3], [11, 4]],
+                                                         [[9.0, 1], [9, 2], [11, 3], [12, 4]]]))
+    torch.testing.assert_close(out.reward, torch.tensor([[0.75, -0.25, 0.0, 0.75], [0.0, 0.0, -0.25, 0.75]]))
+    torch.testing.assert_close(out.cont, torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2))
+    torch.testing.assert_close(out.life_loss, torch.tensor([[0.0, 0.6, 0.0, 0.0], [0.0, 0.0, 0.6, 0.0]]))
+    torch.testing.assert_close(out.state["z"], out.latent[:, -1])
+
+
+def test_imagine_gives_jepa_latents_and_heads_per_step(model: JEPAWorldModel) -> None:
+    z = model.encode(batch(b=2, steps=6).frames[:, :3])
+    out = imagine(model, z, batch(b=2, steps=6).actions)  # 2 context actions, then 4 imagined steps
+    assert out.latent.shape == (2, 4, 2, 32) and out.reward.shape == out.cont.shape == out.life_loss.shape == (2, 4)
 
 
 # ---- the mechanisms against a collapsed latent -------------------------------------------

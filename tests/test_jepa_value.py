@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.run_config import resolve_config
 from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
 from mbrl.world_models.jepa_value import ValueJEPAConfig, ValueJEPAWorldModel, n_step_targets, renormalize
+from tests.cli_runs import mbrl_cli_killed
 
 TINY = ValueJEPAConfig(num_actions=4, channels=(4, 8, 8), hidden=16, unroll=3, return_steps=4)
 
@@ -264,21 +264,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_joint_run_resumes_after_sigkill_with_every_counter_and_the_optimiser(tmp_path: Path) -> None:
     run = tmp_path / "run"
     budget = 400
-    proc = subprocess.Popen([sys.executable, "-m", "mbrl", "train-agent", *PRESET, "--run", str(run), "--set",
-                             f"loop.real_steps={budget}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    def updates_saved() -> int:
-        if not (run / "checkpoints" / "world_model.json").exists():
-            return 0
-        return int(json.loads((run / "checkpoints" / "world_model.json").read_text())["body"]["metadata"]["updates"])
-
-    deadline = time.monotonic() + 300
-    while updates_saved() == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # after a checkpoint with updates in it, before the end
-    assert proc.wait() == -signal.SIGKILL  # the kill interrupted the run; it had not finished
+    proc = mbrl_cli_killed("world_model", "train-agent", *PRESET, "--run", str(run), "--set",
+                           f"loop.real_steps={budget}", match={"updates": 100})  # the first with updates in it
+    assert proc.returncode == -signal.SIGKILL, proc.stderr  # the kill interrupted the run; it had not finished
     killed = load_checkpoint(run / "checkpoints", "world_model")
-    assert 0 < killed.metadata["updates"] and not (run / "eval.json").exists()
+    assert killed.metadata["updates"] == 100 and not (run / "eval.json").exists()
     rows_before = ReplayBuffer.load(run / "replay")._rows.copy()
 
     done = cli("train-agent", "--resume", str(run), "--quiet")

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor
 
 from mbrl.agents.mpc import MPCAgent, MPCConfig, shift
@@ -24,9 +26,12 @@ from mbrl.agents.planners import (
     RandomShooting,
     world_model_objective,
 )
+from mbrl.agents.sb3 import DreamVecEnv
+from mbrl.agents.sb3_agent import AgentConfig, build_agent, value_function
+from mbrl.envs.dream import DreamConfig, DreamVectorEnv
 from mbrl.world_models.base import StepOutput, TrainBatch, WorldModel
 from mbrl.world_models.jepa import JEPAWorldModel
-from tests.toys import TINY
+from tests.toys import TINY, Walker, make_buffer
 
 TARGET = (1, 3, 2, 2, 1, 3)  # the one sequence that earns the big reward
 H = len(TARGET)
@@ -287,6 +292,71 @@ def test_mpc_agent_with_jepa(jepa: JEPAWorldModel, name: str) -> None:
     assert agent._actions[0, -1] == int(previous[0]), "the action taken is appended to the history"
     single = agent(frames(1, 3)[0])
     assert single.shape == () and 0 <= single < 4
+
+
+class ChainFromFrames(Chain):
+    """The chain, every real observation encoded as its start (t 0, on both paths)."""
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return torch.tensor([0.0, 1.0, 1.0]).expand(*frames.shape[:2], 3)
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi", "tree"])
+def test_mpc_agent_acts_the_first_action_of_the_chains_optimum(name: str) -> None:
+    """End to end (frames -> encode -> observe -> plan -> act): TARGET returns 10, the distractor 4."""
+    config = MPCConfig(planner=name, discount=1.0, life_loss_penalty=0.0,
+                       search=PlannerConfig(horizon=H, candidates=128, iterations=6, min_prob=0.05))
+    agent = MPCAgent(ChainFromFrames(), config, seed=0)
+    actions, _ = agent.predict(frames(2, 0), None, np.ones(2, bool), deterministic=True)
+    assert actions.tolist() == [TARGET[0]] * 2
+    assert agent.last_plan is not None and agent.last_plan.returns.tolist() == [10.0, 10.0]
+
+
+def linear_critic(algo: str) -> BaseAlgorithm:
+    """A learner over Walker's latents (x, t) whose critic is set by hand: PPO's value 2 tanh(x / 100) - tanh(t / 10)
+    + 0.5; DQN's Q-values (2x, t, x - t + 1) for x, t >= 0 (one ReLU layer that passes x and t through)."""
+    venv = VecMonitor(DreamVecEnv(DreamVectorEnv(Walker(), make_buffer(), 2, DreamConfig(horizon=4), seed=0)))
+    learner = build_agent(AgentConfig(algo=algo, hidden=2, layers=1, n_steps=8, batch_size=16), venv, seed=0,
+                          device="cpu")
+    with torch.no_grad():
+        if algo == "ppo":
+            hidden, out = learner.policy.mlp_extractor.value_net[0], learner.policy.value_net
+            hidden.weight.copy_(torch.tensor([[0.01, 0.0], [0.0, 0.1]]))
+            hidden.bias.zero_()
+            out.weight.copy_(torch.tensor([[2.0, -1.0]]))
+            out.bias.fill_(0.5)
+        else:
+            hidden, out = learner.policy.q_net.q_net[0], learner.policy.q_net.q_net[2]
+            hidden.weight.copy_(torch.eye(2))
+            hidden.bias.zero_()
+            out.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+            out.bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    return learner
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_value_function_is_the_learners_critic(algo: str) -> None:
+    latents = torch.tensor([[0.0, 0.0], [50.0, 3.0], [1.0, 4.0], [120.0, 7.0]])
+    x, t = latents.double().unbind(-1)
+    if algo == "ppo":
+        expected = 2 * torch.tanh(x / 100) - torch.tanh(t / 10) + 0.5
+    else:  # the largest Q-value
+        expected = torch.stack([2 * x, t, x - t + 1]).max(0).values  # 1, 100, 4, 240
+    got = value_function(linear_critic(algo))(latents)
+    assert got.shape == (4,) and torch.allclose(got.double(), expected, atol=1e-5), (got, expected)
+
+
+def test_mpc_agent_adds_the_agents_value_at_the_horizon() -> None:
+    """Walker from x = 10 with horizon 1 (rewards 0, 0.75, -0.25 for actions 0, 1, 2; step x += a) and DQN's
+    value 2x (its Q-values at x >= 1): returns 0.9 * 20, 0.75 + 0.9 * 22 and -0.25 + 0.9 * 24; without the value
+    the reward alone picks action 1."""
+    obs = np.full((1, 4, 64, 64), 10, np.uint8)  # Walker encodes x = 10
+    config = MPCConfig(planner="tree", search=PlannerConfig(horizon=1), discount=0.9, life_loss_penalty=0.0)
+    with_value = MPCAgent(Walker(), config, value_fn=value_function(linear_critic("dqn")))
+    assert with_value.predict(obs, None, None, deterministic=True)[0].tolist() == [2]
+    assert with_value.last_plan is not None
+    assert with_value.last_plan.returns.item() == pytest.approx(-0.25 + 0.9 * 24)
+    assert MPCAgent(Walker(), config).predict(obs, None, None, deterministic=True)[0].tolist() == [1]
 
 
 def test_mpc_warm_start_is_the_shifted_plan(jepa: JEPAWorldModel) -> None:

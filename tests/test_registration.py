@@ -126,8 +126,11 @@ def test_unknown_dream_options_are_named(run_path: Path) -> None:
         gymnasium.make(DREAM_ID, checkpoint=run_path, observation="rgb")
 
 
-def test_device_auto_picks_an_available_device() -> None:
-    assert dream_config(device="auto").device == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_device_auto_picks_an_available_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.zeros(1, device=dream_config(device="auto").device)  # this machine's pick holds tensors
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert dream_config(device="auto").device == expected
     assert dream_config(device="cpu", horizon=4) == DreamConfig(device="cpu", horizon=4)
 
 

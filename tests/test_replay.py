@@ -124,8 +124,12 @@ def test_event_fraction_without_events_draws_all_windows_alike() -> None:
         frame = np.full((1, *FRAME), i, dtype=np.uint8)
         buffer.append(streams, frame, np.zeros(1, dtype=np.int64), np.zeros(1), np.array([FIRST if i == 0 else 0],
                       dtype=np.uint8), np.zeros((1, 4), dtype=np.uint8))
-    batch = buffer.sample(4, 2, np.random.default_rng(0), event_fraction=1.0)
-    assert batch.actions.shape == (4, 2)
+    batch = buffer.sample(4000, 2, np.random.default_rng(0), event_fraction=1.0)
+    uniform = buffer.sample(4000, 2, np.random.default_rng(0), event_fraction=0.0)
+    np.testing.assert_array_equal(batch.rows, uniform.rows)  # no event to oversample: the uniform draws
+    ends, counts = np.unique(batch.rows[:, -1], return_counts=True)
+    assert ends.tolist() == [2, 3, 4, 5]  # every window of 2 transitions in the 6-row episode ...
+    assert (abs(counts - 1000) < 150).all(), counts  # ... drawn alike: 1000 each, binomial sd 27
 
 
 def test_seq_len_zero_gives_single_observations(filled: tuple[ReplayBuffer, dict]) -> None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from mbrl.core.checkpoint import load_checkpoint
-from mbrl.core.replay import ReplayBuffer, split_episodes
+from mbrl.core.replay import FIRST, LIFE_LOSS, TERMINATED, ReplayBuffer, SequenceBatch
 from mbrl.core.run import RunDir
 from mbrl.eval_world_model import average_precision, evaluate
 from mbrl.train_world_model import (
@@ -25,7 +26,6 @@ from mbrl.train_world_model import (
     clip_each_part,
     to_train_batch,
 )
-from mbrl.world_models.base import event_logit_shift
 from mbrl.world_models.jepa import JEPAConfig, JEPAWorldModel
 from tests.cli_runs import assert_user_error, mbrl_cli
 from tests.replay_data import fill
@@ -61,11 +61,34 @@ def trainer(tmp_path: Path) -> Trainer:
     return Trainer(run, JEPAWorldModel(MODEL), buffer, TRAIN, torch.device("cpu"), seed=0)
 
 
+def drawn_by(t: Trainer) -> list[tuple[str, SequenceBatch]]:
+    """Every batch `t` draws from its buffer from now on, with the trainer method that drew it."""
+    drawn: list[tuple[str, SequenceBatch]] = []
+    sample = t.buffer.sample
+
+    def recording(*args: Any, **kwargs: Any) -> SequenceBatch:
+        batch = sample(*args, **kwargs)
+        drawn.append((sys._getframe(1).f_code.co_name, batch))
+        return batch
+
+    t.buffer.sample = recording  # type: ignore[method-assign]
+    return drawn
+
+
 def test_held_out_episodes_are_never_trained_on(tmp_path: Path) -> None:
+    """Episodes whose id is a multiple of holdout_every (3) are held out: the updates, and the windows that
+    standardise the latents, draw only the others; validation only those."""
     t = trainer(tmp_path)
-    train_ids, val_ids = split_episodes(t.buffer, 3)
-    assert len(val_ids) and len(train_ids) and not set(train_ids) & set(val_ids)
-    assert (val_ids % 3 == 0).all()
+    drawn = drawn_by(t)
+    t.train(["encoder", "dynamics"], 3, Writer(), show_progress=False)  # updates, latent statistics, validation
+    episodes: dict[str, set[int]] = {}
+    for caller, batch in drawn:
+        episodes.setdefault(caller, set()).update(batch.episodes.tolist())
+    assert set(episodes) >= {"_update", "fit_latent_stats", "validate"}
+    for caller, ids in episodes.items():
+        held_out = {i for i in ids if i % TRAIN.holdout_every == 0}
+        assert held_out == (ids if caller in ("validate", "_picture") else set()), caller
+    assert len(episodes["_update"]) > 10 and len(episodes["validate"]) > 1
 
 
 def test_resume_after_interruption_matches_uninterrupted_training(tmp_path: Path) -> None:
@@ -201,14 +224,51 @@ def test_stage_2_reads_cached_latents_and_encoder_updates_clear_them(tmp_path: P
     assert len(t.latent_cache) == 0  # the encoder moved: every cached latent is stale
 
 
+def rare_events(episodes: int = 40, length: int = 20) -> ReplayBuffer:
+    """Random 16 x 16 episodes in which 3% of the transitions lose a life and 2% score +1, 1% -1 (Breakout's
+    random play: about 0.7% rewards and 2.7% life losses); each episode ends in a game over."""
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer((16, 16), 4, ram_size=4)
+    stream = buffer.new_streams(1)
+    for _ in range(episodes):
+        for pos in range(length):
+            u = rng.random()
+            reward = 1.0 if u < 0.02 else -1.0 if u < 0.03 else 0.0
+            flags = FIRST if pos == 0 else (LIFE_LOSS if rng.random() < 0.03 else 0) | (
+                TERMINATED if pos == length - 1 else 0)
+            buffer.append(stream, rng.integers(0, 256, (1, 16, 16), dtype=np.uint8), np.array([int(u * 4)]),
+                          np.array([0.0 if pos == 0 else reward]), np.array([flags], np.uint8))
+    return buffer
+
+
 def test_training_calibrates_the_heads_for_the_event_windows(tmp_path: Path) -> None:
-    t = trainer(tmp_path)
+    """The heads' logit shift is Bayes' correction from the event rates of the windows the updates draw to those of
+    uniform windows of the training episodes, both measured here on 20,000 windows drawn as the trainer draws
+    them: log(natural / trained) for the reward's classes -1, 0, 1, logit(natural) - logit(trained) for a game over
+    and for a life loss."""
+    torch.manual_seed(0)
+    run = RunDir(tmp_path)
+    run.checkpoint_dir.mkdir(parents=True)
+    t = Trainer(run, JEPAWorldModel(MODEL), rare_events(), TRAIN, torch.device("cpu"), seed=0)
+    drawn = drawn_by(t)
     t.run_updates("dynamics", 1, Writer())
-    trained, natural = t.buffer.event_rates(TRAIN.batch_size, TRAIN.seq_len, t.train_ids, TRAIN.event_fraction)
-    assert trained[4] > natural[4]  # life losses are oversampled
-    expected = event_logit_shift(torch.from_numpy(trained), torch.from_numpy(natural)).float()
-    torch.testing.assert_close(t.model.event_shift, expected)
-    assert t.model.event_shift[4] < 0
+    assert [caller for caller, _ in drawn] == ["_update"]
+    np.testing.assert_array_equal(drawn[0][1].episodes % TRAIN.holdout_every != 0, True)
+
+    def rates(event_fraction: float, restart_fraction: float) -> np.ndarray:
+        rng = np.random.default_rng(7)
+        batches = [t.buffer.sample(TRAIN.batch_size, TRAIN.seq_len, rng, episodes=t.train_ids,
+                                   event_fraction=event_fraction, restart_fraction=restart_fraction)
+                   for _ in range(5000)]
+        rewards, ended, lost = (np.concatenate([getattr(b, name) for b in batches]).ravel()
+                                for name in ("clipped_rewards", "terminated", "life_loss"))
+        return np.array([*(np.mean(rewards == r) for r in (-1, 0, 1)), np.mean(ended), np.mean(lost)])
+
+    trained, natural = rates(TRAIN.event_fraction, TRAIN.restart_fraction), rates(0.0, 0.0)
+    assert (trained[[0, 2, 3, 4]] > 2 * natural[[0, 2, 3, 4]]).all()  # event windows make every event common
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    expected = np.concatenate([np.log(natural[:3] / trained[:3]), logit(natural[3:]) - logit(trained[3:])])
+    np.testing.assert_allclose(t.model.event_shift.double().numpy(), expected, atol=0.1)  # events' from -0.9 to -1.5
 
 
 @pytest.mark.slow

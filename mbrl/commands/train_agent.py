@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
     from mbrl.joint import FAMILY as JOINT_FAMILY
     from mbrl.joint import train_joint
     from mbrl.loop import train_agent
-    from mbrl.session import config_for_run, existing_run, resolve_device, with_num_actions
+    from mbrl.session import check_world_model_fits, config_for_run, existing_run, resolve_device, with_num_actions
 
     flags = {"env.id": args.env, "agent.algo": args.algo, "loop.real_steps": args.real_steps, "seed": args.seed,
              "device": args.device}
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
     check_fits(f"loop.real_steps {budget}: the replay buffer",
                replay_bytes(run_dir.replay_dir, (size, size), RAM_SIZE, budget + config.collect.num_envs))
     config = with_num_actions(config)
+    check_world_model_fits(config)
     run_dir.create(dump_yaml(config))
     print(f"run directory: {run_dir.path} (continue it after an interruption with: mbrl train-agent --resume "
           f"{run_dir.path})", flush=True)

@@ -48,7 +48,14 @@ def run(args: argparse.Namespace) -> None:
     from mbrl.joint import FAMILY as JOINT_FAMILY
     from mbrl.joint import train_offline
     from mbrl.progress import Progress
-    from mbrl.session import config_for_run, existing_run, load_replay, resolve_device, with_num_actions
+    from mbrl.session import (
+        check_world_model_fits,
+        config_for_run,
+        existing_run,
+        load_replay,
+        resolve_device,
+        with_num_actions,
+    )
     from mbrl.train_world_model import CHECKPOINT, STAGES, Trainer
     from mbrl.world_models.registry import build
 
@@ -66,12 +73,14 @@ def run(args: argparse.Namespace) -> None:
         if not args.resume and (run_dir.checkpoint_dir / f"{CHECKPOINT}.json").exists():
             raise UserError(f"{run_dir.checkpoint_dir} already holds a world model; pass --resume to continue it")
         config = with_num_actions(config)
+        check_world_model_fits(config)
         run_dir.create(dump_yaml(config))
         updates = train_offline(run_dir, config, device, args.steps, args.resume, show_progress, log)
         print(f"world model trained (joint, {updates} updates); checkpoint {run_dir.checkpoint_dir / CHECKPOINT}.json")
         return
     buffer = load_replay(run_dir)
     config = with_num_actions(config)
+    check_world_model_fits(config)
     run_dir.create(dump_yaml(config))
     model = build(config.world_model_training.family, config.world_model)
     trainer = Trainer(run_dir, model, buffer, config.world_model_training, device, config.seed)
