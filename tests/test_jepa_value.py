@@ -86,12 +86,12 @@ def test_consistency_is_zero_for_a_perfect_predictor_and_positive_otherwise() ->
     identity_predictor(model)
     static = random_frames(2, 0).expand(2, 6, 4, 64, 64).contiguous()  # o_0 = ... = o_5: identity is perfect
     with torch.no_grad():
-        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-6
-        # on frames that change, copying the latent is wrong (measured: 0.026 to 0.043 on three seeds)
-        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 0.01
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) < 1e-3  # relative to CHANGE_FLOOR
+        # the identity predictor is the copying the error is measured against: about 1 on moving frames
+        assert float(model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"]) > 0.3
         for p in model.transition.parameters():  # a predictor that moves the latent is wrong on the static frames
             p.normal_(0, 0.3)
-        assert float(model.loss(batch_of(static), "joint")["consistency"]) > 0.01
+        assert float(model.loss(batch_of(static), "joint")["consistency"]) > 1.0
 
 
 def test_td_and_reward_gradients_reach_the_encoder_and_never_the_target() -> None:

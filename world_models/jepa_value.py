@@ -8,10 +8,10 @@ optimiser, `loss(batch, "joint")`):
   An EMA copy of the whole network (encoder, projection, value head) is the target.
 - **Predictor**: an action-conditioned conv transition on the feature map (the action as one-hot
   planes), residual. It is unrolled `unroll` steps open loop from the encoded first observation,
-  and each predicted latent is pulled towards the EMA target's latent of the real frame: the
-  value head's first (linear) layer projects both, a linear prediction head maps the online
-  projection, and the loss is one minus their cosine (as SPR does; latents min-max scaled per
-  sample). The JEPA objective applied to the dynamics.
+  and each predicted latent is pulled towards the EMA target's latent of the real frame (squared
+  error relative to that of copying the target's previous latent, so the loss has the scale of what
+  changes in a step; latents min-max scaled per sample, as in SPR): the JEPA objective applied to
+  the dynamics.
 - **Heads on every unrolled latent**: the event head (reward class -1 / 0 / +1, game over, life
   loss of the transition into the latent) and the value head (Q per action) with an n-step TD
   target from the EMA target network, truncated at the window's end and at lives lost, so
@@ -51,8 +51,10 @@ class ValueJEPAConfig:
             max(unroll, return_steps) transitions).
         discount: per-step discount of the value.
         target_decay: EMA of the target network, target <- decay * target + (1 - decay) * online.
-        consistency_weight: weight of the unrolled latents' consistency loss (one minus the cosine of the
-            predicted projection to the target's projection of the real latent, in [0, 2]).
+        consistency_weight: weight of the unrolled latents' squared error to the target latents, relative to
+            copying the previous target latent. The ratio divides by a step's small change of the latent, so its
+            gradient is large: weighted like the other losses it swamps TD's at the encoder, and the gradient
+            clip then all but stops TD learning; the default puts it near the event heads'.
         unroll_decay: weight of the k-th unrolled step's losses relative to the encoded latent's, unroll_decay^k.
         event_weight: weight of the event head's losses.
         value_weight: weight of the TD loss.
@@ -69,7 +71,7 @@ class ValueJEPAConfig:
     return_steps: int = 10
     discount: float = 0.99
     target_decay: float = 0.99
-    consistency_weight: float = 1.0
+    consistency_weight: float = 3e-4
     unroll_decay: float = 0.5
     event_weight: float = 1.0
     value_weight: float = 1.0
@@ -100,6 +102,10 @@ class ValueJEPAConfig:
         """Transitions per training window."""
         return max(self.unroll, self.return_steps)
 
+
+CHANGE_FLOOR = 1e-6
+"""The smallest mean squared change of a step's target latent the consistency error is measured against (latents
+are in [0, 1]; a Breakout step changes them by about 1e-4)."""
 
 TARGET_PARTS = ("encoder", "q_hidden", "q_out")
 """The parts the EMA target network copies: the encoder and the value head (q_hidden, then q_out)."""
@@ -143,7 +149,7 @@ class Transition(nn.Module):
         self.num_actions = cfg.num_actions
         last = nn.Conv2d(c, c, 3, padding=1)
         for param in last.parameters():  # a new predictor copies its latent (z in [0, 1] maps to itself) and learns
-            nn.init.zeros_(param)  # what changes
+            nn.init.zeros_(param)  # what changes: the baseline its consistency error is measured against
         self.net = nn.Sequential(nn.Conv2d(c + cfg.num_actions, c, 3, padding=1), nn.ReLU(), last)
 
     def forward(self, z: Tensor, action: Tensor) -> Tensor:
@@ -248,10 +254,6 @@ class ValueJEPAWorldModel(WorldModel):
         self.transition = Transition(config)
         self.q_hidden = nn.Sequential(nn.Flatten(), nn.Linear(features, config.hidden))
         self.q_out = nn.Sequential(nn.ReLU(), nn.Linear(config.hidden, config.num_actions))
-        self.predict = nn.Linear(config.hidden, config.hidden)  # online projection -> the target's (SPR's q)
-        with torch.no_grad():  # starts as the identity: a new model's consistency measures what copying misses
-            self.predict.weight.copy_(torch.eye(config.hidden))
-            self.predict.bias.zero_()
         self.event_head = _mlp(features, config.hidden, 5)  # reward -1 / 0 / +1 logits, game over, life loss
         self.decoder = Decoder(config)
         self.target = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in TARGET_PARTS})
@@ -311,9 +313,9 @@ class ValueJEPAWorldModel(WorldModel):
         """The joint loss of `B` windows of L >= `config.window` transitions; "total" is minimised.
 
         Every per-step part is a mean over its steps weighted by unroll_decay^k (k = 0 for the encoded latent, k
-        for the k-th unrolled one), so the real latent the agent acts on weighs most. Parts: "consistency" (one
-        minus the cosine of each unrolled latent's predicted projection to the target's projection of the real
-        observation's latent), "td" (Huber of Q of
+        for the k-th unrolled one), so the real latent the agent acts on weighs most. Parts: "consistency" (the
+        squared error of each unrolled latent to the target's latent of the real observation, relative to that
+        of copying the target's previous latent: 1 = no better than copying), "td" (Huber of Q of
         the action taken to the n-step target, on the encoded and every unrolled latent), "reward", "end",
         "life" (event head on the unrolled latents), "decoder" (pictures, stop-gradient).
         """
@@ -340,11 +342,12 @@ class ValueJEPAWorldModel(WorldModel):
             targets = targets.view(b, len(needed), *self.latent_shape)
         z = self.encoder(views[:, at[0]])  # (B, C, h, w)
         q_taken, consistency, event_logits = [], [], []
-        projected = projected.view(b, len(needed), -1)  # (B, T, hidden): the target's projections
         for k in range(k_steps + 1):
             if k > 0:
-                guess = self.predict(self.q_hidden(z))  # (B, hidden)
-                consistency.append(1 - F.cosine_similarity(guess, projected[:, at[k]], dim=-1).mean())
+                target, before = targets[:, at[k]].flatten(1), targets[:, at[k - 1]].flatten(1)
+                # what copying the last latent costs, floored for windows where nothing moves
+                change = (target - before).pow(2).mean().clamp_min(CHANGE_FLOOR)
+                consistency.append((z.flatten(1) - target).pow(2).mean() / change)
                 event_logits.append(self.event_head(z))
             if k < length:
                 q_taken.append(self.q_values(z).gather(1, batch.actions[:, k : k + 1])[:, 0])
