@@ -40,6 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
     from torch.utils.tensorboard import SummaryWriter
 
     from mbrl.core.checkpoint import load_checkpoint
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
     config = with_num_actions(config)
     check_world_model_fits(config)
     run_dir.create(dump_yaml(config))
+    torch.manual_seed(config.seed)  # the world model's initial weights: the same seed, the same model
     model = build(config.world_model_training.family, config.world_model)
     trainer = Trainer(run_dir, model, buffer, config.world_model_training, device, config.seed)
     if args.resume:
