@@ -105,6 +105,16 @@ def test_td_and_reward_gradients_reach_the_encoder_and_never_the_target() -> Non
         assert all(p.grad is None and not p.requires_grad for p in model.target.parameters()), part
 
 
+def test_the_consistency_loss_trains_the_predictor_and_not_the_encoder() -> None:
+    model = tiny()
+    with torch.no_grad():  # a predictor that moves the latent, so that its error has a gradient
+        for p in model.transition.parameters():
+            p.normal_(0, 0.3)
+    model.loss(batch_of(random_frames(2, 5)), "joint")["consistency"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transition.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())
+
+
 def test_the_target_follows_the_online_network_by_its_ema() -> None:
     model = tiny(target_decay=0.75)
     with torch.no_grad():

@@ -318,7 +318,8 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     with Image.open(gif) as image:
         assert image.size == ((64 * 2 + 2) * 3, 64 * 3) and image.n_frames >= 2
-    assert_user_error(mbrl_cli("dream", "--run", str(run), "--steps", "10000"), "long enough")  # the run's episodes are far shorter
+    # the run's episodes are far shorter than the most steps a dream may ask for
+    assert_user_error(mbrl_cli("dream", "--run", str(run), "--steps", "10000"), "long enough")
 
 
 def test_module_imports_without_gymnasium() -> None:

@@ -11,7 +11,8 @@ optimiser, `loss(batch, "joint")`):
   and each predicted latent is pulled towards the EMA target's latent of the real frame (squared
   error relative to that of copying the target's previous latent, so the loss has the scale of what
   changes in a step; latents min-max scaled per sample, as in SPR): the JEPA objective applied to
-  the dynamics.
+  the dynamics. That unroll starts from the encoded latent with its gradient stopped, so the
+  consistency loss trains the predictor and the encoder learns from TD and the event heads.
 - **Heads on every unrolled latent**: the event head (reward class -1 / 0 / +1, game over, life
   loss of the transition into the latent) and the value head (Q per action) with an n-step TD
   target from the EMA target network, truncated at the window's end and at lives lost, so
@@ -52,9 +53,10 @@ class ValueJEPAConfig:
         discount: per-step discount of the value.
         target_decay: EMA of the target network, target <- decay * target + (1 - decay) * online.
         consistency_weight: weight of the unrolled latents' squared error to the target latents, relative to
-            copying the previous target latent. The ratio divides by a step's small change of the latent, so its
-            gradient is large: weighted like the other losses it swamps TD's at the encoder, and the gradient
-            clip then all but stops TD learning; the default puts it near the event heads'.
+            copying the previous target latent. It trains the transition alone (its unroll starts from the
+            encoded latent with the gradient stopped); the ratio divides by a step's small change of the latent,
+            so its gradient is large, and at a weight much above the default the whole-model gradient clip
+            scales the other losses' updates down.
         unroll_decay: weight of the k-th unrolled step's losses relative to the encoded latent's, unroll_decay^k.
         event_weight: weight of the event head's losses.
         value_weight: weight of the TD loss.
@@ -71,7 +73,7 @@ class ValueJEPAConfig:
     return_steps: int = 10
     discount: float = 0.99
     target_decay: float = 0.99
-    consistency_weight: float = 3e-4
+    consistency_weight: float = 0.01
     unroll_decay: float = 0.5
     event_weight: float = 1.0
     value_weight: float = 1.0
@@ -104,8 +106,7 @@ class ValueJEPAConfig:
 
 
 CHANGE_FLOOR = 1e-6
-"""The smallest mean squared change of a step's target latent the consistency error is measured against (latents
-are in [0, 1]; a Breakout step changes them by about 1e-4)."""
+"""The smallest mean squared change of a step's target latent that the consistency error is measured against."""
 
 TARGET_PARTS = ("encoder", "q_hidden", "q_out")
 """The parts the EMA target network copies: the encoder and the value head (q_hidden, then q_out)."""
@@ -341,18 +342,22 @@ class ValueJEPAWorldModel(WorldModel):
             td_target = n_step_targets(batch.rewards, done, bootstrap, cfg.discount, cfg.return_steps)
             targets = targets.view(b, len(needed), *self.latent_shape)
         z = self.encoder(views[:, at[0]])  # (B, C, h, w)
+        # the consistency loss's own unroll, from the encoded latent with its gradient stopped: it shapes the
+        # transition; TD and the event heads shape the encoder (and the transition) through the other unroll
+        zc = z.detach()
         q_taken, consistency, event_logits = [], [], []
         for k in range(k_steps + 1):
             if k > 0:
                 target, before = targets[:, at[k]].flatten(1), targets[:, at[k - 1]].flatten(1)
                 # what copying the last latent costs, floored for windows where nothing moves
                 change = (target - before).pow(2).mean().clamp_min(CHANGE_FLOOR)
-                consistency.append((z.flatten(1) - target).pow(2).mean() / change)
+                consistency.append((zc.flatten(1) - target).pow(2).mean() / change)
                 event_logits.append(self.event_head(z))
             if k < length:
                 q_taken.append(self.q_values(z).gather(1, batch.actions[:, k : k + 1])[:, 0])
             if k < k_steps:
                 z = self.transition(z, batch.actions[:, k])
+                zc = self.transition(zc, batch.actions[:, k])
         decay = cfg.unroll_decay ** torch.arange(k_steps + 1, device=frames.device, dtype=torch.float32)
         per_start = F.smooth_l1_loss(torch.stack(q_taken, 1), td_target[:, : len(q_taken)], reduction="none").mean(0)
         td = _weighted(per_start, decay[: len(q_taken)])
