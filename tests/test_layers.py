@@ -278,3 +278,16 @@ def test_relative_imports_resolve_against_the_package(tmp_path: Path, source: st
     (tmp_path / "pkg/sub/user.py").write_text(source + "\n")
     modules = module_files({"pkg": tmp_path / "pkg"})
     assert import_graph(modules, with_type_only=False)["pkg.sub.user"] == {target}
+
+
+def test_the_wheel_lists_every_package_of_the_source() -> None:
+    """setup.cfg names its packages one by one (the folders map onto mbrl.*): a package left out would be missing
+    from a non-editable install while every test of the editable one passes."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    found = {".".join([name, *init.parent.relative_to(folder).parts])
+             for name, folder in FOLDERS.items() for init in folder.rglob("__init__.py")}
+    assert found <= listed, f"packages missing from setup.cfg: {sorted(found - listed)}"
