@@ -48,18 +48,24 @@ PUBLISHED = {  # Atari-100k scores (no sticky actions) from the per-game score f
     "Breakout": {"random": 1.7, "SimPLe": 16.4, "SPR": 19.6, "DrQ(eps)": 19.8, "TWM": 20.0, "IRIS": 83.7},
     "Pong": {"random": -20.7, "DrQ(eps)": -9.1, "SPR": -5.4, "SimPLe": 12.8, "IRIS": 14.6},
 }
-KEY = ("game", "protocol", "method", "seed", "real_steps", "episodes")  # what makes a row; one row per key
+KEY = ("preset", "game", "protocol", "method", "seed", "real_steps", "episodes")  # what makes a row; one per key
 
 
 def game_name(env_id: str) -> str:
     return env_id.split("/")[-1].split("-")[0]
 
 
-def train(env_id: str, protocol: str, seed: int, real_steps: int, runs: Path) -> Path:
+def run_name(preset: str, env_id: str, protocol: str, seed: int) -> str:
+    """The run directory's name: GAME-PROTOCOL-sSEED, prefixed by the preset unless it is `PRESET`."""
+    name = f"{game_name(env_id)}-{protocol}-s{seed}"
+    return name if preset == PRESET else f"{preset}-{name}"
+
+
+def train(preset: str, env_id: str, protocol: str, seed: int, real_steps: int, runs: Path) -> Path:
     """The seed's `mbrl train-agent` run of the preset under the protocol, trained to its end in a process of its
     own (resumed if killed)."""
-    run = runs / f"{game_name(env_id)}-{protocol}-s{seed}"
-    args = ["train-agent", "--preset", PRESET, "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
+    run = runs / run_name(preset, env_id, protocol, seed)
+    args = ["train-agent", "--preset", preset, "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
     if (run / "config.yaml").exists():
         args += ["--resume", str(run)]  # its saved config holds the settings
     else:
@@ -100,24 +106,27 @@ def games_seed(seed: int) -> int:
 def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
     """The result with its title, header, notes and table (one row per game, protocol, method and seed), the
     methods paired with random over seeds and the published scores."""
-    notes = ["100k real agent steps of `mbrl train-agent --preset atari100k-value` per seed, then full games "
-             "(108k-frame cap, raw score) of its agent (value), of MPC with the value at the leaves of an exhaustive "
-             "depth-3 tree (value:tree) and of the random policy, all methods of a seed on the same games. Protocol "
-             "'published': no sticky actions in training and scoring, as most published Atari-100k scores; 'v5': "
-             "sticky actions 0.25. Train hours: the run's wall clock (acting, updates and its 16-game evaluation)."]
+    notes = ["Per seed, `mbrl train-agent --preset PRESET` for its real agent steps (atari100k-value: 100k), then "
+             "full games (108k-frame cap, raw score) of its agent (value), of MPC with the value at the leaves of an "
+             "exhaustive depth-3 tree (value:tree) and of the random policy, all methods of a seed on the same games. "
+             "Protocol 'published': no sticky actions in training and scoring, as most published Atari-100k scores; "
+             "'v5': sticky actions 0.25. Train hours: the run's wall clock (acting, updates and its 16-game "
+             "evaluation). A preset named NAME@DATE is NAME as it was until DATE."]
     runs = saved["runs"]
-    rows = [[e["game"], e["protocol"], e["method"], e["seed"], e["episodes"], f"{e['mean']:.2f}", f"{e['std']:.2f}",
-             f"{e['train_hours']:.2f}", f"{e['date']}, {e['machine']}"] for e in runs]
+    rows = [[e.get("preset", PRESET), e["game"], e["protocol"], e["method"], e["seed"], e["real_steps"],
+             e["episodes"], f"{e['mean']:.2f}", f"{e['std']:.2f}", f"{e['train_hours']:.2f}",
+             f"{e['date']}, {e['machine']}"] for e in runs]
     paired = []
-    for game, protocol in sorted({(e["game"], e["protocol"]) for e in runs}):
-        by = {(e["method"], e["seed"]): e["mean"] for e in runs if (e["game"], e["protocol"]) == (game, protocol)}
+    for preset, game, protocol in sorted({(e.get("preset", PRESET), e["game"], e["protocol"]) for e in runs}):
+        by = {(e["method"], e["seed"]): e["mean"] for e in runs
+              if (e.get("preset", PRESET), e["game"], e["protocol"]) == (preset, game, protocol)}
         for method in sorted({m for m, _ in by} - {"random"}):
             diffs = [by[(m, s)] - by[("random", s)] for m, s in by if m == method and ("random", s) in by]
             if not diffs:
                 continue
             t = paired_t(diffs)  # None for a single seed
             test = "" if t is None else f", t = {t.t:.2f} with {t.df} df, p = {t.p:.3f}"
-            paired.append(f"- {game}, {protocol}: {method} - random = {statistics.mean(diffs):+.2f} over "
+            paired.append(f"- {preset}, {game}, {protocol}: {method} - random = {statistics.mean(diffs):+.2f} over "
                           f"{len(diffs)} seed(s){test}")
     published = saved.get("published", {})
     notes_after = ["Paired over seeds (same games), mean of the per-seed differences:", *paired] if paired else []
@@ -125,14 +134,22 @@ def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
         notes_after.append("Published Atari-100k scores (no sticky actions): " + "; ".join(
             f"{game}: " + ", ".join(f"{name} {score:g}" for name, score in refs.items())
             for game, refs in published.items()) + ".")
-    columns = ["game", "protocol", "method", "seed", "games", "mean", "std", "train hours", "date, machine"]
-    return {**saved, **gathered(runs), "title": "Atari-100k with the value-aware JEPA", "notes": notes,
+    columns = ["preset", "game", "protocol", "method", "seed", "real steps", "games", "mean", "std", "train hours",
+               "date, machine"]
+    title = "Atari games at a real-step budget with the value-aware JEPA"
+    return {**saved, **gathered(runs), "title": title, "notes": notes,
             "tables": [{"columns": columns, "rows": rows, "notes": notes_after}]}
 
 
 def missing_rows(saved: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of `other` (this format's or the older one's: the same row dicts) that `saved` lacks, by `KEY`."""
-    return [r for r in other if not any(all(r.get(k) == s.get(k) for k in KEY) for s in saved)]
+    return [r for r in other if not any(same_key(r, s) for s in saved)]
+
+
+def same_key(row: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two rows measure the same thing; rows from before the preset was recorded ran `PRESET`."""
+    return all(row.get(k, PRESET if k == "preset" else None) == other.get(k, PRESET if k == "preset" else None)
+               for k in KEY)
 
 
 def merge(path: Path) -> int:
@@ -147,6 +164,8 @@ def merge(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=PRESET,
+                        help=f"the mbrl train-agent preset each seed trains (default {PRESET})")
     parser.add_argument("--game", default="ALE/Breakout-v5", help="ALE game id (default ALE/Breakout-v5)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="published",
                         help="published: no sticky actions; v5: sticky actions 0.25 (default published)")
@@ -167,13 +186,14 @@ def main() -> None:
     command = " ".join(["python", "-m", "benchmarks.atari_100k", *sys.argv[1:]])
     game = game_name(args.game)
     for seed in args.seeds:
-        with SittingClock(args.runs / f"{game}-{args.protocol}-s{seed}-{args.real_steps}.seconds") as clock:
-            run = train(args.game, args.protocol, seed, args.real_steps, args.runs)
+        name = run_name(args.preset, args.game, args.protocol, seed)
+        with SittingClock(args.runs / f"{name}-{args.real_steps}.seconds") as clock:
+            run = train(args.preset, args.game, args.protocol, seed, args.real_steps, args.runs)
         trained = json.loads((run / "eval.json").read_text())
         hours = trained.get("train_seconds", clock.seconds()) / 3600  # the run's own clock, over its sittings
         for method in args.methods:
-            key = dict(zip(KEY, (game, args.protocol, method, seed, args.real_steps, args.episodes)))
-            if any(all(r.get(k) == v for k, v in key.items()) for r in load_result(RESULT, "atari_100k")["runs"]):
+            key = dict(zip(KEY, (args.preset, game, args.protocol, method, seed, args.real_steps, args.episodes)))
+            if any(same_key(r, key) for r in load_result(RESULT, "atari_100k")["runs"]):
                 continue
             agent, config = agent_of(method, run, seed)
             eval_config = dataclasses.replace(config.eval, episodes=args.episodes)

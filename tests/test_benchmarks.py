@@ -397,22 +397,30 @@ def test_emulator_planning_table_counts_cut_games_and_seconds_per_step() -> None
 
 def test_atari_100k_table_pairs_each_method_with_random_on_the_same_seed() -> None:
     def row(method: str, seed: int, mean: float) -> dict[str, object]:
-        return {"game": "Breakout", "protocol": "published", "method": method, "seed": seed, "episodes": 50,
-                "mean": mean, "std": 1.0, "train_hours": 1.25, "date": "2026-12-07", "machine": "m",
+        return {"game": "Breakout", "protocol": "published", "method": method, "seed": seed, "real_steps": 100000,
+                "episodes": 50, "mean": mean, "std": 1.0, "train_hours": 1.25, "date": "2026-12-07", "machine": "m",
                 "command": "python benchmarks/atari_100k.py --seeds 0 1"}
 
     runs = [row("value", 0, 5.0), row("random", 0, 1.5), row("value", 1, 3.0), row("random", 1, 1.0),
             row("value:tree", 0, 4.0)]
     lines = section(atari_100k.with_tables({"runs": runs, "published": {"Breakout": {"SimPLe": 16.4}}}))
-    assert "| Breakout | published | value | 0 | 50 | 5.00 | 1.00 | 1.25 | 2026-12-07, m |" in lines
-    paired = [line for line in lines if line.startswith("- Breakout, published: value - random")]
+    assert "| atari100k-value | Breakout | published | value | 0 | 100000 | 50 | 5.00 | 1.00 | 1.25 | 2026-12-07, m |" \
+        in lines  # a row without a preset (as before it was recorded) ran the default preset
+    paired = [line for line in lines if line.startswith("- atari100k-value, Breakout, published: value - random")]
     # diffs 3.5 and 2.0: sd 1.061, t = 2.75 / (1.061 / sqrt 2) = 3.67; df 1: p = 1 - 2 atan(3.67) / pi = 0.170
-    assert paired == ["- Breakout, published: value - random = +2.75 over 2 seed(s), t = 3.67 with 1 df, p = 0.170"]
-    assert "- Breakout, published: value:tree - random = +2.50 over 1 seed(s)" in lines  # one seed: no t
+    assert paired == ["- atari100k-value, Breakout, published: value - random = +2.75 over 2 seed(s), t = 3.67 with 1 "
+                      "df, p = 0.170"]
+    assert "- atari100k-value, Breakout, published: value:tree - random = +2.50 over 1 seed(s)" in lines  # no t
+    # another preset's rows are paired among themselves, never with the default preset's
+    quick = [dict(row("value", 0, 2.0), preset="quick"), dict(row("random", 0, 1.0), preset="quick")]
+    lines_quick = section(atari_100k.with_tables({"runs": runs + quick}))
+    assert "- quick, Breakout, published: value - random = +1.00 over 1 seed(s)" in lines_quick
+    assert atari_100k.missing_rows(runs, quick) == quick  # a different preset: a different row
     assert any("Breakout: SimPLe 16.4" in line for line in lines)
     # rows in the older format (a file of plain rows, as a run of the previous version writes): merged by their key
     older = {"benchmark": "atari_100k", "date": "d", "machine": "m", "runs": [runs[0], dict(runs[1], seed=2)]}
     new = atari_100k.missing_rows(runs, older["runs"])
     assert new == [dict(runs[1], seed=2)]  # seed 0's value row is there already
-    assert "| Breakout | published | random | 2 | 50 | 1.50 | 1.00 | 1.25 | 2026-12-07, m |" in section(
-        atari_100k.with_tables({"runs": runs + new}))
+    merged = section(atari_100k.with_tables({"runs": runs + new}))
+    seed_2 = "| atari100k-value | Breakout | published | random | 2 | 100000 | 50 | 1.50 | 1.00 | 1.25 | 2026-12-07, m"
+    assert any(line.startswith(seed_2) for line in merged)
