@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -146,6 +147,20 @@ def test_unknown_key_in_dataclass_without_prefix() -> None:
     message = _user_error(from_dict, CollectConfig, {"bogus": 1})
     assert "'bogus'" in message
     assert "num_envs" in message
+
+
+@dataclasses.dataclass(frozen=True)
+class _Retiring:
+    kept: int = 1
+    retired: ClassVar[dict[str, Any]] = {"old_switch": True}
+
+
+def test_a_retired_key_loads_at_the_value_kept_and_is_an_error_at_any_other() -> None:
+    assert from_dict(_Retiring, {"old_switch": True, "kept": 3}) == _Retiring(kept=3)  # dropped: what the code does
+    message = _user_error(from_dict, _Retiring, {"old_switch": False}, "section.")
+    assert message.startswith("config key 'section.old_switch' was removed")
+    assert "old_switch=True" in message and "False needs an older mbrl" in message
+    assert "retired" not in to_dict(_Retiring())  # never written out again
 
 
 # --------------------------------------------------------------------------- wrong types

@@ -15,6 +15,11 @@ which import nothing of mbrl, declare their ranges and are checked when built fr
 bounds are generous, and they are what bounds a run's memory where a field sizes an allocation.
 Checks across fields stay in `__post_init__`; their ValueError messages begin with the field's bare
 name, and `from_dict` puts the section in front (`world_model.` + `patch 7 does not divide ...`).
+
+Retired keys. A field that is removed goes into its class's `retired: ClassVar[dict[str, Any]]`, name -> the
+value whose behaviour the code kept. Saved configs that hold it with that value still load (the key is
+dropped); any other value is a one-line error saying the option was removed, so an old run is never run
+silently with other settings than it was trained with.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         UserError: on an unknown key (listing the valid ones), a value of the wrong type or outside its
             range (the class's `ranges`), or one its `__post_init__` rejects.
     """
-    data = dict(data or {})
+    data = _without_retired(cls, dict(data or {}), where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -111,6 +116,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         return cls(**values)
     except ValueError as exc:  # a component config's own check across fields (its __post_init__)
         raise UserError(f"{where}{exc}") from None
+
+
+def _without_retired(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` without the keys `cls.retired` lists, each checked to hold the value whose behaviour was kept."""
+    for name, kept in getattr(cls, "retired", {}).items():
+        if name in data:
+            value = data.pop(name)
+            if value != kept:
+                raise UserError(f"config key '{where}{name}' was removed: the code always behaves as {name}={kept!r} "
+                                f"now, and {value!r} needs an older mbrl (git history has it)")
+    return data
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:
