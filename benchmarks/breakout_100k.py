@@ -1,33 +1,23 @@
-"""Breakout at the Atari-100k budget: mbrl vs SB3 PPO on the real game vs the random policy.
+"""Breakout at the Atari-100k budget: SB3 PPO on the real game vs the random policy.
 
 For each seed, with the same evaluation code (`mbrl.evaluate.evaluate_agent`: full games,
 sticky actions, 108k-frame cap, raw score) and the same number of games:
-  mbrl-dqn  `mbrl train-agent --preset atari100k` (run dir runs/bench/mbrl-dqn-sSEED, resumed if it
-          exists): a DQN agent that learns from the buffer's real transitions, one gradient step per
-          real step, and in the dream (the preset since 2026-12-05)
-  mbrl-dqn-dream  that with 128 dream gradient steps per 4 steps of the 64 dream envs
-          (`agent.gradient_steps=128`): as many updates on imagined transitions as on real ones,
-          instead of 39 per iteration
-  mbrl    the preset before 2026-12-05: PPO learning in the dream only (run dir runs/bench/mbrl-sSEED)
-  mbrl-mpc  that with `--set loop.collect_with=mpc`: MPC on the world model plays the real game
-          in the iterations instead of the agent (run dir runs/bench/mbrl-mpc-sSEED)
   ppo     SB3 PPO (CnnPolicy) trained directly on real Breakout for the same real-step budget,
-          checkpointed every chunk and resumed if killed
+          checkpointed every chunk in runs/bench/ppo-sSEED and resumed if killed
   random  the uniformly random policy
 Each finished (method, seed) is appended to benchmarks/results/breakout_100k.json at once, so
-seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far.
+seeds can be run in separate sittings; RESULTS.md shows mean +- std over the seeds so far. The
+file also keeps, as history, the rows of mbrl's methods on a preset since removed (`REMOVED`);
+mbrl's own runs at this budget are `benchmarks.atari_100k`'s.
 
-    python -m benchmarks.breakout_100k --seeds 0 [--real-steps 100000]   # mbrl-dqn, ppo and random
-    python -m benchmarks.breakout_100k --seeds 0 --methods mbrl mbrl-mpc mbrl-dqn-dream
+    python -m benchmarks.breakout_100k --seeds 0 [--real-steps 100000]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -45,15 +35,12 @@ RESULT = HERE / "results" / "breakout_100k.json"
 REFERENCES = {"random (published)": 1.7, "SB3 PPO at 100k (reported)": 2.5, "STORM": 15.9, "SimPLe": 16.4,
               "TWM": 20.0, "human": 30.5, "IRIS": 83.7, "DIAMOND": 132.5}
 PPO_CHUNK = 10_000
-DREAM_ONLY = ["agent.algo=ppo", "loop.real_updates=0", "agent.return_steps=1", "agent.batch_size=256",
-              "agent.learning_rate=0.0003", "agent.buffer_size=50000", "loop.dream_steps=50000"]
-"""The atari100k preset before 2026-12-05 (PPO learning in the dream only), from the preset of now."""
-MBRL = {  # train-agent settings over the atari100k preset
-    "mbrl-dqn": [],
-    "mbrl": DREAM_ONLY,
-    "mbrl-mpc": [*DREAM_ONLY, "loop.collect_with=mpc"],
-    "mbrl-dqn-dream": ["agent.gradient_steps=128"],
-}
+METHODS = ("ppo", "random")
+EPISODES = 8  # full games per seed, as in every saved row
+REMOVED_PRESET = "atari100k"
+REMOVED = ("mbrl-dqn", "mbrl", "mbrl-mpc", "mbrl-dqn-dream")
+"""The methods of the results file that ran `mbrl train-agent --preset atari100k`, a preset removed on 2026-12-08
+with the DQN's updates on real transitions: their rows stay as history, labelled so (`with_tables`)."""
 
 
 class SittingClock:
@@ -94,18 +81,12 @@ class SittingClock:
         write_atomic(self.path, f"{self.seconds():.1f}".encode())
 
 
-def run_mbrl(seed: int, real_steps: int, runs: Path, method: str = "mbrl") -> dict[str, Any]:
-    """`mbrl train-agent --preset atari100k` with `method`'s settings, in a process of its own, resuming the
-    seed's run directory if it exists."""
-    run = runs / f"{method}-s{seed}"
-    args = ["train-agent", "--preset", "atari100k", "--seed", str(seed), "--real-steps", str(real_steps), "--quiet"]
-    if (run / "config.yaml").exists():
-        args += ["--resume", str(run)]  # its saved config holds the settings
-    else:
-        args += ["--run", str(run), *(arg for setting in MBRL[method] for arg in ("--set", setting))]
-    if subprocess.run([sys.executable, "-m", "mbrl", *args]).returncode != 0:
-        raise SystemExit(f"mbrl train-agent failed for seed {seed}")
-    return json.loads((run / "eval.json").read_text())
+def baseline_config() -> Any:
+    """The run config the baselines are trained and scored under: the defaults on ALE/Breakout-v5 with `EPISODES`
+    games per seed (the removed preset's env and evaluation, so the rows stay comparable)."""
+    from mbrl.run_config import resolve_config
+
+    return resolve_config(None, ["env.id=ALE/Breakout-v5", f"eval.episodes={EPISODES}"])
 
 
 def ppo_baseline(venv: Any, seed: int, directory: Path | None = None) -> Any:
@@ -174,20 +155,26 @@ def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
     notes = [f"Same evaluation code for every method: {saved['episodes']} full games per seed (no episodic life, "
              "sticky actions 0.25, 108k-frame cap, raw score). Hours are wall clock on the row's machine, summed over "
              "the sittings a resumed run took (runs finished before 2026-12-02 show their last sitting only). "
-             "Methods: mbrl-dqn is `mbrl train-agent --preset atari100k` as of 2026-12-05: a DQN agent that takes "
-             "one gradient step per real step on the buffer's real transitions (`loop.real_updates=1`, 3-step "
-             "returns, batch 64, learning rate 1e-4) and learns in the dream too, 10k dream steps per iteration; "
-             "mbrl-dqn-dream that with as many dream updates as real ones (`agent.gradient_steps=128`); mbrl is the "
-             "preset before that, PPO learning in the dream only (50k dream steps per iteration); mbrl-mpc that with "
-             "MPC playing the real game in the iterations (`breakout_100k`'s MBRL settings); ppo SB3 PPO with a CNN "
-             "on the real pixels."]
+             "Methods: ppo is SB3 PPO with a CNN on the real pixels (episodic life and clipped rewards in training), "
+             "random the uniformly random policy."
+             + (f" Rows marked 'removed preset {REMOVED_PRESET}' are history: mbrl's Dyna loop on the "
+                f"`{REMOVED_PRESET}` preset, removed on 2026-12-08 with its DQN updates on real transitions (mbrl's "
+                "runs at this budget are now benchmarks.atari_100k's). mbrl-dqn was the preset as of 2026-12-05: a "
+                "DQN agent that took one gradient step per real step on the buffer's real transitions "
+                "(`loop.real_updates=1`, 3-step returns, batch 64, learning rate 1e-4) and learned in the dream too, "
+                "10k dream steps per iteration; mbrl-dqn-dream that with as many dream updates as real ones "
+                "(`agent.gradient_steps=128`); mbrl the preset before 2026-12-05, PPO learning in the dream only "
+                "(50k dream steps per iteration); mbrl-mpc that with MPC playing the real game in the iterations "
+                "(`loop.collect_with=mpc`)." if any(run["method"] in REMOVED for run in saved["runs"]) else "")]
     if saved.get("older_commands"):
         notes.append("Runs before 2026-12-07 did not record their commands; the first command above is the last of "
                      "theirs.")
     unrecorded = saved.get("unrecorded", {})  # the machine shown for runs that did not record theirs
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in saved["runs"]:
-        label = run["method"] + (f" (superseded: {run['superseded']})" if run.get("superseded") else "")
+        tags = ([f"removed preset {REMOVED_PRESET}"] if run["method"] in REMOVED else []) + (
+            [f"superseded: {run['superseded']}"] if run.get("superseded") else [])
+        label = run["method"] + (f" ({'; '.join(tags)})" if tags else "")
         groups.setdefault((label, run["real_steps"]), []).append(run)
     rows = []
     for (method, steps), runs in sorted(groups.items()):
@@ -220,15 +207,13 @@ def _eval_seed(seed: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", choices=(*MBRL, "ppo", "random"), default=["mbrl-dqn", "ppo", "random"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--real-steps", type=int, default=100_000, help="real agent steps per run (default 100000)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the runs live")
     args = parser.parse_args()
     keep_freed_memory()  # as the mbrl command line does
-    from mbrl.run_config import resolve_config
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    config = resolve_config("atari100k", [])
+    config = baseline_config()
     command = " ".join(["python", "-m", "benchmarks.breakout_100k", *sys.argv[1:]])
     for seed in args.seeds:
         for method in args.methods:
@@ -236,9 +221,7 @@ def main() -> None:
                    for r in current(_load()["runs"])):
                 continue
             with SittingClock(args.runs / f"{method}-s{seed}-{args.real_steps}.seconds") as clock:
-                if method in MBRL:
-                    result = run_mbrl(seed, args.real_steps, args.runs, method)
-                elif method == "ppo":
+                if method == "ppo":
                     result = run_ppo(seed, args.real_steps, args.runs, config)
                 else:
                     result = run_random(seed, config)

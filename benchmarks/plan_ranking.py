@@ -23,7 +23,7 @@ in minutes instead of hours of games, against the truth:
    of the imagined best - mean real return) / (best real - mean real): 1 when the objective picks
    the best sequence, 0 on average for a random pick. 'real best - mean' is the mean room to gain.
 
-    python -m benchmarks.plan_ranking --runs runs/bench/mbrl-dqn-s0 --states 200
+    python -m benchmarks.plan_ranking --runs runs/bench100k/Breakout-published-s0 --states 200
 """
 
 from __future__ import annotations

@@ -42,9 +42,17 @@ MIN_PROBE_ROWS = 16
 """Fewer training observations in play than this: the probe is fit and scored on all observations (and says so)."""
 
 
+STD_FLOOR = 0.1
+"""A probe's feature scale is at least this fraction of the features' mean standard deviation: a feature that
+hardly varies over encoded latents is not blown up, so that a small error of an imagined latent in it does not
+swing the probe's reading (docs/research/2026-12-07-value-jepa.md, 14)."""
+
+
 def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ridge regression on standardised features: x (N, F), y (N, O) -> (mean, std, weights (F+1, O))."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    """Ridge regression on standardised features (scales floored at `STD_FLOOR` of their mean): x (N, F), y (N, O)
+    -> (mean, scale, weights (F+1, O))."""
+    mean, std = x.mean(0), x.std(0)
+    std = std.clamp_min(STD_FLOOR * std.mean()) + 1e-6
     xs = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     eye = torch.eye(xs.shape[1], dtype=x.dtype)
     eye[-1, -1] = 0.0  # no penalty on the bias

@@ -7,8 +7,6 @@
                   warmup_steps + k * collect_steps steps (loop.collect_with=mpc: MPC on the
                   world model plays instead, with the config's mpc settings)
         fit       stage-2 updates of the world model until it has had k * world_model_updates
-        real      a DQN agent takes gradient steps on the buffer's real transitions until it has had
-                  real_updates per stored real step (loop.real_updates; 0: none)
         imagine   the agent learns in the batched dream until it has taken k * dream_steps steps
         evaluate  every eval_every iterations and at the end: full real games (mbrl.evaluate)
 
@@ -47,7 +45,6 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mbrl.agents.mpc import MPCAgent
-from mbrl.agents.replay_updates import learn_from_replay
 from mbrl.agents.sb3 import DreamVecEnv
 from mbrl.agents.sb3_agent import LatentAgent, agent_tensors, build_agent, restore_agent
 from mbrl.agents.value_agent import ValueAgent
@@ -131,7 +128,6 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 planner.generator.set_state(state["plan_rng"])
         collect_policy: Policy = latent_agent if planner is None else planner
         history: list[dict[str, Any]] = state.get("evals", [])
-        real_updates: int = state.get("real_updates", 0)
         # the latest evaluation in full (a resumed run whose last iteration was evaluated plays no more games)
         result: dict[str, Any] = json.loads(run.eval_path.read_text()) if history and run.eval_path.exists() else {}
         if result:
@@ -154,19 +150,6 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 trainer.save()
                 bar.set_postfix(wm_loss=f"{losses['total']:.4f}")
 
-            missing = round(loop.real_updates * buffer.num_steps) - real_updates
-            if missing > 0:
-                bar.set_postfix_str(f"iteration {k}: agent on real play")
-                log.phase(f"{iteration}: agent on real play", total=real_updates + missing, unit="updates",
-                          done=real_updates)
-                rng = np.random.default_rng(seeds.real_updates(k))
-                loss = learn_from_replay(agent, buffer, cache, missing, real_updates, config.agent.batch_size,
-                                         config.agent.return_steps, config.dream.terminate_on,
-                                         config.agent.target_update_interval, rng)
-                real_updates += missing
-                writer.add_scalar("agent/real_loss", loss, buffer.num_steps)
-                _save(run, agent, history, latent_agent, planner, real_updates)
-
             missing = k * loop.dream_steps - agent.num_timesteps
             if missing > 0:
                 bar.set_postfix_str(f"iteration {k}: agent in the dream")
@@ -176,7 +159,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                 seed_global_generators(seeds.dream_learning(k), agent)
                 agent.learn(missing, reset_num_timesteps=False, progress_bar=False,
                             callback=_LogSteps(log) if log.enabled else None)
-                _save(run, agent, history, latent_agent, planner, real_updates)
+                _save(run, agent, history, latent_agent, planner)
 
             evaluated = {e["iteration"] for e in history}
             if (k % loop.eval_every == 0 or k == loop.iterations) and k not in evaluated:
@@ -188,7 +171,7 @@ def train_agent(run: RunDir, config: RunConfig, device: torch.device, resume: bo
                                                                "median", "std")})
                 for key in ("mean", "median", "std"):
                     writer.add_scalar(f"eval/{key}", result[key], buffer.num_steps)
-                _save(run, agent, history, latent_agent, planner, real_updates)
+                _save(run, agent, history, latent_agent, planner)
                 bar.set_postfix(score=f"{result['mean']:.1f}")
                 log.keep(eval_score=result["mean"])
             run.update_progress(replay_steps=buffer.num_steps, iteration=k, dream_steps=agent.num_timesteps,
@@ -246,15 +229,14 @@ def _evaluate(run: RunDir, config: RunConfig, agent: LatentAgent, iteration: int
 
 
 def _save(run: RunDir, agent: BaseAlgorithm, history: list[dict[str, Any]], latent_agent: LatentAgent,
-          planner: MPCAgent | None, real_updates: int) -> None:
-    """The learner, its counters (`real_updates`: its gradient steps on real transitions), the evaluation history
-    and the RNG states, atomically."""
+          planner: MPCAgent | None) -> None:
+    """The learner, its counters, the evaluation history and the RNG states, atomically."""
     tensors, meta = agent_tensors(agent)
     tensors["rng.torch"] = torch.get_rng_state()
     if planner is not None:
         tensors["rng.plan"] = planner.generator.get_state()
     name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # SB3 draws DQN's exploration from it
-    meta.update(evals=history, real_updates=real_updates, explore_rng=latent_agent.rng.bit_generator.state,
+    meta.update(evals=history, explore_rng=latent_agent.rng.bit_generator.state,
                 rng_numpy_global=[name, np.asarray(keys).tolist(), pos, has_gauss, gauss])
     save_checkpoint(run.checkpoint_dir, AGENT, tensors, meta, step=agent.num_timesteps)
 

@@ -50,9 +50,6 @@ class LoopConfig:
             first action drawn from its plan's distribution; the env then runs as one shard, since
             the planner keeps every env's history).
         world_model_updates: stage-2 world-model updates per iteration.
-        real_updates: gradient steps of the agent on real transitions of the replay buffer per real step
-            stored (agent.algo dqn only; `mbrl.agents.replay_updates`): Dyna's direct RL next to its learning in
-            the dream. 0: the agent learns in the dream only.
         dream_steps: agent steps in the dream per iteration (all dream envs together).
         dream_envs: imagined episodes run in parallel (one batched world-model step for all; at most 4096, as
             the imagination state of each is held at once).
@@ -65,15 +62,17 @@ class LoopConfig:
     collect_epsilon: float = 0.05
     collect_with: str = "agent"
     world_model_updates: int = 200
-    real_updates: float = 0.0
     dream_steps: int = 50_000
     dream_envs: int = 64
     eval_every: int = 4
 
     ranges: ClassVar[dict[str, str]] = {
         "real_steps": "[1, 100_000_000]", "warmup_steps": "[1, 100_000_000]", "collect_steps": "[1, 100_000_000]",
-        "collect_epsilon": "[0, 1]", "world_model_updates": "[0, 100_000_000]", "real_updates": "[0, 1000]",
-        "dream_steps": "[0, 1_000_000_000]", "dream_envs": "[1, 4096]", "eval_every": "[1, 1_000_000]"}
+        "collect_epsilon": "[0, 1]", "world_model_updates": "[0, 100_000_000]", "dream_steps": "[0, 1_000_000_000]",
+        "dream_envs": "[1, 4096]", "eval_every": "[1, 1_000_000]"}
+    retired: ClassVar[dict[str, Any]] = {"real_updates": 0.0}
+    """real_updates: a DQN agent's gradient steps on the buffer's real transitions per real step (removed with
+    the atari100k preset; the joint loop, mbrl/joint.py, learns from real transitions instead)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -190,9 +189,6 @@ class RunConfig:
         check_ranges(self)
         if not re.fullmatch(DEVICE_NAMES, self.device):
             raise ValueError(f"config key 'device' expects auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if self.loop.real_updates > 0 and self.agent.algo != "dqn":
-            raise ValueError(f"loop.real_updates needs an off-policy agent (agent.algo=dqn), got {self.agent.algo!r}; "
-                             "set loop.real_updates=0 for it to learn in the dream only")
 
 
 def resolve_config(preset: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> RunConfig:

@@ -59,8 +59,8 @@ class Seeds:
     A sitting (a new run, a resume, another `mbrl collect`) plays new streams of the replay buffer;
     `stream`, the buffer's stream count when it starts, keeps its games apart from the earlier ones'.
     Runs made so far resume and reproduce only while each name keeps its derivation: a new seed takes
-    a new name and a new key. The methods that return a list give a generator's entropy
-    (`np.random.default_rng(list)`); the others an int.
+    a new name and a key never used before (5 was the removed stream of a DQN's updates on real transitions).
+    The methods that return a list give a generator's entropy (`np.random.default_rng(list)`); the others an int.
 
     Attributes:
         root: config.seed.
@@ -93,10 +93,6 @@ class Seeds:
     def plan(self) -> int:
         """The planner of MPC collection (loop.collect_with=mpc)."""
         return derive_seed([self.root, self.stream, 4])
-
-    def real_updates(self, iteration: int) -> list[int]:
-        """The windows of the agent's updates on real transitions in Dyna iteration `iteration`."""
-        return [self.root, iteration, 5]
 
     def refit(self, iteration: int) -> int:
         """The global generators (torch's, numpy's) during the world model's refit in Dyna iteration `iteration`."""

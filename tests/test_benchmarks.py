@@ -56,13 +56,31 @@ def test_sitting_clock_sums_the_sittings_of_a_resumed_run_and_writes_while_it_ru
 
 
 def test_superseded_runs_neither_count_as_done_nor_mix_into_the_current_rows() -> None:
-    run = {"method": "mbrl", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0, "machine": "m",
+    run = {"method": "ppo", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0, "machine": "m",
            "date": "d", "command": "c"}
     runs = [dict(run, superseded="a bug"), dict(run, mean=3.0), dict(run, seed=1, mean=5.0)]
     assert current(runs) == runs[1:]  # seed 0 of the current code is done, the superseded seed 0 is not counted
     table = rendered(breakout_100k.with_tables({"runs": runs, "episodes": 8, "references": {}}))
-    assert "| mbrl | 100 | 2 | 4.00 +- 1.00 |" in table
-    assert "| mbrl (superseded: a bug) | 100 | 1 | 1.00 +- 0.00 |" in table
+    assert "| ppo | 100 | 2 | 4.00 +- 1.00 |" in table
+    assert "| ppo (superseded: a bug) | 100 | 1 | 1.00 +- 0.00 |" in table
+    assert "removed preset" not in table
+
+
+def test_rows_of_the_removed_preset_stay_as_history_labelled_so() -> None:
+    run = {"method": "ppo", "seed": 0, "real_steps": 100, "hours": 1.0, "mean": 1.0, "std": 0.0, "machine": "m",
+           "date": "d", "command": "c"}
+    runs = [run, dict(run, method="mbrl-dqn", mean=3.0), dict(run, method="mbrl", mean=2.0, superseded="a bug")]
+    table = rendered(breakout_100k.with_tables({"runs": runs, "episodes": 8, "references": {}}))
+    assert "| ppo | 100 | 1 | 1.00 +- 0.00 |" in table
+    assert "| mbrl-dqn (removed preset atari100k) | 100 | 1 | 3.00 +- 0.00 |" in table
+    assert "| mbrl (removed preset atari100k; superseded: a bug) | 100 | 1 | 2.00 +- 0.00 |" in table
+    assert "Rows marked 'removed preset atari100k' are history" in table
+    # the saved results render so too, every removed method's row labelled
+    saved = json.loads(breakout_100k.RESULT.read_text())
+    labels = [row[0] for row in breakout_100k.with_tables(saved)["tables"][0]["rows"]]
+    assert {label.split(" ")[0] for label in labels} == {*breakout_100k.REMOVED, *breakout_100k.METHODS}
+    assert all(("removed preset" in label) == (label.split(" ")[0] in breakout_100k.REMOVED) for label in labels)
+    assert breakout_100k.baseline_config().eval.episodes == saved["episodes"]
 
 
 def test_results_md_names_a_result_it_has_no_table_for_instead_of_failing(tmp_path: Path) -> None:

@@ -292,13 +292,15 @@ def test_pong_preset_and_overrides_on_top_of_preset() -> None:
     assert cfg.env.frame_size == 84
 
 
-def test_atari100k_preset_learns_from_real_play_and_names_the_switch_for_on_policy_agents() -> None:
-    cfg = resolve_config("atari100k", [])
-    assert (cfg.agent.algo, cfg.loop.real_updates, cfg.agent.return_steps) == ("dqn", 1.0, 3)
-    # PPO learns on-policy: it cannot take the preset's real updates, and the error says what to set instead
-    message = _user_error(resolve_config, "atari100k", ["agent.algo=ppo"])
-    assert "loop.real_updates needs an off-policy agent" in message and "loop.real_updates=0" in message
-    assert resolve_config("atari100k", ["agent.algo=ppo", "loop.real_updates=0"]).agent.algo == "ppo"
+def test_a_saved_loop_section_without_real_updates_loads_and_one_with_them_is_refused() -> None:
+    """Runs saved before the DQN's updates on real transitions were removed write `loop.real_updates`: at 0.0 (the
+    dream-only loop, what the code still does) they load as they were made; any other value is a one-line error."""
+    saved = to_dict(RunConfig())
+    saved["loop"]["real_updates"] = 0.0
+    assert resolve_config(None, [], base=saved) == RunConfig()
+    message = _user_error(resolve_config, None, ["loop.real_updates=1.0"], base=saved)
+    assert message.startswith("config key 'loop.real_updates' was removed")
+    assert "real_updates=0.0" in message and "1.0 needs an older mbrl" in message
 
 
 def test_no_preset_gives_defaults_plus_overrides() -> None:

@@ -90,7 +90,7 @@ def test_train_agent_runs_end_to_end_and_its_agent_plays_the_real_game(tmp_path:
 
 ONE_ITERATION = ("loop.real_steps=250",)  # warm-up to 200 real steps, then one iteration collecting to 250
 TWO_ITERATIONS = ("loop.real_steps=300",)
-DQN_REAL = ("agent.algo=dqn", "loop.real_updates=0.5")
+DQN = ("agent.algo=dqn",)
 ADAM_STEP = 0.1 / np.sqrt(1e-3 * (1 - 0.81 / 0.999))
 """The most one Adam step (betas 0.9, 0.999) moves a weight, in learning rates: (1 - b1) / sqrt((1 - b2)(1 - b1^2 /
 b2)) = 7.27, by Cauchy-Schwarz over the gradients' history (the bias corrections only shrink it)."""
@@ -160,8 +160,8 @@ def scores(run: Path) -> tuple[list[float], list[int]]:
 @pytest.mark.parametrize(("settings", "match"), [
     (ONE_ITERATION, {"progress.dyna_updates": 3}),
     (TWO_ITERATIONS, {"progress.dyna_updates": 6}),
-    (TWO_ITERATIONS + DQN_REAL, {"progress.dyna_updates": 6}),
-], ids=["ppo-before-the-first-agent-checkpoint", "ppo-after-it", "dqn-real-after-it"])
+    (TWO_ITERATIONS + DQN, {"progress.dyna_updates": 6}),
+], ids=["ppo-before-the-first-agent-checkpoint", "ppo-after-it", "dqn-after-it"])
 def test_a_run_killed_after_its_last_collection_resumes_as_the_uninterrupted_run(
         tmp_path: Path, uninterrupted: Callable[[tuple[str, ...]], Path], settings: tuple[str, ...],
         match: dict[str, Any]) -> None:
@@ -183,7 +183,7 @@ def test_a_run_killed_after_its_last_collection_resumes_as_the_uninterrupted_run
     assert max(largest_differences(run, reference, "world_model").values()) == 0.0
     resumed, expected = (load_checkpoint(path / "checkpoints", "agent").metadata for path in (run, reference))
     dqn = "agent.algo=dqn" in settings
-    for key in ("num_timesteps", "n_updates", "real_updates", *(() if dqn else ("evals",))):
+    for key in ("num_timesteps", "n_updates", *(() if dqn else ("evals",))):
         assert resumed[key] == expected[key], key
     agent = largest_differences(run, reference, "agent")
     if not dqn:
@@ -242,14 +242,10 @@ def test_a_run_killed_before_its_first_agent_checkpoint_keeps_what_it_stored(
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_other_algorithms_run_the_loop(tmp_path: Path, algo: str) -> None:
     run = tmp_path / algo
-    real = ["--set", "loop.real_updates=0.5"] if algo == "dqn" else []  # and DQN learns from real play too
-    proc = mbrl_cli("train-agent", *SMOKE, "--run", str(run), "--algo", algo, "--real-steps", "250", *real)
+    proc = mbrl_cli("train-agent", *SMOKE, "--run", str(run), "--algo", algo, "--real-steps", "250")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "eval.json").read_text())["agent"] == algo
-    got = counters(run)
-    assert got["dream_steps"] >= 128
-    meta = load_checkpoint(run / "checkpoints", "agent").metadata
-    assert meta["real_updates"] == (round(0.5 * got["replay_steps"]) if algo == "dqn" else 0)
+    assert counters(run)["dream_steps"] >= 128
 
 
 @pytest.mark.slow
@@ -275,6 +271,7 @@ def test_mpc_can_collect_in_the_loop_and_its_generator_is_checkpointed(tmp_path:
     (["--set", "agent.algo=sac"], r"agent.algo must be one of"),
     (["--set", "loop.warmup_steps=0"], r"config key 'loop.warmup_steps' expects a value in \[1, "),
     (["--set", "loop.collect_with=human"], r"loop.collect_with must be one of agent, mpc, got 'human'"),
+    (["--set", "loop.real_updates=1"], r"config key 'loop.real_updates' was removed"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], pattern: str) -> None:
     assert_user_error(mbrl_cli("train-agent", *SMOKE, "--run", str(tmp_path / "r"), *args), pattern)
@@ -307,9 +304,6 @@ def test_loop_schedule() -> None:
         LoopConfig(real_steps=100, warmup_steps=200)
     with pytest.raises(UserError, match="agent.algo must be one of"):
         resolve_config(None, ["agent.algo=td3"])
-    with pytest.raises(UserError, match=r"loop.real_updates needs an off-policy agent \(agent.algo=dqn\)"):
-        resolve_config(None, ["loop.real_updates=1"])
-    assert resolve_config(None, ["loop.real_updates=1", "agent.algo=dqn"]).loop.real_updates == 1
 
 
 # ---- the agent checkpoint --------------------------------------------------------------------

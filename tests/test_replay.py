@@ -282,29 +282,3 @@ def test_event_rates_are_the_expected_targets_of_sample(filled: tuple[ReplayBuff
     assert (np.abs(drawn.mean(axis=0) - trained) <= 4 * stderr + 1e-12).all()
 
 
-def test_stretches_follow_their_episode_forward_and_stop_at_its_end() -> None:
-    buffer = ReplayBuffer((2, 2), 1, ram_size=0)
-    a, b = buffer.new_streams(2)
-    frame = np.zeros((1, 2, 2), np.uint8)
-
-    def add(stream: int, action: int, reward: float, flags: int) -> None:
-        buffer.append(np.array([stream]), frame, np.array([action]), np.array([reward]), np.array([flags], np.uint8))
-
-    add(a, 0, 0, FIRST)          # row 0
-    add(b, 0, 0, FIRST)          # row 1
-    add(a, 1, 1.0, 0)            # row 2
-    add(b, 2, 0, 0)              # row 3: b's newest row
-    add(a, 3, -2.0, LIFE_LOSS)   # row 4
-    add(a, 1, 0, TERMINATED)     # row 5: a's episode ends
-    add(a, 0, 0, FIRST)          # row 6: a's next episode, no next row yet
-    stretches = buffer.sample_stretches(200, 3, np.random.default_rng(0))
-    assert set(stretches.rows[:, 0]) == {0, 1, 2, 4}  # every row with a stored next row, and only those
-    expected = {0: [0, 2, 4, 5], 1: [1, 3, -1, -1], 2: [2, 4, 5, -1], 4: [4, 5, -1, -1]}
-    for rows, actions, rewards, flags in zip(*stretches, strict=True):
-        assert rows.tolist() == expected[rows[0]]
-        stored = rows[1:] >= 0
-        assert actions.tolist() == [buffer._rows["action"][r] if r >= 0 else 0 for r in rows[1:]]
-        assert rewards.tolist() == [buffer._rows["reward"][r] if r >= 0 else 0 for r in rows[1:]]
-        assert (flags[~stored] == 0).all()
-    row_two = stretches.flags[stretches.rows[:, 0] == 0][0]
-    assert row_two.tolist() == [0, LIFE_LOSS, TERMINATED]

@@ -86,22 +86,6 @@ class SequenceBatch(NamedTuple):
     rows: np.ndarray
 
 
-class Stretches(NamedTuple):
-    """Consecutive transitions onward from sampled observations (`ReplayBuffer.sample_stretches`).
-
-    Attributes:
-        rows: int64 (B, L+1) buffer rows of o_0 .. o_L, -1 past the stretch's end.
-        actions: int64 (B, L) action taken at o_t (0 past the end).
-        rewards: float32 (B, L) raw reward of transition t (0 past the end).
-        flags: uint8 (B, L) TERMINATED / TRUNCATED / LIFE_LOSS bits of transition t (0 past the end).
-    """
-
-    rows: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    flags: np.ndarray
-
-
 def split_episodes(buffer: ReplayBuffer, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) episode ids: ids that are multiples of `holdout_every` are held out.
 
@@ -506,35 +490,6 @@ class ReplayBuffer:
     def _chains(self, ends: np.ndarray, span: int) -> np.ndarray:
         """int64 (B, span) the rows of each episode up to the given end rows, oldest first, -1 before the start."""
         return np.ascontiguousarray(_follow(ends, span - 1, self._rows["prev"])[:, ::-1])
-
-    def sample_stretches(self, batch_size: int, span: int, rng: np.random.Generator) -> Stretches:
-        """Up to `span` transitions onward from each of `batch_size` observations drawn uniformly among those with a
-        stored next row (the start of an off-policy learner's n-step return).
-
-        A stretch stops early at its episode's end or at the newest row of its stream; rows past its end are -1
-        and their transitions zero. It does not stop at a lost life or a game over: the caller decides which
-        flags end its returns.
-        """
-        after = self._remembered(("after", 0, None), self._find_next_rows)
-        starts = self._remembered(("starts", 0, None), lambda: np.flatnonzero(after >= 0))
-        if len(starts) == 0:
-            raise ValueError("no stored episode holds a transition")
-        rows = _follow(starts[rng.integers(0, len(starts), size=batch_size)], span, after)
-        into, stored = np.maximum(rows[:, 1:], 0), rows[:, 1:] >= 0
-
-        def field(name: str) -> np.ndarray:  # of the rows reached, 0 past the end; no frames gathered
-            return np.where(stored, self._rows[name][into], 0)
-
-        return Stretches(rows, field("action").astype(np.int64), field("reward").astype(np.float32),
-                         field("flags").astype(np.uint8))
-
-    def _find_next_rows(self) -> np.ndarray:
-        """int64 (rows,): the next row of each row's episode, -1 where none is stored (yet)."""
-        prev = self._rows["prev"][: self._size]
-        after = np.full(self._size, -1, dtype=np.int64)
-        linked = np.flatnonzero(prev >= 0)
-        after[prev[linked]] = linked
-        return after
 
     def window_rows(self, ends: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows and actions of the windows `windows(ends, seq_len)` returns, without gathering frames:

@@ -34,14 +34,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.breakout_100k import MBRL, current, train_ppo
+from benchmarks.breakout_100k import REMOVED, baseline_config, current, train_ppo
 from benchmarks.breakout_100k import RESULT as TRAINED
 from benchmarks.paired import paired_t
 from benchmarks.report import gathered, load_result, machine, save_result
 from mbrl.core.memory import keep_freed_memory
 
 RESULT = Path(__file__).resolve().parent / "results" / "breakout_100k_games.json"
-METHODS = (*MBRL, *(f"{method}:mpc" for method in MBRL), "ppo", "random")  # RUN:mpc plans in RUN's world model
+METHODS = (*REMOVED, *(f"{method}:mpc" for method in REMOVED), "ppo", "random")  # RUN:mpc plans in RUN's model
 
 
 def games_seed(seed: int) -> int:
@@ -150,9 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as the mbrl command line does
     from mbrl.evaluate import evaluate_agent
-    from mbrl.run_config import resolve_config
 
-    config = resolve_config("atari100k", [])
+    config = baseline_config()
     eval_config = dataclasses.replace(config.eval, episodes=args.episodes)
     command = " ".join(["python", "-m", "benchmarks.studies.breakout_100k_games.breakout_100k_games", *sys.argv[1:]])
     for seed in args.seeds:

@@ -1,7 +1,7 @@
 """MPC with a perfect model: the planner searching the real game's own replays instead of a world model's.
 
 `mbrl plan` scores action sequences with a world model's imagination. Here the same planner
-(`mbrl.agents.planners`, the preset's `mpc` search, discount and life-loss penalty) scores them with
+(`mbrl.agents.planners`, the default `mpc` search, discount and life-loss penalty) scores them with
 `mbrl.envs.emulator.emulator_objective`: each candidate replayed from the real game's saved state (no
 sticky actions), earning its real clipped rewards minus the life-loss penalty. Each real step
 plans from the game's state, acts as `mbrl plan` does (the first action drawn from the plan's
@@ -39,7 +39,7 @@ def play(games: int, seed: int, horizon: int, act: str, max_steps: int, override
     from mbrl.evaluate import eval_env_config
     from mbrl.run_config import resolve_config
 
-    config = resolve_config("atari100k", [*overrides, f"mpc.search.horizon={horizon}"])
+    config = resolve_config(None, ["env.id=ALE/Breakout-v5", *overrides, f"mpc.search.horizon={horizon}"])
     mpc = config.mpc
     env = make_env(eval_env_config(config.env, config.eval))
     emulator = Emulator(config.env)
@@ -76,8 +76,8 @@ def play(games: int, seed: int, horizon: int, act: str, max_steps: int, override
 
 def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
     """The result with its title, header, notes and table, one row per run."""
-    notes = ["`mbrl plan`'s planner and objective (the atari100k preset's life-loss penalty and discount) with the "
-             "world model's imagination replaced by the real game replayed from its saved state without sticky "
+    notes = ["`mbrl plan`'s planner and objective (the default `mpc` section's life-loss penalty and discount) with "
+             "the world model's imagination replaced by the real game replayed from its saved state without sticky "
              "actions (`mbrl.envs.emulator.emulator_objective`): what MPC could reach if imagination were the game. "
              "Real games under the evaluation rules (sticky actions 0.25, raw score), cut after 'max steps' agent "
              "steps: a cut game's score counts as it stands. Acting: a draw from the plan's distribution ('sampled', "
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=2000, help="agent steps after which a game is cut")
     parser.add_argument("--seed", type=int, default=0, help="seeds the games and the planner")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the atari100k preset, e.g. --set mpc.search.candidates=128")
+                        help="override a key of the default config, e.g. --set mpc.search.candidates=128")
     args = parser.parse_args()
     if min(args.games, args.horizon, args.max_steps) < 1:
         parser.error("--games, --horizon and --max-steps must be >= 1")

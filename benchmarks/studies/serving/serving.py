@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.breakout_100k import baseline_config
 from benchmarks.report import gathered, load_result, machine, save_result
 from benchmarks.studies.breakout_100k_games.breakout_100k_games import final_agent, games_seed
 from benchmarks.studies.latent_distill.latent_distill import dream_rates
@@ -328,9 +329,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from mbrl.envs.atari import make_env
     from mbrl.evaluate import eval_env_config
-    from mbrl.run_config import resolve_config
 
-    config = resolve_config("atari100k", [])
+    config = baseline_config()
     env = make_env(eval_env_config(config.env, config.eval))
     meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
     fire, noop = meanings.index("FIRE"), meanings.index("NOOP")
