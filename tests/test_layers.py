@@ -5,7 +5,7 @@ The modules are those of mbrl/, envs/, agents/ and world_models/ under the names
 for envs/dream.py). Every `import` and `from ... import` counts, at module level or inside a function, with
 one exception for circles: imports under `if TYPE_CHECKING:` are left out of the circle check. They never run,
 so they cannot break an import order or meet a half-initialised module, and they are how two modules that name
-each other's types say so (world_models.jepa runs world_models.jepa_reads, which names jepa's Dynamics type).
+each other's types say so (world_models.jepa runs world_models.jepa_encoder, which names jepa's JEPAConfig type).
 The layer rules count them too: naming a type is depending on its module.
 
 An import of `a.b.c` (or `from a.b import c`, c a module) is an edge to `a.b.c` alone, not to the packages

@@ -1,13 +1,9 @@
 """Reward and termination heads: read a transition (z_t, z_t+1), each (N, K, dim), -> (N, outputs) logits.
 
-Three designs, chosen by `JEPAConfig.head` (see `transition_head`):
-- "attention": a learnable CLS token cross-attends over the tokens of both latents (the first
-  design; it never learned to fire on Breakout's rare rewards and life losses, not even on real
-  latents: benchmarks/RESULTS.md).
-- "mlp": an MLP (two hidden layers of 4 x dim) over the flattened z_t, z_t+1 and their difference.
-- "standardized": one hidden layer of 256 over z_t and z_t+1 - z_t, each feature standardised by
-  running statistics, with dropout: the shape of the probe that found rewards and life losses
-  best in held-out latents, and a third of the "mlp" head's multiply-adds per transition.
+A `StandardizedHead` is one hidden layer over z_t and z_t+1 - z_t, each feature standardised by running
+statistics, with dropout. In imagination (eval mode, no autograd) the JEPA's two heads run as one
+(`standardized_heads`), with the standardisation and the difference folded into their first layers;
+`event_losses` scores their logits against a batch's transitions.
 """
 
 from __future__ import annotations
@@ -19,51 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mbrl.world_models.blocks import STATS_EPS, CrossBlock, Folded, linear_pair, standardize, update_running_stats
-
-
-class AttentionHead(nn.Module):
-    """A learnable CLS token cross-attends over the tokens of z_t and z_t+1 (marked which is which)."""
-
-    def __init__(self, dim: int, heads: int, outputs: int) -> None:
-        super().__init__()
-        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.which = nn.Parameter(torch.randn(2, 1, dim) * 0.02)  # marks tokens of z_t and of z_t+1
-        self.attend = CrossBlock(dim, heads)
-        self.out = nn.Linear(dim, outputs)
-
-    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
-        context = torch.cat([z + self.which[0], z_next + self.which[1]], dim=1)  # (N, 2K, dim)
-        return self.out(self.attend(self.cls.expand(len(z), -1, -1), context)[:, 0])
-
-
-class MLPHead(nn.Module):
-    """An MLP over the flattened [z_t, z_t+1, z_t+1 - z_t] (width features each)."""
-
-    def __init__(self, width: int, hidden: int, outputs: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, outputs))
-        self._folded = Folded()
-
-    def forward(self, z: Tensor, z_next: Tensor) -> Tensor:
-        w_z, w_n = self._first_layer()
-        return self.mlp[1:](linear_pair(z.flatten(1), z_next.flatten(1), w_z, w_n, cast(nn.Linear, self.mlp[0]).bias))
-
-    def _first_layer(self) -> tuple[Tensor, Tensor]:
-        """The first layer reads [z, z_next, z_next - z]: W_z z + W_n z_next + W_d (z_next - z), computed as
-        (W_z - W_d) z + (W_n + W_d) z_next, a third fewer multiplications. Returns those two weights;
-        without autograd they are cached until the weight changes, since folding costs as much as a step
-        of a few rollouts."""
-        weight = cast(nn.Linear, self.mlp[0]).weight
-
-        def fold() -> tuple[Tensor, Tensor]:
-            w_z, w_n, w_d = weight.chunk(3, dim=1)
-            return w_z - w_d, w_n + w_d
-
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return fold()
-        return cast(tuple[Tensor, Tensor], self._folded.get((weight,), fold))
+from mbrl.world_models.base import TrainBatch
+from mbrl.world_models.blocks import STATS_EPS, Folded, linear_pair, standardize, update_running_stats
 
 
 class StandardizedHead(nn.Module):
@@ -172,17 +125,13 @@ def standardized_heads(heads: Sequence[StandardizedHead], folded: Folded, z: Ten
     return one.logits(linear_pair(z.flatten(1), z_next.flatten(1), one.w_z, one.w_next, one.bias))
 
 
-HEADS = ("mlp", "attention", "standardized")
-
-
-def transition_head(kind: str, dim: int, tokens: int, heads: int, outputs: int, momentum: float,
-                    hidden: int = 256) -> nn.Module:
-    """The head `kind` (one of HEADS) for latents of `tokens` tokens of width `dim`, with `outputs` logits
-    (`hidden`: the standardized head's hidden units)."""
-    if kind == "attention":
-        return AttentionHead(dim, heads, outputs)
-    if kind == "mlp":
-        return MLPHead(tokens * dim, 4 * dim, outputs)
-    if kind == "standardized":
-        return StandardizedHead(tokens * dim, outputs, momentum, hidden)
-    raise ValueError(f"head must be one of {', '.join(HEADS)}; got {kind!r}")
+def event_losses(reward_logits: Tensor, end_logits: Tensor, batch: TrainBatch,
+                 transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the clipped-reward logits (B*M, 3) and binary cross-entropy of the game-over and
+    life-loss logits (B*M, 2) against the batch's transitions: pair j of window i (row i*M + j) is the
+    window's transition `transitions[j]` (M,) (default: pair t is transition t, M = L)."""
+    at = torch.arange(batch.actions.shape[1], device=batch.rewards.device) if transitions is None else transitions
+    reward_class = batch.rewards.sign().long()[:, at] + 1  # (B, M): -1, 0, +1 -> 0, 1, 2
+    ends = torch.stack([batch.terminated, batch.life_loss], dim=-1).float()[:, at]  # (B, M, 2)
+    reward = F.cross_entropy(reward_logits, reward_class.flatten())
+    return reward, F.binary_cross_entropy_with_logits(end_logits, ends.flatten(0, 1))

@@ -18,10 +18,7 @@ multiply-adds for the reads and the latent instead of R x D, in two matrix produ
 seven: 0.31M multiply-adds in all instead of 0.49M, 0.21M when the caller does not need the
 latent (`step(..., latent=False)`: the state then carries the changes not yet added to it). The
 reads drift from P z_t by float rounding only (checked against the plain step in
-tests/test_jepa.py).
-
-The model uses these reads when its linear path is low-rank or absent (`JEPAConfig.skip_rank`
-> 0 or no `predictor_skip`); a full-rank linear path (512 x 1024) would make C larger than D.
+tests/test_jepa.py). They pay while C (`predictor_dim + skip_rank`) stays well below D.
 
 `tree_with_reads` runs such steps over the depths of a tree of rollouts (`WorldModel.step_tree`),
 copying each depth's parent rows first: compiled (`JEPAWorldModel.compile_imagination`), up to 4
@@ -38,10 +35,18 @@ import torch
 from torch import Tensor, nn
 
 from mbrl.world_models.base import select_state
-from mbrl.world_models.heads import FoldedHeads, expected_events, shifted_logits
+from mbrl.world_models.blocks import Folded
+from mbrl.world_models.heads import (
+    FoldedHeads,
+    StandardizedHead,
+    expected_events,
+    fold_standardized_heads,
+    shifted_logits,
+    standardized_sources,
+)
 
 if TYPE_CHECKING:
-    from mbrl.world_models.jepa import Dynamics
+    from mbrl.world_models.jepa_dynamics import Dynamics
 
 
 class ReadFold(NamedTuple):
@@ -51,8 +56,8 @@ class ReadFold(NamedTuple):
         read: P (R, D), rows in the order of `sizes`.
         change: [U, c] (D, C + 1): the latent's change is change @ [u, 1].
         read_change: [P U, P c] (R, C + 1): the reads' change.
-        sizes: rows of P for the input layer, the linear path's reads of z_t and z_t-1 (0 without it)
-            and the heads' reads of z_t and z_t+1 (0 when the heads read latents themselves).
+        sizes: rows of P for the input layer, the linear path's reads of z_t and z_t-1 and the heads'
+            reads of z_t and z_t+1.
     """
 
     read: Tensor
@@ -61,39 +66,35 @@ class ReadFold(NamedTuple):
     sizes: tuple[int, int, int, int, int]
 
 
-def supports_reads(dynamics: Dynamics) -> bool:
-    """Whether the predictor's linear path is low-rank or absent (see the module docstring)."""
-    return not dynamics.cfg.predictor_skip or dynamics.cfg.skip_rank > 0
-
-
-def fold_reads(dynamics: Dynamics, heads: FoldedHeads | None) -> ReadFold:
-    """P, [U, c] and [P U, P c] from the current weights (`heads`: the folded standardized heads, or None)."""
+def fold_reads(dynamics: Dynamics, heads: FoldedHeads) -> ReadFold:
+    """P, [U, c] and [P U, P c] from the current weights (`heads`: the folded standardized heads)."""
     inp, out = dynamics.inp, dynamics.out
-    rows, columns = [inp.weight], [out.weight]
-    bias: Tensor = out.bias
-    skip = 0
-    if dynamics.cfg.predictor_skip:
-        second = cast(nn.Linear, cast(nn.Sequential, dynamics.skip)[1])
-        rows += dynamics.skip_reads()  # of z and of the latent before it
-        columns.append(second.weight)
-        bias = bias + second.bias
-        skip = second.in_features
-    head_rows = 0
-    if heads is not None:
-        rows += [heads.w_z, heads.w_next]
-        head_rows = len(heads.bias)
+    second = cast(nn.Linear, dynamics.skip[1])
+    rows = [inp.weight, *dynamics.skip_reads(), heads.w_z, heads.w_next]  # the linear path's of z and z_t-1
+    columns = [out.weight, second.weight]
+    bias = out.bias + second.bias
     read = torch.cat(rows)
     change = torch.cat([*columns, bias[:, None]], dim=1)
+    skip, head_rows = second.in_features, len(heads.bias)
     return ReadFold(read, change, read @ change, (inp.out_features, skip, skip, head_rows, head_rows))
 
 
 def read_sources(dynamics: Dynamics) -> tuple[Tensor, ...]:
     """The predictor's tensors `fold_reads` reads (with the heads', they key its cache)."""
-    sources = (dynamics.inp.weight, dynamics.out.weight, dynamics.out.bias)
-    if not dynamics.cfg.predictor_skip:
-        return sources
-    first, second = (cast(nn.Linear, layer) for layer in cast(nn.Sequential, dynamics.skip))
-    return (*sources, first.weight, second.weight, second.bias)
+    first, second = (cast(nn.Linear, layer) for layer in dynamics.skip)
+    return (dynamics.inp.weight, dynamics.out.weight, dynamics.out.bias, first.weight, second.weight, second.bias)
+
+
+def fold_imagination(dynamics: Dynamics, heads: Sequence[StandardizedHead], folded_heads: Folded,
+                     folded_reads: Folded) -> tuple[ReadFold, FoldedHeads]:
+    """The folded weights of imagination with carried reads (`fold_reads`) and of the heads as one, kept in the
+    caches `folded_reads` and `folded_heads` until a weight or statistic they are computed from changes."""
+    def fold() -> tuple[ReadFold, FoldedHeads]:
+        one = fold_standardized_heads(heads, folded_heads)
+        return fold_reads(dynamics, one), one
+
+    return cast(tuple[ReadFold, FoldedHeads], folded_reads.get(read_sources(dynamics) + standardized_sources(heads),
+                                                                fold))
 
 
 def with_reads(state: dict[str, Any], fold: ReadFold) -> dict[str, Any]:
@@ -102,19 +103,18 @@ def with_reads(state: dict[str, Any], fold: ReadFold) -> dict[str, Any]:
     reads = state["latent"].flatten(1) @ fold.read.T
     state = {**state, "reads": reads, "pending": reads.new_zeros(len(reads), fold.change.shape[1])}
     previous = state.pop("previous")
-    if fold.sizes[1]:
-        start, skip = fold.sizes[0] + fold.sizes[1], fold.sizes[2]
-        state["previous_read"] = previous.flatten(1) @ fold.read[start : start + skip].T
+    start, skip = fold.sizes[0] + fold.sizes[1], fold.sizes[2]
+    state["previous_read"] = previous.flatten(1) @ fold.read[start : start + skip].T
     return state
 
 
-def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | None, state: dict[str, Any],
-                    action: Tensor, latent: bool = True) -> tuple[Tensor | None, dict[str, Any], list[Tensor] | None]:
+def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads, state: dict[str, Any],
+                    action: Tensor, latent: bool = True) -> tuple[Tensor | None, dict[str, Any], list[Tensor]]:
     """One imagined step of a state from `with_reads`: the next latent (B, K, dim), the next state and the
-    heads' logits (None when `heads` is None: the caller runs them on the latents).
+    heads' logits.
 
     The reads are updated in place (a state is consumed by its step), which spares a copy of them.
-    With `latent=False` (and standardized heads) the latent is not computed: the state keeps its last
+    With `latent=False` the latent is not computed: the state keeps its last
     computed latent and the sum of the changes [u, 1] since ("pending"), and a later step adds them. Every
     state has "pending" (zeros when nothing is pending), so that all have one structure: a compiled step
     would otherwise compile again for each, and restarting rows of a state in place needs one structure.
@@ -122,24 +122,17 @@ def step_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads | Non
     width, skip, _, head_rows, _ = fold.sizes
     reads = state["reads"]
     x, state = dynamics._advance(state, action, reads[:, :width] + dynamics.inp.bias)
-    parts = [dynamics.norm(x[:, dynamics.per_step - 1])]  # (B, width): the action token predicts
-    if skip:
-        parts.append(reads[:, width : width + skip] + state["previous_read"])
-    parts.append(reads.new_ones(len(reads), 1))
+    parts = [dynamics.norm(x[:, 0]), reads[:, width : width + skip] + state["previous_read"],
+             reads.new_ones(len(reads), 1)]  # (B, width): the predictor's output token; the linear path's
     u = torch.cat(parts, dim=1)  # (B, C + 1)
     start = width + 2 * skip
-    head_input = None if heads is None else reads[:, start : start + head_rows] + heads.bias  # of z_t
-    previous_read = reads[:, width + skip : width + 2 * skip].clone() if skip else None  # of z_t by the path
+    head_input = reads[:, start : start + head_rows] + heads.bias  # of z_t
+    previous_read = reads[:, width + skip : width + 2 * skip].clone()  # of z_t by the linear path
     reads = torch.addmm(reads, u, fold.read_change.T, out=reads)  # in place; addmm_ would escape FLOP counts
-    logits = None
-    if heads is not None:
-        assert head_input is not None
-        logits = heads.logits(head_input.add_(reads[:, start + head_rows :]))  # and of z_t+1
-    state = {**state, "reads": reads}
-    if skip:
-        state["previous_read"] = previous_read
+    logits = heads.logits(head_input.add_(reads[:, start + head_rows :]))  # and of z_t+1
+    state = {**state, "reads": reads, "previous_read": previous_read}
     change = state["pending"] + u
-    if not latent and heads is not None:
+    if not latent:
         return None, {**state, "pending": change}, logits
     z = state["latent"]
     z_next = torch.addmm(z.flatten(1), change, fold.change.T).view_as(z)
@@ -158,6 +151,18 @@ def tree_with_reads(dynamics: Dynamics, fold: ReadFold, heads: FoldedHeads, shif
         if parent is not None:
             state = select_state(state, parent)
         z, state, logits = step_with_reads(dynamics, fold, heads, state, action, latent and depth == len(actions) - 1)
-        assert logits is not None
         events.append(expected_events(*shifted_logits(logits[0], logits[1], shift)))
     return z, state, events
+
+
+def standard_strides(tensor: Tensor) -> Tensor:
+    """`tensor`, or a copy of it with the strides of a new tensor of its shape (a compiled graph's guards compare
+    strides: a view of one row of a batch, contiguous by torch's rule, would make it compile again) that is no
+    view (a graph traced with a view guards on its base, so the same tensor as a view or not compiled twice)."""
+    stride, standard = 1, []
+    for size in reversed(tensor.shape):
+        standard.append(stride)
+        stride *= size
+    if tensor.stride() == tuple(reversed(standard)) and not tensor._is_view():
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)

@@ -50,7 +50,8 @@ def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
     metadata = load_checkpoint(checkpoints, CHECKPOINT).metadata
     torch.manual_seed(0)
     model = build(metadata["family"], metadata["config"]).eval()
-    config = {k: getattr(model.config, k) for k in CONFIG_KEYS}
+    retired = getattr(type(model.config), "retired", {})  # switches removed since: they hold their kept value
+    config = {k: getattr(model.config, k, retired.get(k)) for k in CONFIG_KEYS}
     if isinstance(metadata["progress"]["best"], dict):  # per-part early stopping: each part's own check
         kept: Any = {name: entry["step"] for name, entry in metadata["progress"]["best"].items()}
     else:  # one check for the whole model: the best checkpoint's update
