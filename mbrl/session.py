@@ -211,11 +211,19 @@ def check_world_model_fits(config: RunConfig) -> None:
     its class) whose training would not fit in memory: its tensors are counted on torch's meta device (nothing
     allocated), 4 bytes each, and three more per parameter for its gradient and Adam's two moments.
 
+    Also refuse one that would read frames of another size or stack than the env gives.
+
     Raises:
-        UserError: the estimate exceeds what this process may hold (`mbrl.core.memory.check_fits`).
+        UserError: the estimate exceeds what this process may hold (`mbrl.core.memory.check_fits`), or the
+            section's frame_size / frame_stack differ from the env's.
     """
     family = config.world_model_training.family
     section = next(c for c in (config.world_model, config.value_model) if isinstance(c, FAMILIES[family][0]))
+    name = "world_model" if section is config.world_model else "value_model"
+    for key in ("frame_size", "frame_stack"):
+        if getattr(section, key) != getattr(config.env, key):
+            raise UserError(f"{name}.{key} {getattr(section, key)} differs from env.{key} {getattr(config.env, key)}: "
+                            f"the {family} world model reads the env's observations; set both to the same value")
     model = skeleton(family, section)
     values = sum(t.numel() for t in model.state_dict().values()) + 3 * sum(p.numel() for p in model.parameters())
     check_fits(f"the {family} world model ({sum(p.numel() for p in model.parameters()):,} parameters)", 4 * values)
