@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from mbrl.core.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
+from mbrl.core.checkpoint import CheckpointError, load_checkpoint, load_state_dict, open_checkpoint, save_checkpoint
 from mbrl.core.config import to_dict
 from mbrl.core.errors import UserError
+from mbrl.envs.registration import world_model_spec
 from mbrl.run_config import RunConfig, resolve_config
 from mbrl.world_models.base import TrainBatch, WorldModel, event_logit_shift, imagine
 from mbrl.world_models.blocks import PatchEmbed, apply_rope, patchify, rope_angles
@@ -392,15 +393,16 @@ def test_a_checkpoint_saved_with_the_removed_fields_at_their_kept_values_loads(t
     torch.manual_seed(0)
     model = JEPAWorldModel(TINY).eval()
     config = {**dataclasses.asdict(TINY), **RETIRED_AT_KEPT}
-    save_checkpoint(tmp_path, "world_model", model.state_dict(), {"config": config}, step=1)
-    ckpt = load_checkpoint(tmp_path, "world_model")
-    fresh = build("jepa", ckpt.metadata["config"]).eval()
+    save_checkpoint(tmp_path, "world_model", model.state_dict(), {"family": "jepa", "config": config}, step=1)
+    fresh = build(*world_model_spec(open_checkpoint(tmp_path, "world_model"))).eval()
     assert fresh.config == TINY
-    load_state_dict(fresh, ckpt)
+    load_state_dict(fresh, load_checkpoint(tmp_path, "world_model"))
     frames = batch().frames
     torch.testing.assert_close(fresh.encode(frames), model.encode(frames), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="config key 'head' was removed: .*'mlp' needs an older mbrl"):
-        build("jepa", {**config, "head": "mlp"})  # trained with what the code no longer has
+    save_checkpoint(tmp_path, "mlp", model.state_dict(), {"family": "jepa", "config": {**config, "head": "mlp"}},
+                    step=1)  # trained with what the code no longer has
+    with pytest.raises(CheckpointError, match="config key 'head' was removed: .*'mlp' needs an older mbrl"):
+        world_model_spec(open_checkpoint(tmp_path, "mlp"))
 
 
 def test_transition_heads_read_both_latents() -> None:

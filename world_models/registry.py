@@ -19,27 +19,14 @@ FAMILIES: dict[str, tuple[type, Callable[[Any], WorldModel]]] = {
 
 
 def build(family: str, config: Any) -> WorldModel:
-    """A new model of `family` from its config dataclass (or a dict of its fields)."""
+    """A new model of `family` from its config dataclass (a checkpoint's saved fields become one through
+    `mbrl.envs.registration.world_model_spec`, which checks them)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown world-model family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, model_cls = FAMILIES[family]
-    if isinstance(config, dict):  # a checkpoint's saved fields; fields added since take their old meaning
-        config = config_cls(**_without_retired(config_cls, {**getattr(config_cls, "absent_in_old_checkpoints", {}),
-                                                            **config}))
+    if not isinstance(config, config_cls):
+        raise TypeError(f"a {family} world model is built from a {config_cls.__name__}, got {type(config).__name__}")
     return model_cls(config)
-
-
-def _without_retired(config_cls: type, fields: dict[str, Any]) -> dict[str, Any]:
-    """`fields` without the removed ones its class's `retired` lists (as mbrl.core.config.from_dict drops them).
-
-    Raises:
-        ValueError: a removed field holds another value than the one whose behaviour the code kept.
-    """
-    for name, kept in getattr(config_cls, "retired", {}).items():
-        if name in fields and (value := fields.pop(name)) != kept:
-            raise ValueError(f"config key '{name}' was removed: the code always behaves as {name}={kept!r} now, and "
-                             f"{value!r} needs an older mbrl (git history has it)")
-    return fields
 
 
 def skeleton(family: str, config: Any) -> WorldModel:

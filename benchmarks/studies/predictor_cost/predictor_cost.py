@@ -23,9 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.planning import chained_step_ms, full_context
 from benchmarks.report import save_result
-from mbrl.core.checkpoint import load_checkpoint
+from mbrl.core.checkpoint import load_checkpoint, open_checkpoint
 from mbrl.core.memory import keep_freed_memory
 from mbrl.core.run import RunDir
+from mbrl.envs.registration import world_model_spec
 from mbrl.train_world_model import BEST, CHECKPOINT
 from mbrl.world_models.base import WorldModel
 from mbrl.world_models.registry import build
@@ -47,9 +48,10 @@ def macs_per_rollout_step(model: WorldModel) -> float:
 @torch.no_grad()
 def measure(run: Path, label: str, repeats: int) -> dict[str, Any]:
     checkpoints = RunDir(run).checkpoint_dir
-    metadata = load_checkpoint(checkpoints, CHECKPOINT).metadata
+    header = open_checkpoint(checkpoints, CHECKPOINT)
+    metadata = header.metadata
     torch.manual_seed(0)
-    model = build(metadata["family"], metadata["config"]).eval()
+    model = build(*world_model_spec(header)).eval()
     retired = getattr(type(model.config), "retired", {})  # switches removed since: they hold their kept value
     config = {k: getattr(model.config, k, retired.get(k)) for k in CONFIG_KEYS}
     if isinstance(metadata["progress"]["best"], dict):  # per-part early stopping: each part's own check
