@@ -113,13 +113,12 @@ def with_tables(saved: dict[str, Any]) -> dict[str, Any]:
              "'v5': sticky actions 0.25. Train hours: the run's wall clock (acting, updates and its 16-game "
              "evaluation). A preset named NAME@DATE is NAME as it was until DATE."]
     runs = saved["runs"]
-    rows = [[e.get("preset", PRESET), e["game"], e["protocol"], e["method"], e["seed"], e["real_steps"],
+    rows = [[key_of(e)[0], e["game"], e["protocol"], e["method"], e["seed"], e["real_steps"],
              e["episodes"], f"{e['mean']:.2f}", f"{e['std']:.2f}", f"{e['train_hours']:.2f}",
              f"{e['date']}, {e['machine']}"] for e in runs]
     paired = []
-    for preset, game, protocol in sorted({(e.get("preset", PRESET), e["game"], e["protocol"]) for e in runs}):
-        by = {(e["method"], e["seed"]): e["mean"] for e in runs
-              if (e.get("preset", PRESET), e["game"], e["protocol"]) == (preset, game, protocol)}
+    for preset, game, protocol in sorted({key_of(e)[:3] for e in runs}):
+        by = {(e["method"], e["seed"]): e["mean"] for e in runs if key_of(e)[:3] == (preset, game, protocol)}
         for method in sorted({m for m, _ in by} - {"random"}):
             diffs = [by[(m, s)] - by[("random", s)] for m, s in by if m == method and ("random", s) in by]
             if not diffs:
@@ -146,10 +145,14 @@ def missing_rows(saved: list[dict[str, Any]], other: list[dict[str, Any]]) -> li
     return [r for r in other if not any(same_key(r, s) for s in saved)]
 
 
+def key_of(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a row measures, by `KEY`; rows from before the preset was recorded ran `PRESET`."""
+    return tuple(row.get(k, PRESET if k == "preset" else None) for k in KEY)
+
+
 def same_key(row: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether two rows measure the same thing; rows from before the preset was recorded ran `PRESET`."""
-    return all(row.get(k, PRESET if k == "preset" else None) == other.get(k, PRESET if k == "preset" else None)
-               for k in KEY)
+    """Whether two rows measure the same thing."""
+    return key_of(row) == key_of(other)
 
 
 def merge(path: Path) -> int:
